@@ -1,0 +1,388 @@
+//! The runtime's other half of a CNI request: the network configuration on stdin.
+//!
+//! Decoding is strict about shape and lenient about content the plugin does not use:
+//! stdin that is not a JSON object, or a known key of the wrong type, is a CNI error 6;
+//! unknown keys are ignored; known keys with invalid values are a CNI error 7, except an
+//! unsupported `cniVersion`, which is error 1.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::api::{codes, AttachmentKey, CniError};
+use crate::result::ResultDoc;
+use crate::version::Version;
+
+/// Where fabricd listens unless the configuration says otherwise (`socket`).
+pub const DEFAULT_SOCKET: &str = "/run/fabric/fabricd.sock";
+
+/// How long to wait for fabricd unless the configuration says otherwise (`timeoutSeconds`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated network configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConf {
+    /// `cniVersion`: the version requests and results are phrased in.
+    pub cni_version: Version,
+    /// `name`: the network's name.
+    pub name: String,
+    /// `type`: the plugin's binary name, as the runtime found it.
+    pub plugin_type: Option<String>,
+    /// `socket`: path of fabricd's unix socket.
+    pub socket: PathBuf,
+    /// `timeoutSeconds`: how long one call to fabricd may take.
+    pub timeout: Duration,
+    /// `runtimeConfig`: the capability arguments.
+    pub runtime: RuntimeConfig,
+    /// `prevResult`: the result of the previous plugin in a chain.
+    pub prev_result: Option<ResultDoc>,
+    /// `cni.dev/valid-attachments`: for GC, the attachments to keep.
+    pub valid_attachments: Option<Vec<AttachmentKey>>,
+}
+
+/// The capability arguments fabric understands (`runtimeConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `ips`: addresses the pod asks for, CIDR prefixes dropped.
+    pub ips: Vec<Ipv4Addr>,
+    /// `labels`: the pod's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NetConf {
+    /// Decodes and validates the configuration the runtime wrote on stdin.
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        decode::<RawNetConf>(stdin)?.validate()
+    }
+}
+
+/// The `cniVersion` on stdin for VERSION, which may come with an empty stdin (`Ok(None)`).
+pub fn requested_version(stdin: &[u8]) -> Result<Option<String>, CniError> {
+    if stdin.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    Ok(decode::<VersionProbe>(stdin)?.cni_version)
+}
+
+/// Parses one `runtimeConfig.ips` entry: `10.244.1.5` or `10.244.1.5/24`.
+pub fn parse_ip(entry: &str) -> Result<Ipv4Addr, CniError> {
+    let (addr, prefix) = match entry.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (entry, None),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|len| len <= 32)
+    });
+    addr.parse().ok().filter(|_| prefix_ok).ok_or_else(|| {
+        CniError::new(
+            codes::INVALID_CONFIG,
+            format!("runtimeConfig.ips entry {entry:?} is not an IPv4 address"),
+            "fabric assigns IPv4 addresses only: use \"10.244.1.5\" or \"10.244.1.5/24\"",
+        )
+    })
+}
+
+/// Decodes a JSON object from stdin into `T`.
+fn decode<T: DeserializeOwned>(stdin: &[u8]) -> Result<T, CniError> {
+    // serde would also accept a JSON array as a struct, by position.
+    if stdin.trim_ascii_start().first() != Some(&b'{') {
+        return Err(CniError::new(
+            codes::DECODE_FAILURE,
+            "the network configuration on stdin is not a JSON object",
+            "",
+        ));
+    }
+    serde_json::from_slice(stdin).map_err(|e| {
+        let msg = if e.is_data() {
+            "the network configuration on stdin has a missing or mistyped field"
+        } else {
+            "the network configuration on stdin is not valid JSON"
+        };
+        CniError::new(codes::DECODE_FAILURE, msg, e.to_string())
+    })
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(codes::INVALID_CONFIG, msg, "")
+}
+
+/// Just enough of a configuration to answer VERSION.
+#[derive(Deserialize)]
+struct VersionProbe {
+    #[serde(rename = "cniVersion")]
+    cni_version: Option<String>,
+}
+
+/// The configuration as decoded, before validation.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNetConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    socket: Option<String>,
+    timeout_seconds: Option<u64>,
+    runtime_config: Option<Strict<RawRuntimeConfig>>,
+    prev_result: Option<Strict<ResultDoc>>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<Strict<RawAttachmentKey>>>,
+}
+
+/// A `T` decoded from a JSON object only: derived structs also accept arrays, by position.
+struct Strict<T>(T);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Strict<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let object = Map::<String, Value>::deserialize(deserializer)?;
+        T::deserialize(Value::Object(object))
+            .map(Strict)
+            .map_err(D::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawRuntimeConfig {
+    ips: Option<Vec<String>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawAttachmentKey {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+}
+
+impl RawNetConf {
+    fn validate(self) -> Result<NetConf, CniError> {
+        let version = self
+            .cni_version
+            .ok_or_else(|| invalid("cniVersion is missing from the network configuration"))?;
+        let cni_version = Version::parse(&version)?;
+        let name = self
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("name is missing from the network configuration"))?;
+        let socket = match self.socket {
+            Some(s) if s.is_empty() => return Err(invalid("socket must not be empty")),
+            Some(s) => PathBuf::from(s),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
+        let timeout = match self.timeout_seconds {
+            Some(0) => return Err(invalid("timeoutSeconds must be at least 1")),
+            Some(secs) => Duration::from_secs(secs),
+            None => DEFAULT_TIMEOUT,
+        };
+        let runtime = self
+            .runtime_config
+            .map(|Strict(raw)| raw.validate())
+            .transpose()?
+            .unwrap_or_default();
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type: self.plugin_type,
+            socket,
+            timeout,
+            runtime,
+            prev_result: self.prev_result.map(|Strict(prev)| prev),
+            valid_attachments: self
+                .valid_attachments
+                .map(|keys| keys.into_iter().map(|Strict(key)| key.into()).collect()),
+        })
+    }
+}
+
+impl RawRuntimeConfig {
+    fn validate(self) -> Result<RuntimeConfig, CniError> {
+        let ips = self.ips.unwrap_or_default();
+        Ok(RuntimeConfig {
+            ips: ips
+                .iter()
+                .map(|ip| parse_ip(ip))
+                .collect::<Result<_, _>>()?,
+            labels: self.labels.unwrap_or_default(),
+        })
+    }
+}
+
+impl From<RawAttachmentKey> for AttachmentKey {
+    fn from(raw: RawAttachmentKey) -> Self {
+        Self {
+            container_id: raw.container_id,
+            ifname: raw.ifname,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: serde_json::Value) -> Result<NetConf, CniError> {
+        NetConf::parse(value.to_string().as_bytes())
+    }
+
+    fn code(value: serde_json::Value) -> u32 {
+        parse(value).unwrap_err().code
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let conf = parse(json!({"cniVersion": "1.0.0", "name": "fabric"})).unwrap();
+        assert_eq!(conf.cni_version, Version::V1_0_0);
+        assert_eq!(conf.name, "fabric");
+        assert_eq!(conf.plugin_type, None);
+        assert_eq!(conf.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(conf.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(conf.runtime, RuntimeConfig::default());
+        assert_eq!(conf.prev_result, None);
+        assert_eq!(conf.valid_attachments, None);
+    }
+
+    #[test]
+    fn full_config() {
+        let conf = parse(json!({
+            "cniVersion": "1.1.0",
+            "name": "fabric",
+            "type": "fabric-cni",
+            "socket": "/tmp/f.sock",
+            "timeoutSeconds": 5,
+            "capabilities": {"ips": true},
+            "runtimeConfig": {
+                "ips": ["10.244.1.5/24", "10.244.1.6"],
+                "labels": {"app": "web"},
+                "portMappings": [],
+            },
+            "prevResult": {"interfaces": [{"name": "lo"}]},
+            "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
+        }))
+        .unwrap();
+        assert_eq!(conf.plugin_type.as_deref(), Some("fabric-cni"));
+        assert_eq!(conf.socket, PathBuf::from("/tmp/f.sock"));
+        assert_eq!(conf.timeout, Duration::from_secs(5));
+        assert_eq!(
+            conf.runtime.ips,
+            [Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6)]
+        );
+        assert_eq!(conf.runtime.labels["app"], "web");
+        assert_eq!(conf.prev_result.unwrap().interfaces.len(), 1);
+        assert_eq!(
+            conf.valid_attachments.unwrap(),
+            [AttachmentKey {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn undecodable_stdin_is_code_6() {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"not json",
+            b"{\"cniVersion\": \"1.0.0\"",
+            b"[\"1.0.0\", \"fabric\"]",
+            b"42",
+            b"null",
+            b"{} trailing",
+        ] {
+            let err = NetConf::parse(bad).unwrap_err();
+            assert_eq!(
+                err.code,
+                codes::DECODE_FAILURE,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_code_6() {
+        for bad in [
+            json!({"cniVersion": 1, "name": "n"}),
+            json!({"cniVersion": "1.0.0", "name": ["n"]}),
+            json!({"cniVersion": "1.0.0", "name": "n", "timeoutSeconds": "5"}),
+            json!({"cniVersion": "1.0.0", "name": "n", "timeoutSeconds": -1}),
+            json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"ips": "10.0.0.1"}}),
+            json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"ips": [1]}}),
+            json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"labels": {"a": 1}}}),
+            json!({"cniVersion": "1.0.0", "name": "n", "prevResult": []}),
+            json!({"cniVersion": "1.0.0", "name": "n", "prevResult": {"ips": [1]}}),
+            json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": [["10.0.0.1"]]}),
+            json!({"cniVersion": "1.0.0", "name": "n", "cni.dev/valid-attachments": [{}]}),
+            json!({"cniVersion": "1.0.0", "name": "n", "cni.dev/valid-attachments": [["c", "e"]]}),
+        ] {
+            assert_eq!(code(bad.clone()), codes::DECODE_FAILURE, "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_code_7() {
+        for bad in [
+            json!({"name": "n"}),
+            json!({"cniVersion": "1.0.0"}),
+            json!({"cniVersion": "1.0.0", "name": ""}),
+            json!({"cniVersion": "1.0.0", "name": "n", "socket": ""}),
+            json!({"cniVersion": "1.0.0", "name": "n", "timeoutSeconds": 0}),
+        ] {
+            assert_eq!(code(bad.clone()), codes::INVALID_CONFIG, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unsupported_version_is_code_1() {
+        for v in ["0.1.0", "0.3.1", "9.9.9", "garbage", ""] {
+            assert_eq!(
+                code(json!({"cniVersion": v, "name": "n"})),
+                codes::INCOMPATIBLE_VERSION
+            );
+        }
+    }
+
+    #[test]
+    fn ips_accept_addresses_and_cidrs_only() {
+        assert_eq!(parse_ip("10.0.0.1"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(parse_ip("10.0.0.1/32"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(parse_ip("10.0.0.1/0"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
+        for bad in [
+            "",
+            "10.0.0",
+            "10.0.0.256",
+            "10.0.0.1/33",
+            "10.0.0.1/",
+            "10.0.0.1/+8",
+            "10.0.0.1/8/8",
+            "fd00::1",
+            "fd00::1/64",
+            "host",
+        ] {
+            let err = parse_ip(bad).unwrap_err();
+            assert_eq!(err.code, codes::INVALID_CONFIG, "{bad:?}");
+        }
+        let bad = json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"ips": ["10.0.0.1", "x"]}});
+        assert_eq!(code(bad), codes::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn version_probe_tolerates_empty_stdin() {
+        assert_eq!(requested_version(b""), Ok(None));
+        assert_eq!(requested_version(b"{}"), Ok(None));
+        assert_eq!(
+            requested_version(br#"{"cniVersion": "0.4.0"}"#),
+            Ok(Some("0.4.0".into()))
+        );
+        assert_eq!(
+            requested_version(b"{nope").unwrap_err().code,
+            codes::DECODE_FAILURE
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! The node agent as the lab runs it: fabricd's command line, starting it inside the node's
+//! namespace, and waiting until its local API answers `Status`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fabric_cni::api::{self, Request, Response};
+
+use crate::process::{self, Cmd, Daemon};
+use crate::spec::{format_ttl, Backend};
+use crate::state::Node;
+use crate::topology::{self, UNDERLAY_IFACE};
+
+/// How long fabricd gets to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where fabricd serves health inside its node's namespace.
+pub const HEALTHZ_ADDR: &str = "127.0.0.1:9109";
+
+/// How many log lines an error shows.
+pub const LOG_TAIL_LINES: usize = 30;
+
+/// fabricd's arguments for `node`.
+pub fn fabricd_args(node: &Node, backend: Backend, lease_ttl: Duration) -> Vec<String> {
+    [
+        ("--etcd-endpoints", topology::etcd_endpoint()),
+        ("--etcd-prefix", topology::ETCD_PREFIX.to_string()),
+        ("--backend", backend.to_string()),
+        ("--node-name", node.name.clone()),
+        ("--iface", UNDERLAY_IFACE.to_string()),
+        ("--state-dir", node.state_dir.display().to_string()),
+        ("--socket", node.socket.display().to_string()),
+        ("--lease-ttl", format_ttl(lease_ttl)),
+        ("--healthz-addr", HEALTHZ_ADDR.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
+/// Starts fabricd for `node` (own session, `RUST_LOG=info`, output appended to its log).
+pub fn start_fabricd(
+    fabricd: &Path,
+    node: &Node,
+    backend: Backend,
+    lease_ttl: Duration,
+) -> Result<Daemon> {
+    std::fs::create_dir_all(&node.state_dir)
+        .with_context(|| format!("creating {}", node.state_dir.display()))?;
+    // A socket left by a killed fabricd would make readiness look true before it rebinds.
+    match std::fs::remove_file(&node.socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", node.socket.display())),
+    }
+    Cmd::in_netns(&node.netns, fabricd)
+        .args(fabricd_args(node, backend, lease_ttl))
+        .env("RUST_LOG", "info")
+        .spawn_daemon(&node.log)
+        .with_context(|| format!("starting fabricd on {}", node.name))
+}
+
+/// Polls fabricd's `Status` until it answers `Ok`; fails early (with its log) if it exits.
+pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        if let Some(d) = &node.fabricd {
+            if !d.is_running() {
+                bail!(
+                    "fabricd on {} (pid {}) exited during startup; last lines of {}:\n{}",
+                    node.name,
+                    d.pid,
+                    node.log.display(),
+                    process::tail(&node.log, LOG_TAIL_LINES)
+                );
+            }
+        }
+        match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
+            Ok(Response::Ok { .. }) => return Ok(()),
+            Ok(Response::Error(e)) => last = format!("not ready: {e}"),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "fabricd on {} not ready after {}s ({last}); last lines of {}:\n{}",
+                node.name,
+                timeout.as_secs(),
+                node.log.display(),
+                process::tail(&node.log, LOG_TAIL_LINES)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::state::Layout;
+
+    #[test]
+    fn fabricd_command_line() {
+        let layout = Layout::at("/run/fabric-lab/t");
+        let node = Node {
+            name: "node2".into(),
+            netns: "t-node2".into(),
+            underlay_ip: Ipv4Addr::new(172, 30, 0, 12),
+            socket: layout.node_socket("node2"),
+            state_dir: layout.node_dir("node2"),
+            log: layout.log("node2"),
+            subnet: None,
+            fabricd: None,
+        };
+        let args = fabricd_args(&node, Backend::HostGw, Duration::from_secs(30));
+        assert_eq!(
+            args.join(" "),
+            "--etcd-endpoints http://172.30.0.2:2379 --etcd-prefix /fabric --backend host-gw \
+             --node-name node2 --iface eth0 --state-dir /run/fabric-lab/t/nodes/node2 \
+             --socket /run/fabric-lab/t/nodes/node2/fabricd.sock --lease-ttl 30s \
+             --healthz-addr 127.0.0.1:9109"
+        );
+    }
+}

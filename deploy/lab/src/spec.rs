@@ -1,0 +1,412 @@
+//! What a caller asks for: the shape of a lab ([`LabSpec`]), of a pod ([`PodSpec`]), the
+//! backend choice, and where the fabric binaries are found.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::topology;
+
+/// The environment variable naming the directory of `fabricd`, `fabricctl` and `fabric-cni`.
+pub const BIN_DIR_ENV: &str = "FABRIC_BIN_DIR";
+
+/// The binaries a lab runs out of its bin dir.
+pub const FABRIC_BINARIES: [&str; 3] = ["fabricd", "fabricctl", "fabric-cni"];
+
+/// The fabric backend the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Backend {
+    /// Kernel VXLAN overlay.
+    #[default]
+    #[serde(rename = "vxlan")]
+    Vxlan,
+    /// Plain routes via the other nodes' underlay addresses.
+    #[serde(rename = "host-gw")]
+    HostGw,
+    /// Userspace WireGuard.
+    #[serde(rename = "wireguard")]
+    Wireguard,
+}
+
+impl Backend {
+    /// Every backend, in a stable order.
+    pub const ALL: [Backend; 3] = [Backend::Vxlan, Backend::HostGw, Backend::Wireguard];
+
+    /// The name used on the command line and in net-conf.json's `Backend.Type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+            Backend::Wireguard => "wireguard",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .with_context(|| format!("unknown backend {s:?} (expected vxlan, host-gw or wireguard)"))
+    }
+}
+
+/// A subnet pinned to a node before the nodes start (`fabricctl reserve SUBNET NODE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The subnet, e.g. `10.244.1.0/24`.
+    pub subnet: String,
+    /// The node name, e.g. `node1`.
+    pub node: String,
+}
+
+impl FromStr for Reservation {
+    type Err = anyhow::Error;
+
+    /// Parses `SUBNET=NODE`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (subnet, node) = s
+            .split_once('=')
+            .with_context(|| format!("reservation {s:?} is not SUBNET=NODE"))?;
+        subnet
+            .parse::<Ipv4Net>()
+            .with_context(|| format!("reservation {s:?}: bad subnet"))?;
+        ensure!(!node.is_empty(), "reservation {s:?}: empty node name");
+        Ok(Reservation {
+            subnet: subnet.to_string(),
+            node: node.to_string(),
+        })
+    }
+}
+
+/// Everything that shapes a lab. Build with [`LabSpec::new`] and adjust the fields.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// The lab's name: prefix of its namespaces, name of its state dir.
+    pub name: String,
+    /// Number of nodes (`node1`..`nodeN`).
+    pub nodes: usize,
+    /// Pods created on every node at `up` (`nodeK-pod1`..).
+    pub pods_per_node: usize,
+    /// The backend every node runs.
+    pub backend: Backend,
+    /// The subnet lease TTL passed to fabricd.
+    pub lease_ttl: Duration,
+    /// The cluster's pod network (net-conf.json `Network`).
+    pub network: String,
+    /// The length of each node's subnet (net-conf.json `SubnetLen`).
+    pub subnet_len: u8,
+    /// Where `fabricd`, `fabricctl` and `fabric-cni` are.
+    pub bin_dir: PathBuf,
+    /// Subnets pinned to nodes before they start.
+    pub reservations: Vec<Reservation>,
+    /// Whether the CLI's `up` runs the ping/iperf3 demo (the library ignores it).
+    pub demo: bool,
+    /// Whether `up` reports each step on stderr.
+    pub progress: bool,
+}
+
+impl LabSpec {
+    /// The defaults: 3 nodes, 2 pods each, vxlan, 24 h leases, 10.244.0.0/16 in /24s, the
+    /// discovered bin dir (see [`default_bin_dir`]).
+    pub fn new(name: impl Into<String>) -> Self {
+        LabSpec {
+            name: name.into(),
+            nodes: 3,
+            pods_per_node: 2,
+            backend: Backend::Vxlan,
+            lease_ttl: Duration::from_secs(24 * 3600),
+            network: "10.244.0.0/16".to_string(),
+            subnet_len: 24,
+            bin_dir: default_bin_dir(),
+            reservations: Vec::new(),
+            demo: true,
+            progress: true,
+        }
+    }
+
+    /// Checks the spec before anything is created.
+    pub fn validate(&self) -> Result<()> {
+        topology::validate_lab_name(&self.name)?;
+        ensure!(
+            (1..=topology::MAX_NODES).contains(&self.nodes),
+            "nodes must be 1..={}, not {}",
+            topology::MAX_NODES,
+            self.nodes
+        );
+        let network: Ipv4Net = self
+            .network
+            .parse()
+            .with_context(|| format!("network {:?} is not an IPv4 CIDR", self.network))?;
+        ensure!(
+            self.subnet_len > network.prefix_len() && self.subnet_len <= 30,
+            "subnet length /{} must be longer than the network's /{} and at most /30",
+            self.subnet_len,
+            network.prefix_len()
+        );
+        ensure!(
+            self.lease_ttl >= Duration::from_secs(1),
+            "lease TTL must be at least 1s"
+        );
+        for r in &self.reservations {
+            let subnet: Ipv4Net = r.subnet.parse().with_context(|| {
+                format!("reservation {:?} for {} is not a CIDR", r.subnet, r.node)
+            })?;
+            ensure!(
+                network.contains(&subnet) && subnet.prefix_len() == self.subnet_len,
+                "reservation {} must be a /{} inside {}",
+                r.subnet,
+                self.subnet_len,
+                self.network
+            );
+        }
+        Ok(())
+    }
+
+    /// Flannel's net-conf.json for this spec.
+    pub fn net_conf(&self) -> serde_json::Value {
+        serde_json::json!({
+            "Network": self.network,
+            "SubnetLen": self.subnet_len,
+            "Backend": { "Type": self.backend.as_str() },
+        })
+    }
+
+    /// The path of one of the fabric binaries.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Fails with a hint if a fabric binary is missing from the bin dir.
+    pub fn check_binaries(&self) -> Result<()> {
+        let missing: Vec<_> = FABRIC_BINARIES
+            .iter()
+            .filter(|b| !is_executable(&self.binary(b)))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{} not found in {} (build them with `cargo build --release`, or point --bin-dir / \
+             {BIN_DIR_ENV} at their directory)",
+            missing
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.bin_dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// One pod to create with [`crate::Lab::add_pod`].
+#[derive(Debug, Clone, Default)]
+pub struct PodSpec {
+    /// The pod's name (`K8S_POD_NAME`).
+    pub name: String,
+    /// The pod's Kubernetes namespace (`K8S_POD_NAMESPACE`); `None` means `default`.
+    pub namespace: Option<String>,
+    /// Labels passed through the `labels` capability.
+    pub labels: BTreeMap<String, String>,
+    /// Addresses requested through the `ips` capability.
+    pub ips: Vec<Ipv4Addr>,
+    /// A conflist to use instead of the lab's default; `fabric-cni` plugins without a `socket`
+    /// get the node's.
+    pub conflist: Option<serde_json::Value>,
+}
+
+impl PodSpec {
+    /// A pod in the `default` namespace with the default conflist.
+    pub fn new(name: impl Into<String>) -> Self {
+        PodSpec {
+            name: name.into(),
+            ..PodSpec::default()
+        }
+    }
+
+    /// Sets the Kubernetes namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Requests a fixed address.
+    pub fn ip(mut self, ip: Ipv4Addr) -> Self {
+        self.ips.push(ip);
+        self
+    }
+
+    /// The Kubernetes namespace, `default` if none was given.
+    pub fn k8s_namespace(&self) -> &str {
+        self.namespace
+            .as_deref()
+            .unwrap_or(topology::DEFAULT_POD_NAMESPACE)
+    }
+}
+
+/// The bin dir for this process: `$FABRIC_BIN_DIR`, else the directory of the running
+/// executable (the parent of `deps/` for test and bench binaries), else `.`.
+pub fn default_bin_dir() -> PathBuf {
+    discover_bin_dir(
+        std::env::var_os(BIN_DIR_ENV),
+        std::env::current_exe().ok().as_deref(),
+    )
+}
+
+/// [`default_bin_dir`] with its inputs made explicit.
+pub fn discover_bin_dir(env: Option<OsString>, exe: Option<&Path>) -> PathBuf {
+    if let Some(dir) = env.filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let Some(dir) = exe.and_then(Path::parent) else {
+        return PathBuf::from(".");
+    };
+    match (dir.file_name(), dir.parent()) {
+        (Some(leaf), Some(parent)) if leaf == "deps" => parent.to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Is `path` a regular file with an execute bit?
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Formats a TTL the way every duration parser accepts: `24h`, `90m`, `45s`.
+pub fn format_ttl(ttl: Duration) -> String {
+    let secs = ttl.as_secs().max(1);
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
+            assert_eq!(
+                serde_json::to_value(b).unwrap(),
+                serde_json::json!(b.as_str())
+            );
+        }
+        assert_eq!("host-gw".parse::<Backend>().unwrap(), Backend::HostGw);
+        assert!("hostgw".parse::<Backend>().is_err());
+    }
+
+    #[test]
+    fn bin_dir_discovery() {
+        let exe = Path::new("/w/target/release/fabric-lab");
+        assert_eq!(
+            discover_bin_dir(None, Some(exe)),
+            PathBuf::from("/w/target/release")
+        );
+        let test_exe = Path::new("/w/target/debug/deps/e2e-0123abcd");
+        assert_eq!(
+            discover_bin_dir(None, Some(test_exe)),
+            PathBuf::from("/w/target/debug")
+        );
+        assert_eq!(
+            discover_bin_dir(Some("/opt/fabric/bin".into()), Some(exe)),
+            PathBuf::from("/opt/fabric/bin")
+        );
+        assert_eq!(
+            discover_bin_dir(Some("".into()), Some(exe)),
+            PathBuf::from("/w/target/release")
+        );
+        assert_eq!(discover_bin_dir(None, None), PathBuf::from("."));
+    }
+
+    #[test]
+    fn spec_defaults_and_validation() {
+        let spec = LabSpec::new("lab");
+        assert_eq!(spec.nodes, 3);
+        assert_eq!(spec.pods_per_node, 2);
+        assert_eq!(spec.backend, Backend::Vxlan);
+        assert_eq!(spec.lease_ttl, Duration::from_secs(86400));
+        spec.validate().unwrap();
+
+        let mut bad = spec.clone();
+        bad.nodes = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = spec.clone();
+        bad.network = "10.244.0.0".into();
+        assert!(bad.validate().is_err());
+        let mut bad = spec.clone();
+        bad.reservations.push("10.245.1.0/24=node1".parse().unwrap());
+        assert!(bad.validate().is_err());
+        let mut ok = spec;
+        ok.reservations.push("10.244.1.0/24=node1".parse().unwrap());
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn net_conf_is_flannel_shaped() {
+        let mut spec = LabSpec::new("lab");
+        spec.backend = Backend::HostGw;
+        assert_eq!(
+            spec.net_conf(),
+            serde_json::json!({"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"host-gw"}})
+        );
+    }
+
+    #[test]
+    fn reservations_parse() {
+        let r: Reservation = "10.244.1.0/24=node1".parse().unwrap();
+        assert_eq!(r.subnet, "10.244.1.0/24");
+        assert_eq!(r.node, "node1");
+        assert!("10.244.1.0/24".parse::<Reservation>().is_err());
+        assert!("x=node1".parse::<Reservation>().is_err());
+        assert!("10.244.1.0/24=".parse::<Reservation>().is_err());
+    }
+
+    #[test]
+    fn ttl_formatting() {
+        assert_eq!(format_ttl(Duration::from_secs(86400)), "24h");
+        assert_eq!(format_ttl(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(format_ttl(Duration::from_secs(45)), "45s");
+        assert_eq!(format_ttl(Duration::from_millis(10)), "1s");
+    }
+
+    #[test]
+    fn pod_spec_builder() {
+        let p = PodSpec::new("a")
+            .namespace("x")
+            .label("pod", "a")
+            .ip(Ipv4Addr::new(10, 244, 1, 10));
+        assert_eq!(p.k8s_namespace(), "x");
+        assert_eq!(p.labels["pod"], "a");
+        assert_eq!(PodSpec::new("b").k8s_namespace(), "default");
+    }
+}

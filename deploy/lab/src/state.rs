@@ -1,0 +1,404 @@
+//! The lab's state dir and the JSON state file in it, rewritten (atomically) after every change
+//! so that `status`, `exec`, `down` and [`crate::Lab::attach`] in another process see the lab.
+//!
+//! Layout of `/run/fabric-lab/NAME/`:
+//!
+//! ```text
+//! state.json                 LabState: spec, namespaces, processes, nodes, pods
+//! net-conf.json              the network config given to `fabricctl config set`
+//! cni/10-fabric.conflist     the default conflist (each node's `socket` is filled in per call)
+//! etcd/                      etcd's data dir
+//! logs/etcd.log              etcd's stdout+stderr
+//! logs/nodeK.log             fabricd's stdout+stderr on nodeK (appended across restarts)
+//! nodes/nodeK/               fabricd's --state-dir on nodeK
+//! nodes/nodeK/fabricd.sock   fabricd's local API socket on nodeK
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::process::Daemon;
+use crate::spec::{Backend, Reservation};
+
+/// Where every lab's state dir lives.
+pub const STATE_ROOT: &str = "/run/fabric-lab";
+
+/// The version of [`LabState`]'s JSON shape.
+pub const STATE_VERSION: u32 = 1;
+
+/// The paths of one lab's state dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of lab `name` under [`STATE_ROOT`].
+    pub fn for_lab(name: &str) -> Self {
+        Layout::at(Path::new(STATE_ROOT).join(name))
+    }
+
+    /// A layout rooted at `dir`.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Layout { root: dir.into() }
+    }
+
+    /// The state dir itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `state.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    /// `net-conf.json`.
+    pub fn net_conf(&self) -> PathBuf {
+        self.root.join("net-conf.json")
+    }
+
+    /// `cni/`.
+    pub fn cni_dir(&self) -> PathBuf {
+        self.root.join("cni")
+    }
+
+    /// `cni/10-fabric.conflist`.
+    pub fn conflist(&self) -> PathBuf {
+        self.cni_dir().join("10-fabric.conflist")
+    }
+
+    /// `etcd/`.
+    pub fn etcd_data(&self) -> PathBuf {
+        self.root.join("etcd")
+    }
+
+    /// `logs/`.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `logs/<member>.log`.
+    pub fn log(&self, member: &str) -> PathBuf {
+        self.logs().join(format!("{member}.log"))
+    }
+
+    /// `nodes/<node>/`.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
+    }
+
+    /// `nodes/<node>/fabricd.sock`.
+    pub fn node_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("fabricd.sock")
+    }
+
+    /// Creates the state dir and its fixed subdirectories. Fails if the state dir exists:
+    /// creating it is what claims the lab's name.
+    pub fn create(&self) -> Result<()> {
+        if let Some(parent) = self.root.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::create_dir(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        for dir in [self.cni_dir(), self.etcd_data(), self.logs()] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Names of the labs that have a state dir under `root`.
+pub fn known_labs(root: &Path) -> Vec<String> {
+    let mut labs: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    labs.sort();
+    labs
+}
+
+/// A node as the lab built it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// `nodeK`.
+    pub name: String,
+    /// `LAB-nodeK`.
+    pub netns: String,
+    /// `172.30.0.(10+K)`.
+    pub underlay_ip: Ipv4Addr,
+    /// fabricd's local API socket.
+    pub socket: PathBuf,
+    /// fabricd's `--state-dir`.
+    pub state_dir: PathBuf,
+    /// fabricd's stdout+stderr.
+    pub log: PathBuf,
+    /// The pod subnet fabricd leased, as last seen in `fabricctl leases`.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// fabricd, while the lab has it running.
+    #[serde(default)]
+    pub fabricd: Option<Daemon>,
+}
+
+impl Node {
+    /// fabricd's PID, if the lab started it and has not stopped it.
+    pub fn pid(&self) -> Option<i32> {
+        self.fabricd.as_ref().map(|d| d.pid)
+    }
+
+    /// Is fabricd running?
+    pub fn running(&self) -> bool {
+        self.fabricd.as_ref().is_some_and(Daemon::is_running)
+    }
+}
+
+/// A pod attached through the CNI plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// The pod's name (`K8S_POD_NAME`).
+    pub name: String,
+    /// The pod's Kubernetes namespace (`K8S_POD_NAMESPACE`).
+    pub namespace: String,
+    /// Its network namespace; also its `CNI_CONTAINERID`.
+    pub netns: String,
+    /// The node it runs on.
+    pub node: String,
+    /// The first address of the CNI result.
+    pub ip: Ipv4Addr,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The conflist it was attached with (`socket` filled in).
+    pub conflist: serde_json::Value,
+    /// The CNI ADD result, passed as `prevResult` on DEL and CHECK (libcni's cache).
+    pub result: serde_json::Value,
+}
+
+impl Pod {
+    /// `name` in the default namespace, `namespace/name` elsewhere.
+    pub fn qualified_name(&self) -> String {
+        if self.namespace == crate::topology::DEFAULT_POD_NAMESPACE {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// The lab's name.
+    pub name: String,
+    /// The backend the nodes run.
+    pub backend: Backend,
+    /// The pod network.
+    pub network: String,
+    /// Node subnet length.
+    pub subnet_len: u8,
+    /// Lease TTL given to fabricd.
+    #[serde(with = "humantime_duration")]
+    pub lease_ttl: Duration,
+    /// Where the fabric binaries are.
+    pub bin_dir: PathBuf,
+    /// Reservations made before the nodes started.
+    #[serde(default)]
+    pub reservations: Vec<Reservation>,
+    /// Every namespace the lab created (recorded just before creating it), in order.
+    pub namespaces: Vec<String>,
+    /// etcd, while running.
+    #[serde(default)]
+    pub etcd: Option<Daemon>,
+    /// The nodes, in order.
+    pub nodes: Vec<Node>,
+    /// The pods, in creation order.
+    pub pods: Vec<Pod>,
+}
+
+impl LabState {
+    /// Reads the state file of `layout`.
+    pub fn load(layout: &Layout) -> Result<Self> {
+        let path = layout.state_file();
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let state: LabState = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        ensure!(
+            state.version == STATE_VERSION,
+            "{} has state version {}, this fabric-lab reads version {STATE_VERSION}",
+            path.display(),
+            state.version
+        );
+        Ok(state)
+    }
+
+    /// Writes the state file of `layout` atomically (temporary file, then rename).
+    pub fn save(&self, layout: &Layout) -> Result<()> {
+        let path = layout.state_file();
+        let tmp = path.with_extension("json.tmp");
+        let mut text = serde_json::to_vec_pretty(self).context("serializing lab state")?;
+        text.push(b'\n');
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The pod `target` names: its qualified name (`ns/name`, or `name` in `default`), its
+    /// network namespace, or its bare name when that is unambiguous.
+    pub fn find_pod(&self, target: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.qualified_name() == target || p.netns == target)
+            .or_else(|| {
+                let mut same_name = self.pods.iter().filter(|p| p.name == target);
+                match (same_name.next(), same_name.next()) {
+                    (Some(p), None) => Some(p),
+                    _ => None,
+                }
+            })
+    }
+
+    /// Records a namespace about to be created (once).
+    pub fn record_netns(&mut self, netns: &str) {
+        if !self.namespaces.iter().any(|n| n == netns) {
+            self.namespaces.push(netns.to_string());
+        }
+    }
+}
+
+/// Durations as humantime text (`1day`, `90s`) in the state file.
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(layout: &Layout) -> LabState {
+        LabState {
+            version: STATE_VERSION,
+            name: "t".into(),
+            backend: Backend::HostGw,
+            network: "10.244.0.0/16".into(),
+            subnet_len: 24,
+            lease_ttl: Duration::from_secs(86400),
+            bin_dir: "/w/target/release".into(),
+            reservations: vec!["10.244.1.0/24=node1".parse().unwrap()],
+            namespaces: vec!["t-sw".into(), "t-etcd".into(), "t-node1".into()],
+            etcd: Some(Daemon {
+                pid: 42,
+                binary: "/usr/bin/etcd".into(),
+                start_time: 7,
+            }),
+            nodes: vec![Node {
+                name: "node1".into(),
+                netns: "t-node1".into(),
+                underlay_ip: Ipv4Addr::new(172, 30, 0, 11),
+                socket: layout.node_socket("node1"),
+                state_dir: layout.node_dir("node1"),
+                log: layout.log("node1"),
+                subnet: Some("10.244.1.0/24".into()),
+                fabricd: None,
+            }],
+            pods: vec![
+                pod("a", "x", "t-x-a"),
+                pod("a", "y", "t-y-a"),
+                pod("node1-pod1", "default", "t-node1-pod1"),
+            ],
+        }
+    }
+
+    fn pod(name: &str, ns: &str, netns: &str) -> Pod {
+        Pod {
+            name: name.into(),
+            namespace: ns.into(),
+            netns: netns.into(),
+            node: "node1".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 10),
+            container_id: netns.into(),
+            ifname: "eth0".into(),
+            conflist: serde_json::json!({"name": "fabric"}),
+            result: serde_json::json!({"ips": [{"address": "10.244.1.10/24"}]}),
+        }
+    }
+
+    #[test]
+    fn layout_paths() {
+        let l = Layout::for_lab("lab");
+        assert_eq!(l.root(), Path::new("/run/fabric-lab/lab"));
+        assert_eq!(l.state_file(), Path::new("/run/fabric-lab/lab/state.json"));
+        assert_eq!(
+            l.conflist(),
+            Path::new("/run/fabric-lab/lab/cni/10-fabric.conflist")
+        );
+        assert_eq!(
+            l.node_socket("node2"),
+            Path::new("/run/fabric-lab/lab/nodes/node2/fabricd.sock")
+        );
+        assert_eq!(l.log("etcd"), Path::new("/run/fabric-lab/lab/logs/etcd.log"));
+    }
+
+    #[test]
+    fn state_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::at(dir.path().join("t"));
+        layout.create().unwrap();
+        assert!(layout.create().is_err(), "a second create must fail");
+        assert_eq!(known_labs(dir.path()), vec!["t".to_string()]);
+
+        let state = sample(&layout);
+        state.save(&layout).unwrap();
+        let back = LabState::load(&layout).unwrap();
+        assert_eq!(back, state);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(layout.state_file()).unwrap()).unwrap();
+        assert_eq!(json["backend"], "host-gw");
+        assert_eq!(json["lease_ttl"], "1day");
+
+        let mut newer = json.clone();
+        newer["version"] = serde_json::json!(STATE_VERSION + 1);
+        std::fs::write(layout.state_file(), newer.to_string()).unwrap();
+        assert!(LabState::load(&layout).is_err());
+    }
+
+    #[test]
+    fn pods_are_found_by_qualified_name_netns_or_unique_name() {
+        let layout = Layout::at("/x");
+        let state = sample(&layout);
+        assert_eq!(state.find_pod("x/a").unwrap().netns, "t-x-a");
+        assert_eq!(state.find_pod("t-y-a").unwrap().namespace, "y");
+        assert!(state.find_pod("a").is_none(), "ambiguous");
+        assert_eq!(state.find_pod("node1-pod1").unwrap().netns, "t-node1-pod1");
+        assert!(state.find_pod("nope").is_none());
+        assert_eq!(state.pods[0].qualified_name(), "x/a");
+        assert_eq!(state.pods[2].qualified_name(), "node1-pod1");
+    }
+}

@@ -1,0 +1,211 @@
+//! Names and addresses of a lab: which namespace is called what, which underlay address each
+//! member has, and which names are legal. Pure functions only.
+//!
+//! Every namespace of lab `NAME` starts with `NAME-`: `NAME-sw` (the underlay switch, bridge
+//! `br0` with [`SWITCH_IP`]), `NAME-etcd` ([`ETCD_IP`]), `NAME-nodeK` (`172.30.0.(10+K)`) and one
+//! namespace per pod, `NAME-<pod>` (`NAME-<k8s-namespace>-<pod>` outside `default`).
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, ensure, Result};
+
+/// The underlay network every lab uses inside its own switch namespace.
+pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The switch's address on `br0`; the nodes' default gateway ("the outside world").
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+/// etcd's address on the underlay.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// etcd's client port.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// The etcd key prefix fabric uses.
+pub const ETCD_PREFIX: &str = "/fabric";
+/// The bridge in the switch namespace.
+pub const BRIDGE: &str = "br0";
+/// The underlay interface inside etcd and node namespaces.
+pub const UNDERLAY_IFACE: &str = "eth0";
+/// The interface the CNI plugin creates inside pods.
+pub const POD_IFACE: &str = "eth0";
+/// The Kubernetes namespace of pods that name none.
+pub const DEFAULT_POD_NAMESPACE: &str = "default";
+/// Most nodes a lab can have (the underlay is one /24, nodes start at `.11`).
+pub const MAX_NODES: usize = 200;
+/// Longest lab name: keeps the node sockets' paths far below the 108-byte `sun_path` limit.
+pub const MAX_LAB_NAME_LEN: usize = 32;
+
+/// The etcd client endpoint as seen from the underlay.
+pub fn etcd_endpoint() -> String {
+    format!("http://{ETCD_IP}:{ETCD_CLIENT_PORT}")
+}
+
+/// Checks a lab name: 1 to 32 of `[a-z0-9-]`, starting and ending with a letter or digit.
+pub fn validate_lab_name(name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty() && name.len() <= MAX_LAB_NAME_LEN,
+        "lab name {name:?} must be 1 to {MAX_LAB_NAME_LEN} characters"
+    );
+    ensure!(
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "lab name {name:?} may only contain a-z, 0-9 and '-'"
+    );
+    ensure!(
+        !name.starts_with('-') && !name.ends_with('-'),
+        "lab name {name:?} must start and end with a letter or digit"
+    );
+    Ok(())
+}
+
+/// Checks a pod or Kubernetes namespace name: 1 to 63 of `[A-Za-z0-9._-]` (it ends up in a
+/// namespace name and in `CNI_ARGS`, so no `;`, `=` or `/`).
+pub fn validate_pod_name(what: &str, name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty() && name.len() <= 63,
+        "{what} {name:?} must be 1 to 63 characters"
+    );
+    ensure!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+        "{what} {name:?} may only contain letters, digits, '-', '_' and '.'"
+    );
+    Ok(())
+}
+
+/// The prefix every namespace of the lab carries.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("{lab}-")
+}
+
+/// The underlay switch's namespace.
+pub fn switch_netns(lab: &str) -> String {
+    format!("{lab}-sw")
+}
+
+/// etcd's namespace.
+pub fn etcd_netns(lab: &str) -> String {
+    format!("{lab}-etcd")
+}
+
+/// The name of node `k` (1-based).
+pub fn node_name(k: usize) -> String {
+    format!("node{k}")
+}
+
+/// Parses `nodeK` back into `K`.
+pub fn node_index(node: &str) -> Option<usize> {
+    node.strip_prefix("node")?
+        .parse()
+        .ok()
+        .filter(|k| (1..=MAX_NODES).contains(k))
+}
+
+/// A node's namespace.
+pub fn node_netns(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+/// The underlay address of node `k` (1-based): `172.30.0.(10+k)`.
+pub fn node_underlay_ip(k: usize) -> Result<Ipv4Addr> {
+    if !(1..=MAX_NODES).contains(&k) {
+        bail!("node index {k} out of range 1..={MAX_NODES}");
+    }
+    let [a, b, c, _] = SWITCH_IP.octets();
+    Ok(Ipv4Addr::new(a, b, c, 10 + k as u8))
+}
+
+/// The default name of pod `j` (1-based) on `node`: `nodeK-podJ`.
+pub fn default_pod_name(node: &str, j: usize) -> String {
+    format!("{node}-pod{j}")
+}
+
+/// A pod's namespace: `LAB-<pod>` in the default namespace, `LAB-<ns>-<pod>` elsewhere.
+pub fn pod_netns(lab: &str, namespace: &str, pod: &str) -> String {
+    if namespace == DEFAULT_POD_NAMESPACE {
+        format!("{lab}-{pod}")
+    } else {
+        format!("{lab}-{namespace}-{pod}")
+    }
+}
+
+/// The switch-side veth of a member (`v-etcd`, `v-node1`): names are local to the switch
+/// namespace, so parallel labs never collide.
+pub fn switch_port(member: &str) -> String {
+    format!("v-{member}")
+}
+
+/// The path a runtime passes as `CNI_NETNS` for a named namespace.
+pub fn netns_path(netns: &str) -> String {
+    format!("/var/run/netns/{netns}")
+}
+
+/// Does namespace `netns` belong to lab `lab`, given the names of every other known lab?
+///
+/// Membership is by prefix `lab-`, except that a longer lab name sharing that prefix (lab
+/// `a-b` beside lab `a`) claims its own namespaces.
+pub fn netns_belongs_to(netns: &str, lab: &str, other_labs: &[String]) -> bool {
+    let prefix = netns_prefix(lab);
+    netns.starts_with(&prefix)
+        && !other_labs.iter().any(|other| {
+            other != lab && other.starts_with(&prefix) && netns.starts_with(&netns_prefix(other))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_names() {
+        for ok in ["lab", "a", "e2e-vxlan-1", &"x".repeat(32)] {
+            validate_lab_name(ok).unwrap();
+        }
+        for bad in ["", "Lab", "-a", "a-", "a_b", "a/b", "a b", &"x".repeat(33)] {
+            assert!(validate_lab_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn pod_names() {
+        validate_pod_name("pod", "node1-pod2").unwrap();
+        validate_pod_name("pod", "web.v2_a").unwrap();
+        for bad in ["", "a;b", "a=b", "a/b", "a b"] {
+            assert!(validate_pod_name("pod", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn namespace_names() {
+        assert_eq!(switch_netns("lab"), "lab-sw");
+        assert_eq!(etcd_netns("lab"), "lab-etcd");
+        assert_eq!(node_netns("lab", &node_name(3)), "lab-node3");
+        assert_eq!(
+            pod_netns("lab", DEFAULT_POD_NAMESPACE, &default_pod_name("node1", 2)),
+            "lab-node1-pod2"
+        );
+        assert_eq!(pod_netns("t", "x", "a"), "t-x-a");
+        assert_eq!(netns_path("t-x-a"), "/var/run/netns/t-x-a");
+        assert_eq!(switch_port("node2"), "v-node2");
+    }
+
+    #[test]
+    fn node_addresses() {
+        assert_eq!(node_underlay_ip(1).unwrap(), Ipv4Addr::new(172, 30, 0, 11));
+        assert_eq!(node_underlay_ip(200).unwrap(), Ipv4Addr::new(172, 30, 0, 210));
+        assert!(node_underlay_ip(0).is_err());
+        assert!(node_underlay_ip(201).is_err());
+        assert_eq!(node_index("node12"), Some(12));
+        assert_eq!(node_index("node0"), None);
+        assert_eq!(node_index("etcd"), None);
+        assert_eq!(etcd_endpoint(), "http://172.30.0.2:2379");
+    }
+
+    #[test]
+    fn namespace_ownership_respects_longer_lab_names() {
+        let labs = vec!["a".to_string(), "a-b".to_string()];
+        assert!(netns_belongs_to("a-node1", "a", &labs));
+        assert!(netns_belongs_to("a-node1-pod1", "a", &labs));
+        assert!(!netns_belongs_to("a-b-node1", "a", &labs));
+        assert!(netns_belongs_to("a-b-node1", "a-b", &labs));
+        assert!(!netns_belongs_to("ab-node1", "a", &labs));
+        assert!(!netns_belongs_to("a", "a", &labs));
+    }
+}

@@ -1,0 +1,97 @@
+//! The local API server: one JSON request per connection on a unix socket (root only, 0600),
+//! answered from the node's [`PodNetwork`]. The protocol is `fabric_cni::api`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use fabric_cni::api::{codes, CniError, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::pods::PodNetwork;
+
+/// The largest request accepted, in bytes.
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// What the API serves from: the pod network once the node holds a subnet.
+pub type Serving = watch::Receiver<Option<Arc<PodNetwork>>>;
+
+/// Binds the socket at `path` (replacing a stale one) and serves until the process ends.
+pub async fn serve(path: &Path, pods: Serving) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %path.display(), "local API listening");
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    let pods = pods.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(conn, pods).await {
+                            tracing::debug!(error = %e, "API connection failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "API accept failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn handle(conn: UnixStream, pods: Serving) -> std::io::Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let serving = pods.borrow().clone();
+            dispatch(request, serving).await
+        }
+        Err(e) => Response::Error(CniError::new(codes::DECODE_FAILURE, "cannot decode request", e)),
+    };
+    let mut out = serde_json::to_vec(&response).expect("json");
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// Answers one request.
+pub async fn dispatch(request: Request, pods: Option<Arc<PodNetwork>>) -> Response {
+    let Some(pods) = pods else {
+        let not_ready = |code| {
+            Response::Error(CniError::new(
+                code,
+                "fabricd is not ready: this node holds no subnet lease yet",
+                "check the fabricd log: is etcd reachable and the network config set (fabricctl config set)?",
+            ))
+        };
+        return match request {
+            Request::Status => not_ready(codes::PLUGIN_NOT_AVAILABLE),
+            _ => not_ready(codes::TRY_AGAIN_LATER),
+        };
+    };
+    let done = |r: Result<(), CniError>| match r {
+        Ok(()) => Response::Ok { result: None },
+        Err(e) => Response::Error(e),
+    };
+    match request {
+        Request::Add(att) => match pods.add(&att).await {
+            Ok(result) => Response::Ok { result: Some(result) },
+            Err(e) => Response::Error(e),
+        },
+        Request::Del(att) => done(pods.del(&att.key).await),
+        Request::Check(att) => done(pods.check(&att).await),
+        Request::Status => Response::Ok { result: None },
+        Request::Gc { valid } => done(pods.gc(&valid).await),
+    }
+}

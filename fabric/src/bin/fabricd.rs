@@ -1,0 +1,96 @@
+//! `fabricd`: fabric's node agent. See `fabricd --help`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fabric::agent::{retry, Agent};
+use fabric::flags::DaemonFlags;
+use fabric::state::StateDir;
+use fabric::{api, health};
+use ipam::etcd::EtcdStore;
+use ipam::Store;
+use tokio::sync::watch;
+use tunnel::{Netlink, Underlay};
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = run(DaemonFlags::parse()).await {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(flags: DaemonFlags) -> Result<()> {
+    let node = flags.node_name();
+    let state = StateDir::open(&flags.state_dir)
+        .with_context(|| format!("opening state dir {}", flags.state_dir.display()))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let (pods_tx, pods_rx) = watch::channel(None);
+    api::serve(&flags.socket, pods_rx)
+        .await
+        .with_context(|| format!("binding the local API socket {}", flags.socket.display()))?;
+    if let Some(addr) = flags.healthz_addr {
+        health::serve(addr, ready.clone())
+            .await
+            .with_context(|| format!("binding the health endpoints on {addr} (--healthz-addr)"))?;
+    }
+
+    let netlink = Netlink::connect().context("opening netlink")?;
+    let underlay = Underlay::detect(&netlink, flags.iface.as_deref(), flags.public_ip).await?;
+    tracing::info!(%node, iface = %underlay.iface, ip = %underlay.ip(), mtu = underlay.mtu, "underlay");
+
+    let store: Arc<dyn Store> = Arc::new(
+        retry("connecting to etcd", || async {
+            EtcdStore::connect(&flags.etcd_endpoints, &flags.etcd_prefix).await
+        })
+        .await,
+    );
+    let config = retry("reading the network config", || store.network_config()).await;
+    let mut backend_config = config.backend.clone();
+    if let Some(kind) = flags.backend.filter(|k| *k != config.backend.kind) {
+        tracing::info!(flag = %kind, config = %config.backend.kind, "--backend overrides the network config's Backend.Type");
+        backend_config.kind = kind;
+    }
+    let backend = tunnel::create(&backend_config, underlay.clone(), netlink.clone(), state.path())?;
+    tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
+
+    let agent = Agent {
+        store,
+        backend,
+        underlay,
+        netlink,
+        state,
+        node,
+        lease_ttl: flags.lease_ttl,
+        resync: flags.resync_interval,
+        cluster: config.network,
+        ready,
+        pods: pods_tx,
+    };
+    tokio::select! {
+        r = agent.run() => r,
+        _ = shutdown() => {
+            // The lease stays: a restarted daemon picks its subnet up again.
+            tracing::info!("shutting down; the subnet lease stays until its TTL runs out");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+

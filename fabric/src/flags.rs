@@ -1,0 +1,106 @@
+//! `fabricd`'s flags. Every flag can also be set as an environment variable `FABRIC_<FLAG>`
+//! (e.g. `FABRIC_NODE_NAME`), which is how the DaemonSet passes the node name.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipam::BackendKind;
+
+/// fabric's node agent: leases this node's pod subnet, keeps tunnels to every other node
+/// converged, and wires pods in for the fabric CNI plugin.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fabricd", version, about, long_about = None)]
+pub struct DaemonFlags {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "FABRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Key prefix of fabric's data in etcd.
+    #[arg(long, env = "FABRIC_ETCD_PREFIX", default_value = "/fabric")]
+    pub etcd_prefix: String,
+
+    /// Data path between nodes: vxlan or host-gw. Defaults to the network config's Backend.Type.
+    #[arg(long, env = "FABRIC_BACKEND")]
+    pub backend: Option<BackendKind>,
+
+    /// This node's name (defaults to the hostname).
+    #[arg(long, env = "FABRIC_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Underlay interface (default: the first up interface with an IPv4 address).
+    #[arg(long, env = "FABRIC_IFACE")]
+    pub iface: Option<String>,
+
+    /// Underlay address other nodes reach this one at (default: the interface's address).
+    #[arg(long, env = "FABRIC_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+
+    /// Where the daemon keeps its state (subnet, pod addresses, VTEP MAC).
+    #[arg(long, env = "FABRIC_STATE_DIR", default_value = "/var/lib/fabric")]
+    pub state_dir: PathBuf,
+
+    /// The local API socket the CNI plugin and fabricctl talk to (root only, 0600).
+    #[arg(long, env = "FABRIC_SOCKET", default_value = "/run/fabric/fabricd.sock")]
+    pub socket: PathBuf,
+
+    /// Lifetime of the subnet lease; renewed while the daemon runs (e.g. 24h, 30s).
+    #[arg(long, env = "FABRIC_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Address of the /healthz and /readyz endpoints ("off" disables them).
+    #[arg(long, env = "FABRIC_HEALTHZ_ADDR", default_value = "127.0.0.1:9109", value_parser = parse_healthz)]
+    pub healthz_addr: Option<SocketAddr>,
+
+    /// How often the data path is re-checked against the kernel even without lease changes.
+    #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 24h, 90s)"))?;
+    if d < Duration::from_secs(2) {
+        return Err("must be at least 2s".into());
+    }
+    Ok(d)
+}
+
+fn parse_healthz(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{e} (write host:port, e.g. 127.0.0.1:9109, or off)"))
+}
+
+impl DaemonFlags {
+    /// The node name: the flag, else the hostname.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_parsing() {
+        let f = DaemonFlags::try_parse_from(["fabricd", "--backend", "host-gw", "--lease-ttl", "30s", "--etcd-endpoints", "http://a:2379,http://b:2379"]).unwrap();
+        assert_eq!(f.backend, Some(BackendKind::HostGw));
+        assert_eq!(f.lease_ttl, Duration::from_secs(30));
+        assert_eq!(f.etcd_endpoints.len(), 2);
+        assert_eq!(f.etcd_prefix, "/fabric");
+        assert!(DaemonFlags::try_parse_from(["fabricd", "--backend", "udp"]).is_err());
+        assert!(DaemonFlags::try_parse_from(["fabricd", "--lease-ttl", "1s"]).is_err());
+        let off = DaemonFlags::try_parse_from(["fabricd", "--healthz-addr", "off"]).unwrap();
+        assert_eq!(off.healthz_addr, None);
+    }
+}

@@ -1,0 +1,58 @@
+//! `/healthz` (the daemon runs) and `/readyz` (subnet leased and routes programmed) over a
+//! minimal HTTP/1.1 responder.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Serves the health endpoints on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "health endpoints listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let (status, body) = respond(&buf[..n], ready.load(Ordering::Relaxed));
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn respond(request: &[u8], ready: bool) -> (&'static str, &'static str) {
+    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+    let path = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    match path {
+        b"/healthz" => ("200 OK", "ok\n"),
+        b"/readyz" if ready => ("200 OK", "ready\n"),
+        b"/readyz" => ("503 Service Unavailable", "not ready: no subnet lease or routes yet\n"),
+        _ => ("404 Not Found", "try /healthz or /readyz\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_follows_readiness() {
+        assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", false).0, "503 Service Unavailable");
+        assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", true).0, "200 OK");
+        assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n", false).0, "200 OK");
+        assert_eq!(respond(b"garbage", true).0, "404 Not Found");
+    }
+}

@@ -1,0 +1,14 @@
+//! The node agent (`fabricd`) and the operator's tool (`fabricctl`).
+//!
+//! `fabricd` leases the node's pod subnet through a [`ipam::Store`], keeps the data path to
+//! every other node converged through a [`tunnel::Backend`], wires pods in for the CNI
+//! plugin over a local unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
+//! cluster ([`nft`]) and reports health ([`health`]).
+
+pub mod agent;
+pub mod api;
+pub mod flags;
+pub mod health;
+pub mod nft;
+pub mod pods;
+pub mod state;

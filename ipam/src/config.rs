@@ -1,0 +1,410 @@
+//! The cluster's network config: Flannel's `net-conf.json`, accepted as it is.
+//!
+//! Keys: `Network` (required), `SubnetLen` (default 24, or the network's length + 2 when that
+//! is longer), `SubnetMin`, `SubnetMax` (default: the second and the last subnet), and
+//! `Backend` with `Type` (default `vxlan`), `VNI` (default 1) and `Port` (default 8472).
+//! Keys Flannel knows that fabric does not use (`EnableIPv6`, ...) are ignored.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Why a network config was refused: the key at fault, what is wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("network config: `{key}` {problem}; {fix}")]
+pub struct ConfigError {
+    /// The offending key, e.g. `Backend.VNI`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            key,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Which data path carries pod traffic between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendKind {
+    /// Kernel VXLAN device, one FDB/neighbour/route per remote node.
+    #[serde(rename = "vxlan")]
+    Vxlan,
+    /// Plain routes via the remote node's underlay address (same L2 segment only).
+    #[serde(rename = "host-gw")]
+    HostGw,
+}
+
+impl BackendKind {
+    /// The name used in configs, flags and lease records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(BackendKind::Vxlan),
+            "host-gw" => Ok(BackendKind::HostGw),
+            other => Err(format!(
+                "unknown backend {other:?}: supported backends are \"vxlan\" and \"host-gw\""
+            )),
+        }
+    }
+}
+
+/// The backend section of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `Backend.Type`.
+    pub kind: BackendKind,
+    /// `Backend.VNI` (vxlan).
+    pub vni: u32,
+    /// `Backend.Port`: the vxlan UDP port.
+    pub port: u16,
+}
+
+/// A validated network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `Network`: the cluster's pod CIDR.
+    pub network: Ipv4Net,
+    /// `SubnetLen`: the prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// `SubnetMin`: the first subnet handed out.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`: the last subnet handed out.
+    pub subnet_max: Ipv4Addr,
+    /// `Backend`.
+    pub backend: BackendConfig,
+}
+
+/// The config as written, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawConfig {
+    network: Option<Value>,
+    subnet_len: Option<Value>,
+    subnet_min: Option<Value>,
+    subnet_max: Option<Value>,
+    backend: Option<Map<String, Value>>,
+}
+
+const EXAMPLE: &str =
+    r#"e.g. {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
+
+impl NetworkConfig {
+    /// Parses and validates a config document (Flannel's `net-conf.json` format).
+    pub fn parse(json: &str) -> Result<Self, ConfigError> {
+        let value: Value = serde_json::from_str(json).map_err(|e| {
+            ConfigError::new(
+                "(document)",
+                format!("is not valid JSON ({e})"),
+                format!("write a JSON object, {EXAMPLE}"),
+            )
+        })?;
+        if !value.is_object() {
+            return Err(ConfigError::new(
+                "(document)",
+                "is not a JSON object",
+                format!("write a JSON object, {EXAMPLE}"),
+            ));
+        }
+        let raw: RawConfig = serde_json::from_value(value).map_err(|e| {
+            ConfigError::new("(document)", format!("cannot be read ({e})"), EXAMPLE)
+        })?;
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let network = match raw.network {
+            None => {
+                return Err(ConfigError::new(
+                    "Network",
+                    "is missing",
+                    format!("set it to the cluster's pod CIDR, {EXAMPLE}"),
+                ))
+            }
+            Some(v) => v
+                .as_str()
+                .and_then(|s| s.parse::<Ipv4Net>().ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "Network",
+                        format!("is {v}, not an IPv4 CIDR"),
+                        "write it as a string like \"10.244.0.0/16\"",
+                    )
+                })?,
+        };
+        if network.addr() != network.network() {
+            return Err(ConfigError::new(
+                "Network",
+                format!("has host bits set ({network})"),
+                format!("use {}", network.trunc()),
+            ));
+        }
+        let default_len = (network.prefix_len() + 2).max(24);
+        let subnet_len = match raw.subnet_len {
+            None => default_len,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "SubnetLen",
+                        format!("is {v}, not a prefix length"),
+                        "write a number like 24",
+                    )
+                })?,
+        };
+        if subnet_len <= network.prefix_len() || subnet_len > 30 {
+            return Err(ConfigError::new(
+                "SubnetLen",
+                format!(
+                    "is {subnet_len}, outside {}..=30 for Network {network}",
+                    network.prefix_len() + 1
+                ),
+                "pick a length longer than the Network's and at most 30 (24 gives 254 pods a node)",
+            ));
+        }
+        let first = Ipv4Net::new(network.network(), subnet_len).expect("validated length");
+        let all = network.subnets(subnet_len).expect("validated length");
+        let default_min = all.clone().nth(1).unwrap_or(first).network();
+        let default_max = all.last().unwrap_or(first).network();
+        let subnet_min = parse_bound("SubnetMin", raw.subnet_min, &network, subnet_len)?
+            .unwrap_or(default_min);
+        let subnet_max = parse_bound("SubnetMax", raw.subnet_max, &network, subnet_len)?
+            .unwrap_or(default_max);
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(ConfigError::new(
+                "SubnetMin",
+                format!("({subnet_min}) is above SubnetMax ({subnet_max})"),
+                "swap them or widen the range",
+            ));
+        }
+        let backend = parse_backend(raw.backend)?;
+        Ok(Self {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
+    }
+
+    /// The subnets this config hands out, in address order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
+        self.network
+            .subnets(self.subnet_len)
+            .expect("validated length")
+            .filter(move |s| (min..=max).contains(&u32::from(s.network())))
+    }
+
+    /// The config as a Flannel-style JSON document.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "Network": self.network.to_string(),
+            "SubnetLen": self.subnet_len,
+            "SubnetMin": self.subnet_min.to_string(),
+            "SubnetMax": self.subnet_max.to_string(),
+            "Backend": {
+                "Type": self.backend.kind.as_str(),
+                "VNI": self.backend.vni,
+                "Port": self.backend.port,
+            },
+        })
+    }
+}
+
+fn parse_bound(
+    key: &'static str,
+    value: Option<Value>,
+    network: &Ipv4Net,
+    subnet_len: u8,
+) -> Result<Option<Ipv4Addr>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let addr = v
+        .as_str()
+        .and_then(|s| {
+            // Flannel writes plain addresses; accept a CIDR too.
+            s.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok())
+        })
+        .ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!("is {v}, not an IPv4 address"),
+                "write a subnet's first address as a string, e.g. \"10.244.1.0\"",
+            )
+        })?;
+    if !network.contains(&addr) {
+        return Err(ConfigError::new(
+            key,
+            format!("({addr}) is outside Network {network}"),
+            "pick an address inside Network",
+        ));
+    }
+    let aligned = Ipv4Net::new(addr, subnet_len).expect("validated length").network();
+    if aligned != addr {
+        return Err(ConfigError::new(
+            key,
+            format!("({addr}) is not the start of a /{subnet_len} subnet"),
+            format!("use {aligned}"),
+        ));
+    }
+    Ok(Some(addr))
+}
+
+fn parse_backend(section: Option<Map<String, Value>>) -> Result<BackendConfig, ConfigError> {
+    let section = section.unwrap_or_default();
+    let kind = match section.get("Type") {
+        None => BackendKind::Vxlan,
+        Some(Value::String(s)) => s.parse().map_err(|e: String| {
+            ConfigError::new(
+                "Backend.Type",
+                format!("is {s:?}"),
+                format!("{e}; wireguard is not available yet"),
+            )
+        })?,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "Backend.Type",
+                format!("is {v}, not a string"),
+                "write \"vxlan\" or \"host-gw\"",
+            ))
+        }
+    };
+    let vni = match section.get("VNI") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..1 << 24).contains(n))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "Backend.VNI",
+                    format!("is {v}"),
+                    "use a number from 1 to 16777215 (default 1)",
+                )
+            })? as u32,
+    };
+    let port = match section.get("Port") {
+        None => 8472,
+        Some(v) => match v.as_u64() {
+            // Flannel treats 0 as "the kernel default".
+            Some(0) => 8472,
+            Some(n) => u16::try_from(n).map_err(|_| {
+                ConfigError::new(
+                    "Backend.Port",
+                    format!("is {n}"),
+                    "use a UDP port from 1 to 65535 (default 8472)",
+                )
+            })?,
+            None => {
+                return Err(ConfigError::new(
+                    "Backend.Port",
+                    format!("is {v}, not a number"),
+                    "use a UDP port from 1 to 65535 (default 8472)",
+                ))
+            }
+        },
+    };
+    Ok(BackendConfig { kind, vni, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannel_default_net_conf_is_accepted_as_is() {
+        // The net-conf.json shipped in Flannel's kube-flannel.yml.
+        let cfg = NetworkConfig::parse(
+            r#"{
+              "Network": "10.244.0.0/16",
+              "EnableNFTables": false,
+              "Backend": { "Type": "vxlan" }
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.network, "10.244.0.0/16".parse::<Ipv4Net>().unwrap());
+        assert_eq!(cfg.subnet_len, 24);
+        assert_eq!(cfg.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(cfg.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(cfg.backend.kind, BackendKind::Vxlan);
+        assert_eq!(cfg.backend.vni, 1);
+        assert_eq!(cfg.backend.port, 8472);
+        assert_eq!(cfg.subnets().count(), 255);
+    }
+
+    #[test]
+    fn explicit_keys_are_honoured() {
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"10.10.0.0/16","SubnetLen":26,"SubnetMin":"10.10.1.0",
+                "SubnetMax":"10.10.2.0","Backend":{"Type":"host-gw","VNI":42,"Port":4789}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.subnet_len, 26);
+        assert_eq!(cfg.backend.kind, BackendKind::HostGw);
+        assert_eq!(cfg.backend.vni, 42);
+        assert_eq!(cfg.backend.port, 4789);
+        let subnets: Vec<_> = cfg.subnets().collect();
+        assert_eq!(subnets.first().unwrap().to_string(), "10.10.1.0/26");
+        assert_eq!(subnets.last().unwrap().to_string(), "10.10.2.0/26");
+        assert_eq!(subnets.len(), 5);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (r#"{}"#, "Network"),
+            (r#"{"Network": 5}"#, "Network"),
+            (r#"{"Network": "10.244.0.1/16"}"#, "Network"),
+            (r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#, "SubnetLen"),
+            (r#"{"Network": "10.244.0.0/16", "SubnetLen": 31}"#, "SubnetLen"),
+            (r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.9.0.0"}"#, "SubnetMin"),
+            (r#"{"Network": "10.244.0.0/16", "SubnetMax": "10.244.1.7"}"#, "SubnetMax"),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.244.9.0", "SubnetMax": "10.244.2.0"}"#,
+                "SubnetMin",
+            ),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#, "Backend.Type"),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"VNI": 0}}"#, "Backend.VNI"),
+            (r#"{"Network": "10.244.0.0/16", "Backend": {"Port": 70000}}"#, "Backend.Port"),
+            (r#"not json"#, "(document)"),
+            (r#"[1]"#, "(document)"),
+        ];
+        for (doc, key) in cases {
+            let err = NetworkConfig::parse(doc).unwrap_err();
+            assert_eq!(err.key, key, "{doc}: {err}");
+            assert!(!err.fix.is_empty());
+        }
+    }
+
+    #[test]
+    fn to_json_round_trips() {
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let again = NetworkConfig::parse(&cfg.to_json().to_string()).unwrap();
+        assert_eq!(cfg, again);
+    }
+}

@@ -1,0 +1,629 @@
+//! The one netlink helper every caller uses: links, addresses, routes, neighbours and FDB
+//! entries, as small typed values, with idempotent add/replace/delete.
+//!
+//! A [`Netlink`] is bound to the network namespace its socket was opened in:
+//! [`Netlink::connect`] for the daemon's own namespace, [`Netlink::connect_in`] for a pod's.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlag, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlag, RouteMessage, RouteProtocol, RouteScope,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, IpVersion};
+
+use crate::mac::Mac;
+
+/// The routing protocol number fabric stamps on the routes it owns (`ip route ... proto 0x66`),
+/// so reconciliation can tell its routes from everyone else's.
+pub const ROUTE_PROTOCOL: u8 = 0x66;
+
+/// A netlink failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {what}: {source}")]
+pub struct NetlinkError {
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if it was a kernel error.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.source {
+            rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
+            _ => None,
+        }
+    }
+
+    fn is(&self, errno: i32) -> bool {
+        self.errno() == Some(errno)
+    }
+}
+
+/// Why a [`Netlink`] handle could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The namespace file could not be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        /// The namespace path.
+        path: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The netlink socket could not be opened.
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError {
+        what: what(),
+        source,
+    }
+}
+
+/// A network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<Mac>,
+    /// `IFF_UP` is set.
+    pub up: bool,
+    /// The link kind (`vxlan`, `veth`, ...), when it has one.
+    pub kind: Option<InfoKind>,
+    /// VXLAN parameters, for vxlan links.
+    pub vxlan: Option<VxlanParams>,
+}
+
+/// The parameters that define a VXLAN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanParams {
+    /// VNI.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Local tunnel endpoint address.
+    pub local: Option<Ipv4Addr>,
+    /// Underlay device index.
+    pub underlay: Option<u32>,
+}
+
+/// An IPv4 route in the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    /// Destination prefix.
+    pub dst: Ipv4Net,
+    /// Next hop, if any.
+    pub via: Option<Ipv4Addr>,
+    /// Output interface.
+    pub oif: u32,
+    /// The next hop is on-link even though no address covers it.
+    pub onlink: bool,
+}
+
+/// A permanent IPv4 neighbour (ARP) entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    /// Interface index.
+    pub ifindex: u32,
+    /// The neighbour's address.
+    pub ip: Ipv4Addr,
+    /// Its hardware address.
+    pub mac: Mac,
+}
+
+/// A permanent FDB entry on a VXLAN device: frames for `mac` go to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    /// The VXLAN device's index.
+    pub ifindex: u32,
+    /// The remote VTEP's MAC.
+    pub mac: Mac,
+    /// The remote VTEP's underlay address.
+    pub dst: Ipv4Addr,
+}
+
+/// A netlink handle bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a handle in the calling thread's network namespace. Needs a tokio runtime.
+    pub fn connect() -> std::result::Result<Self, OpenError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(OpenError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Opens a handle in the network namespace at `netns` (e.g. `/var/run/netns/pod1` or
+    /// `/proc/PID/ns/net`). The socket is created on a short-lived thread that entered the
+    /// namespace; the socket stays bound to it while the caller's threads stay where they are.
+    pub fn connect_in(netns: &Path) -> std::result::Result<Self, OpenError> {
+        let netns_err = |source| OpenError::Netns {
+            path: netns.display().to_string(),
+            source,
+        };
+        let file = File::open(netns).map_err(netns_err)?;
+        let opened = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| netns_err(e.into()))?;
+                rtnetlink::new_connection().map_err(OpenError::Socket)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(OpenError::Socket(std::io::Error::other("thread panicked"))))
+        });
+        let (conn, handle, _) = opened?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    // ---- links -------------------------------------------------------------------------
+
+    /// Every link.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx(|| "list links".into()))?;
+        Ok(msgs.into_iter().map(parse_link).collect())
+    }
+
+    /// The link named `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(msg) => Ok(msg.map(parse_link)),
+            Err(e) => {
+                let e = ctx(|| format!("get link {name}"))(e);
+                if e.is(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The link named `name`; an error if it does not exist.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await
+            .map_err(ctx(|| format!("get link {name}")))?;
+        res.map(parse_link).ok_or_else(|| NetlinkError {
+            what: format!("get link {name}"),
+            source: rtnetlink::Error::RequestFailed,
+        })
+    }
+
+    /// Creates a VXLAN device (no learning, the given MAC and MTU, up).
+    pub async fn add_vxlan(&self, name: &str, params: VxlanParams, mac: Mac, mtu: u32) -> Result<Link> {
+        let mut req = self
+            .handle
+            .link()
+            .add()
+            .vxlan(name.to_owned(), params.vni)
+            .port(params.port)
+            .learning(false);
+        if let Some(local) = params.local {
+            req = req.local(local);
+        }
+        if let Some(dev) = params.underlay {
+            req = req.link(dev);
+        }
+        req.execute()
+            .await
+            .map_err(ctx(|| format!("create vxlan {name}")))?;
+        let link = self.require_link(name).await?;
+        self.set_link(&link, Some(mtu), Some(mac), true).await?;
+        self.require_link(name).await
+    }
+
+    /// Creates a veth pair `host` / `peer` in this namespace.
+    pub async fn add_veth(&self, host: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add()
+            .veth(host.to_owned(), peer.to_owned())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("create veth {host}/{peer}")))
+    }
+
+    /// Sets MTU, MAC and/or admin state where they differ.
+    pub async fn set_link(&self, link: &Link, mtu: Option<u32>, mac: Option<Mac>, up: bool) -> Result<()> {
+        let mut req = self.handle.link().set(link.index);
+        let mut changed = false;
+        if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
+            req = req.mtu(mtu);
+            changed = true;
+        }
+        if let Some(mac) = mac.filter(|m| Some(*m) != link.mac) {
+            req = req.address(mac.octets().to_vec());
+            changed = true;
+        }
+        if up && !link.up {
+            req = req.up();
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
+        }
+        req.execute()
+            .await
+            .map_err(ctx(|| format!("configure link {}", link.name)))
+    }
+
+    /// Renames a (down) link.
+    pub async fn rename_link(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .name(name.to_owned())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("rename link {index} to {name}")))
+    }
+
+    /// Moves a link into the network namespace open at `netns`.
+    pub async fn move_link(&self, index: u32, netns: &File) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("move link {index} to another namespace")))
+    }
+
+    /// Deletes a link; a missing link is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        let res = self.handle.link().del(index).execute().await;
+        match res.map_err(ctx(|| format!("delete link {index}"))) {
+            Err(e) if e.is(libc::ENODEV) => Ok(()),
+            other => other,
+        }
+    }
+
+    // ---- addresses ---------------------------------------------------------------------
+
+    /// IPv4 addresses on a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        use netlink_packet_route::address::AddressAttribute;
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx(|| format!("list addresses of link {index}")))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| {
+                let len = m.header.prefix_len;
+                m.attributes.into_iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Ipv4Net::new(ip, len).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds an address to a link unless it is already there.
+    pub async fn ensure_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        if self.addresses(index).await?.contains(&addr) {
+            return Ok(());
+        }
+        let res = self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .execute()
+            .await
+            .map_err(ctx(|| format!("add address {addr} to link {index}")));
+        match res {
+            Err(e) if e.is(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    // ---- routes ------------------------------------------------------------------------
+
+    /// IPv4 routes of the main table carrying fabric's protocol number.
+    pub async fn owned_routes(&self) -> Result<Vec<Route>> {
+        let msgs: Vec<_> = self
+            .handle
+            .route()
+            .get(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(ctx(|| "list routes".into()))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| {
+                m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+                    && m.header.table == 254
+            })
+            .filter_map(parse_route)
+            .collect())
+    }
+
+    /// Adds or replaces a route, stamped with fabric's protocol number.
+    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        let mut req = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .output_interface(route.oif)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .replace();
+        match route.via {
+            Some(via) => req = req.gateway(via),
+            None => req = req.scope(RouteScope::Link),
+        }
+        if route.onlink {
+            req.message_mut().header.flags.push(RouteFlag::Onlink);
+        }
+        req.execute()
+            .await
+            .map_err(ctx(|| format!("replace route {route:?}")))
+    }
+
+    /// Deletes a route; a missing route is not an error.
+    pub async fn delete_route(&self, route: &Route) -> Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = route.dst.prefix_len();
+        msg.header.table = 254;
+        msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst.addr())));
+        msg.attributes.push(RouteAttribute::Oif(route.oif));
+        if let Some(via) = route.via {
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+        }
+        let res = self
+            .handle
+            .route()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(ctx(|| format!("delete route {route:?}")));
+        match res {
+            Err(e) if e.is(libc::ESRCH) || e.is(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    // ---- neighbours and FDB ------------------------------------------------------------
+
+    async fn dump_neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+        let mut req = self.handle.neighbours().get();
+        req.message_mut().header.family = family;
+        req.execute()
+            .try_collect()
+            .await
+            .map_err(ctx(|| "list neighbours".into()))
+    }
+
+    /// Permanent IPv4 neighbours on a link.
+    pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
+        Ok(self
+            .dump_neighbours(AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter(|m| m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                let mac = lladdr(&m)?;
+                Some(Neighbour { ifindex, ip, mac })
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent neighbour.
+    pub async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(n.ifindex, IpAddr::V4(n.ip))
+            .link_local_address(&n.mac.octets())
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("replace neighbour {n:?}")))
+    }
+
+    /// Deletes a neighbour; a missing one is not an error.
+    pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = n.ifindex;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+        let res = self.handle.neighbours().del(msg).execute().await;
+        ignore_missing(res.map_err(ctx(|| format!("delete neighbour {n:?}"))))
+    }
+
+    /// FDB entries with a remote destination on a (VXLAN) link.
+    pub async fn fdb(&self, ifindex: u32) -> Result<Vec<FdbEntry>> {
+        Ok(self
+            .dump_neighbours(AddressFamily::Bridge)
+            .await?
+            .into_iter()
+            .filter(|m| m.header.ifindex == ifindex)
+            .filter_map(|m| {
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                let mac = lladdr(&m)?;
+                Some(FdbEntry { ifindex, mac, dst })
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a permanent FDB entry (`bridge fdb replace MAC dev DEV dst IP self permanent`).
+    pub async fn replace_fdb(&self, e: &FdbEntry) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(e.ifindex, &e.mac.octets())
+            .destination(IpAddr::V4(e.dst))
+            .flags(vec![NeighbourFlag::Own])
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(ctx(|| format!("replace fdb entry {e:?}")))
+    }
+
+    /// Deletes an FDB entry; a missing one is not an error.
+    pub async fn delete_fdb(&self, e: &FdbEntry) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = e.ifindex;
+        msg.header.flags = vec![NeighbourFlag::Own];
+        msg.attributes
+            .push(NeighbourAttribute::LinkLocalAddress(e.mac.octets().to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(e.dst)));
+        let res = self.handle.neighbours().del(msg).execute().await;
+        ignore_missing(res.map_err(ctx(|| format!("delete fdb entry {e:?}"))))
+    }
+}
+
+fn ignore_missing(res: Result<()>) -> Result<()> {
+    match res {
+        Err(e) if e.is(libc::ENOENT) || e.is(libc::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+fn lladdr(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLocalAddress(b) => Mac::from_slice(b),
+        _ => None,
+    })
+}
+
+fn parse_link(msg: netlink_packet_route::link::LinkMessage) -> Link {
+    use netlink_packet_route::link::LinkFlag;
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(&LinkFlag::Up),
+        kind: None,
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Address(a) => link.mac = Mac::from_slice(&a),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            link.vxlan = Some(parse_vxlan(&data));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_vxlan(data: &[InfoVxlan]) -> VxlanParams {
+    let mut p = VxlanParams {
+        vni: 0,
+        port: 0,
+        local: None,
+        underlay: None,
+    };
+    for d in data {
+        match d {
+            InfoVxlan::Id(v) => p.vni = *v,
+            InfoVxlan::Port(port) => p.port = *port,
+            InfoVxlan::Local(b) if b.len() == 4 => {
+                p.local = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            }
+            InfoVxlan::Link(l) => p.underlay = Some(*l),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn parse_route(m: RouteMessage) -> Option<Route> {
+    let mut dst = None;
+    let mut via = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    Some(Route {
+        dst: Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), m.header.destination_prefix_length)
+            .ok()?,
+        via,
+        oif: oif?,
+        onlink: m.header.flags.contains(&RouteFlag::Onlink),
+    })
+}

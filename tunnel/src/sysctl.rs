@@ -1,0 +1,25 @@
+//! Per-namespace sysctls under `/proc/sys/net`, written only when they differ. They apply to
+//! the network namespace of the process that opens them, i.e. the node's own.
+
+use std::path::PathBuf;
+
+/// Sets `key` (e.g. `net/ipv4/ip_forward`) to `value`.
+pub fn set(key: &str, value: &str) -> std::io::Result<()> {
+    let path = PathBuf::from("/proc/sys").join(key);
+    let current = std::fs::read_to_string(&path)?;
+    if current.trim() == value {
+        return Ok(());
+    }
+    std::fs::write(&path, value).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Enables IPv4 forwarding in this namespace.
+pub fn enable_forwarding() -> std::io::Result<()> {
+    set("net/ipv4/ip_forward", "1")
+}
+
+/// Enables proxy ARP on `iface`, so it answers ARP for addresses routed elsewhere (the pods'
+/// link-local gateway).
+pub fn enable_proxy_arp(iface: &str) -> std::io::Result<()> {
+    set(&format!("net/ipv4/conf/{iface}/proxy_arp"), "1")
+}
