@@ -51,7 +51,7 @@ pub struct DaemonFlags {
 
     /// Address of the /healthz and /readyz endpoints ("off" disables them).
     #[arg(long, env = "FABRIC_HEALTHZ_ADDR", default_value = "127.0.0.1:9109", value_parser = parse_healthz)]
-    pub healthz_addr: Option<SocketAddr>,
+    pub healthz_addr: HealthzAddr,
 
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -66,12 +66,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_healthz(s: &str) -> Result<Option<SocketAddr>, String> {
+/// Where the health endpoints listen, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthzAddr(pub Option<SocketAddr>);
+
+fn parse_healthz(s: &str) -> Result<HealthzAddr, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(HealthzAddr(None));
     }
     s.parse()
-        .map(Some)
+        .map(|a| HealthzAddr(Some(a)))
         .map_err(|e| format!("{e} (write host:port, e.g. 127.0.0.1:9109, or off)"))
 }
 
@@ -101,6 +105,6 @@ mod tests {
         assert!(DaemonFlags::try_parse_from(["fabricd", "--backend", "udp"]).is_err());
         assert!(DaemonFlags::try_parse_from(["fabricd", "--lease-ttl", "1s"]).is_err());
         let off = DaemonFlags::try_parse_from(["fabricd", "--healthz-addr", "off"]).unwrap();
-        assert_eq!(off.healthz_addr, None);
+        assert_eq!(off.healthz_addr, HealthzAddr(None));
     }
 }

@@ -164,8 +164,11 @@ impl Netlink {
             source,
         };
         let file = File::open(netns).map_err(netns_err)?;
+        let runtime = tokio::runtime::Handle::current();
         let opened = std::thread::scope(|s| {
             s.spawn(|| {
+                // The socket registers with the caller's runtime, not a new one.
+                let _entered = runtime.enter();
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| netns_err(e.into()))?;
                 rtnetlink::new_connection().map_err(OpenError::Socket)

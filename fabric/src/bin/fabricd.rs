@@ -19,7 +19,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
         )
         .init();
     if let Err(e) = run(DaemonFlags::parse()).await {
@@ -37,7 +37,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     api::serve(&flags.socket, pods_rx)
         .await
         .with_context(|| format!("binding the local API socket {}", flags.socket.display()))?;
-    if let Some(addr) = flags.healthz_addr {
+    if let Some(addr) = flags.healthz_addr.0 {
         health::serve(addr, ready.clone())
             .await
             .with_context(|| format!("binding the health endpoints on {addr} (--healthz-addr)"))?;

@@ -1,0 +1,722 @@
+//! [`Lab`]: a running cluster, what `up` builds and every other operation acts on. It owns
+//! the orchestration (the order of steps, recording each in the state file before acting) and
+//! delegates the mechanics to the other modules.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+use crate::cni_runtime::{self, CniCommand, Conflist, Invocation, Runtime};
+use crate::process::{self, Cmd};
+use crate::spec::{Backend, LabSpec, PodSpec};
+use crate::state::{LabState, Layout, Node, Pod, STATE_VERSION};
+use crate::teardown::{self, DownReport};
+use crate::topology::{self, ETCD_IP, POD_IFACE, SWITCH_IP};
+use crate::{etcd, netns, node};
+
+/// Where standard CNI plugins (portmap, bandwidth, ...) are installed.
+pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+
+/// How long a `fabricctl` call may take.
+const FABRICCTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Lab::stop_fabricd`] waits for fabricd to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lab cluster. Dropping a lab made by [`Lab::up`] tears it down unless [`Lab::keep`] was
+/// called; a lab from [`Lab::attach`] is left running when dropped.
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    layout: Layout,
+    progress: bool,
+    owned: bool,
+}
+
+impl Lab {
+    /// Builds a lab: switch, etcd, network config, nodes (fabricd ready on each), pods. On
+    /// failure everything created so far is removed again.
+    pub fn up(spec: LabSpec) -> Result<Lab> {
+        spec.validate()?;
+        spec.check_binaries()?;
+        ensure!(
+            crate::spec::is_executable(&etcd::binary()),
+            "etcd not found (install Debian's etcd-server)"
+        );
+        if teardown::exists(&spec.name)? {
+            bail!(
+                "lab {name:?} already exists (remove it with `fabric-lab down --name {name}`)",
+                name = spec.name
+            );
+        }
+        let layout = Layout::for_lab(&spec.name);
+        layout.create().with_context(|| {
+            format!("claiming {} (is another `up` running?)", layout.root().display())
+        })?;
+        let mut lab = Lab {
+            state: LabState {
+                version: STATE_VERSION,
+                name: spec.name.clone(),
+                backend: spec.backend,
+                network: spec.network.clone(),
+                subnet_len: spec.subnet_len,
+                lease_ttl: spec.lease_ttl,
+                bin_dir: spec.bin_dir.clone(),
+                reservations: spec.reservations.clone(),
+                namespaces: Vec::new(),
+                etcd: None,
+                nodes: Vec::new(),
+                pods: Vec::new(),
+            },
+            layout,
+            progress: spec.progress,
+            owned: true,
+        };
+        match lab.save().and_then(|()| lab.build(&spec)) {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                lab.step("failed; removing what was built");
+                let cleanup = lab.teardown();
+                let e = e.context(format!("bringing up lab {}", spec.name));
+                Err(match cleanup {
+                    Ok(_) => e,
+                    Err(c) => e.context(format!(
+                        "cleanup failed too ({c:#}): run `fabric-lab down --name {}`",
+                        spec.name
+                    )),
+                })
+            }
+        }
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> Result<()> {
+        let name = self.state.name.clone();
+
+        let sw = topology::switch_netns(&name);
+        self.step(&format!(
+            "underlay switch {sw}: bridge {} {SWITCH_IP}/{}",
+            topology::BRIDGE,
+            topology::UNDERLAY_PREFIX_LEN
+        ));
+        self.create_netns(&sw)?;
+        netns::create_bridge(&sw, SWITCH_IP)?;
+
+        let etcd_ns = topology::etcd_netns(&name);
+        self.step(&format!("etcd in {etcd_ns} at {ETCD_IP}"));
+        self.create_netns(&etcd_ns)?;
+        netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
+        self.start_etcd()?;
+
+        self.step(&format!(
+            "network config: {} in /{} subnets, backend {}",
+            spec.network, spec.subnet_len, spec.backend
+        ));
+        let net_conf = self.layout.net_conf();
+        write_json(&net_conf, &spec.net_conf())?;
+        self.fabricctl(&["config", "set", "-f", &net_conf.display().to_string()])?;
+        for r in &spec.reservations {
+            self.step(&format!("reserving {} for {}", r.subnet, r.node));
+            self.fabricctl(&["reserve", &r.subnet, &r.node])?;
+        }
+        write_json(&self.layout.conflist(), &Conflist::fabric_default(None).to_value())?;
+
+        for _ in 0..spec.nodes {
+            self.create_node()?;
+        }
+        for k in 0..self.state.nodes.len() {
+            let node = &self.state.nodes[k];
+            self.step(&format!("waiting for fabricd on {}", node.name));
+            node::wait_ready(node, node::READY_TIMEOUT)?;
+        }
+        if let Err(e) = self.refresh_subnets() {
+            self.step(&format!("warning: cannot read the leases: {e:#}"));
+        }
+
+        for k in 1..=self.state.nodes.len() {
+            let node_name = topology::node_name(k);
+            for j in 1..=spec.pods_per_node {
+                let pod = PodSpec::new(topology::default_pod_name(&node_name, j));
+                self.add_pod(&node_name, pod)?;
+            }
+        }
+        self.step("ready");
+        Ok(())
+    }
+
+    /// Loads an existing lab from its state file. Dropping the result leaves the lab running.
+    pub fn attach(name: &str) -> Result<Lab> {
+        topology::validate_lab_name(name)?;
+        let layout = Layout::for_lab(name);
+        if !layout.state_file().exists() {
+            if teardown::exists(name)? {
+                bail!(
+                    "lab {name:?} has no state file (a crashed `up`?): remove it with \
+                     `fabric-lab down --name {name}`"
+                );
+            }
+            bail!("no lab named {name:?} (start one with `fabric-lab up --name {name}`)");
+        }
+        Ok(Lab {
+            state: LabState::load(&layout)?,
+            layout,
+            progress: false,
+            owned: false,
+        })
+    }
+
+    /// Leaves the lab running when this value is dropped.
+    pub fn keep(&mut self) {
+        self.owned = false;
+    }
+
+    /// Tears down lab `name` from its state file, or by namespace prefix if that is gone.
+    pub fn down_by_name(name: &str) -> Result<DownReport> {
+        teardown::down(name, None)
+    }
+
+    /// Tears the lab down now.
+    pub fn down(mut self) -> Result<DownReport> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<DownReport> {
+        self.owned = false;
+        teardown::down(&self.state.name, Some(&self.state))
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The backend the nodes run.
+    pub fn backend(&self) -> Backend {
+        self.state.backend
+    }
+
+    /// Everything the state file records.
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// The state dir's paths.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The nodes, in order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.state.nodes
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.state
+            .node(name)
+            .ok_or_else(|| anyhow!("lab {} has no node {name:?}", self.state.name))
+    }
+
+    fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        let lab = &self.state.name;
+        self.state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("lab {lab} has no node {name:?}"))
+    }
+
+    /// The pods, in creation order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.state.pods
+    }
+
+    /// The pod `target` names (`name`, `namespace/name` or its netns).
+    pub fn pod(&self, target: &str) -> Result<&Pod> {
+        self.state
+            .find_pod(target)
+            .ok_or_else(|| anyhow!("lab {} has no pod {target:?}", self.state.name))
+    }
+
+    /// The pods on `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.state.pods.iter().filter(move |p| p.node == node)
+    }
+
+    /// The switch's namespace.
+    pub fn switch_netns(&self) -> String {
+        topology::switch_netns(&self.state.name)
+    }
+
+    /// etcd's namespace.
+    pub fn etcd_netns(&self) -> String {
+        topology::etcd_netns(&self.state.name)
+    }
+
+    /// The namespace `target` names: a pod, a node, `etcd`, `sw`, or a lab namespace itself.
+    pub fn netns(&self, target: &str) -> Result<String> {
+        let name = &self.state.name;
+        if let Some(pod) = self.state.find_pod(target) {
+            return Ok(pod.netns.clone());
+        }
+        if let Some(node) = self.state.node(target) {
+            return Ok(node.netns.clone());
+        }
+        match target {
+            "etcd" => return Ok(self.etcd_netns()),
+            "sw" | "switch" => return Ok(self.switch_netns()),
+            _ => {}
+        }
+        if self.state.namespaces.iter().any(|n| n == target) {
+            return Ok(target.to_string());
+        }
+        let pods: Vec<String> = self.state.pods.iter().map(Pod::qualified_name).collect();
+        let nodes: Vec<&str> = self.state.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!(
+            "lab {name} has no {target:?}: try a pod ({}), a node ({}), etcd or sw",
+            pods.join(", "),
+            nodes.join(", ")
+        )
+    }
+
+    /// Runs `argv` inside `target`'s namespace (see [`Lab::netns`]) and returns its output,
+    /// whatever its exit status.
+    pub fn exec(&self, target: &str, argv: &[&str]) -> Result<Output> {
+        self.exec_cmd(target, argv)?.output()
+    }
+
+    /// Runs `argv` inside `target`'s namespace; fails (with its stderr) unless it exits 0.
+    /// Returns its stdout.
+    pub fn exec_ok(&self, target: &str, argv: &[&str]) -> Result<String> {
+        self.exec_cmd(target, argv)?.run()
+    }
+
+    /// The command running `argv` inside `target`'s namespace, for callers that need a timeout,
+    /// stdin or the terminal.
+    pub fn exec_cmd(&self, target: &str, argv: &[&str]) -> Result<Cmd> {
+        let (program, args) = argv.split_first().context("empty command")?;
+        Ok(Cmd::in_netns(&self.netns(target)?, program).args(args))
+    }
+
+    // ---- etcd -----------------------------------------------------------------------------
+
+    /// Starts etcd (again) and waits until it is healthy.
+    pub fn start_etcd(&mut self) -> Result<()> {
+        if let Some(d) = self.state.etcd.as_ref().filter(|d| d.is_running()) {
+            bail!("etcd is already running (pid {})", d.pid);
+        }
+        let netns = self.etcd_netns();
+        let daemon = etcd::start(&self.state.name, &netns, &self.layout)?;
+        self.state.etcd = Some(daemon.clone());
+        self.save()?;
+        etcd::wait_healthy(&netns, &daemon, &self.layout)
+    }
+
+    /// Sends `signal` to etcd and waits for it to exit (a datastore outage).
+    pub fn stop_etcd(&mut self, signal: Signal) -> Result<()> {
+        let daemon = self.state.etcd.clone().context("etcd is not running")?;
+        stop_daemon("etcd", &daemon, signal)?;
+        self.state.etcd = None;
+        self.save()
+    }
+
+    // ---- nodes ----------------------------------------------------------------------------
+
+    /// Adds node `node(N+1)`: namespace, underlay link, fabricd; waits until it is ready.
+    pub fn add_node(&mut self) -> Result<Node> {
+        let name = self.create_node()?;
+        node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
+        if let Err(e) = self.refresh_subnets() {
+            self.step(&format!("warning: cannot read the leases: {e:#}"));
+        }
+        Ok(self.node(&name)?.clone())
+    }
+
+    /// Creates the next node and starts its fabricd without waiting; returns its name.
+    fn create_node(&mut self) -> Result<String> {
+        let k = self.state.nodes.len() + 1;
+        let name = topology::node_name(k);
+        let netns = topology::node_netns(&self.state.name, &name);
+        let ip = topology::node_underlay_ip(k)?;
+        self.step(&format!("{name}: namespace {netns}, eth0 {ip}, fabricd"));
+        self.create_netns(&netns)?;
+        netns::plug_into_switch(&self.switch_netns(), &name, &netns, ip, Some(SWITCH_IP))?;
+        netns::sysctl(&netns, "net.ipv4.ip_forward", "1")?;
+        self.state.nodes.push(Node {
+            name: name.clone(),
+            netns,
+            underlay_ip: ip,
+            socket: self.layout.node_socket(&name),
+            state_dir: self.layout.node_dir(&name),
+            log: self.layout.log(&name),
+            subnet: None,
+            fabricd: None,
+        });
+        self.save()?;
+        self.spawn_fabricd(&name)?;
+        Ok(name)
+    }
+
+    fn spawn_fabricd(&mut self, node_name: &str) -> Result<()> {
+        let fabricd = self.state.bin_dir.join("fabricd");
+        let (backend, ttl) = (self.state.backend, self.state.lease_ttl);
+        let node = self.node_mut(node_name)?;
+        if let Some(d) = node.fabricd.as_ref().filter(|d| d.is_running()) {
+            bail!("fabricd on {node_name} is already running (pid {})", d.pid);
+        }
+        node.fabricd = Some(node::start_fabricd(&fabricd, node, backend, ttl)?);
+        self.save()
+    }
+
+    /// Starts fabricd on `node` with the same flags, appending to the same log, and waits until
+    /// it is ready.
+    pub fn start_fabricd(&mut self, node: &str) -> Result<()> {
+        self.spawn_fabricd(node)?;
+        self.wait_ready(node)
+    }
+
+    /// Waits (up to 30 s) until fabricd on `node` answers `Status` with `Ok`.
+    pub fn wait_ready(&self, node: &str) -> Result<()> {
+        node::wait_ready(self.node(node)?, node::READY_TIMEOUT)
+    }
+
+    /// Sends `signal` to fabricd on `node` and waits (up to 10 s) for it to exit.
+    pub fn stop_fabricd(&mut self, node: &str, signal: Signal) -> Result<()> {
+        let daemon = self
+            .node(node)?
+            .fabricd
+            .clone()
+            .with_context(|| format!("fabricd on {node} is not running"))?;
+        stop_daemon(&format!("fabricd on {node}"), &daemon, signal)?;
+        self.node_mut(node)?.fabricd = None;
+        self.save()
+    }
+
+    /// Sends `signal` to fabricd on `node` without waiting (e.g. SIGHUP).
+    pub fn signal_fabricd(&self, node: &str, signal: Signal) -> Result<()> {
+        let node = self.node(node)?;
+        let daemon = node
+            .fabricd
+            .as_ref()
+            .with_context(|| format!("fabricd on {} is not running", node.name))?;
+        ensure!(
+            daemon.signal(signal)?,
+            "fabricd on {} (pid {}) is not running",
+            node.name,
+            daemon.pid
+        );
+        Ok(())
+    }
+
+    /// The last lines of fabricd's log on `node` (or of `etcd`'s).
+    pub fn log_tail(&self, node: &str) -> String {
+        process::tail(&self.layout.log(node), node::LOG_TAIL_LINES)
+    }
+
+    // ---- control plane --------------------------------------------------------------------
+
+    /// Runs `fabricctl ARGS...` against the lab's etcd (from the switch namespace); returns its
+    /// stdout.
+    pub fn fabricctl(&self, args: &[&str]) -> Result<String> {
+        Cmd::in_netns(&self.switch_netns(), self.state.bin_dir.join("fabricctl"))
+            .args(["--etcd-endpoints", &topology::etcd_endpoint()])
+            .args(["--etcd-prefix", topology::ETCD_PREFIX])
+            .args(args)
+            .timeout(FABRICCTL_TIMEOUT)
+            .run()
+    }
+
+    /// `fabricctl leases -o json`, parsed.
+    pub fn leases(&self) -> Result<Value> {
+        let out = self.fabricctl(&["leases", "-o", "json"])?;
+        serde_json::from_str(&out).with_context(|| format!("parsing `fabricctl leases`: {out}"))
+    }
+
+    /// The leased subnet of every node, by node name, as etcd has them now.
+    pub fn subnets(&self) -> Result<BTreeMap<String, String>> {
+        Ok(subnets_by_node(&self.leases()?))
+    }
+
+    /// Reads the leases and records each node's subnet in the state.
+    pub fn refresh_subnets(&mut self) -> Result<()> {
+        let subnets = self.subnets()?;
+        for node in &mut self.state.nodes {
+            node.subnet = subnets.get(&node.name).cloned();
+        }
+        self.save()
+    }
+
+    // ---- pods and CNI ---------------------------------------------------------------------
+
+    /// The conflist a pod on `node` gets by default: the lab's, pointed at that node's fabricd.
+    pub fn default_conflist(&self, node: &str) -> Result<Conflist> {
+        Ok(Conflist::fabric_default(Some(&self.node(node)?.socket)))
+    }
+
+    /// A CNI runtime on `node`: plugins run inside the node's namespace, found in the bin dir
+    /// and then in `/usr/lib/cni`.
+    pub fn cni_runtime(&self, node: &str) -> Result<Runtime> {
+        let node = self.node(node)?;
+        Ok(
+            Runtime::new(vec![self.state.bin_dir.clone(), SYSTEM_CNI_DIR.into()])
+                .in_netns(node.netns.clone()),
+        )
+    }
+
+    /// Creates a pod on `node`: a namespace with `lo` up, attached by CNI ADD exactly as a
+    /// container runtime does. A failed ADD is rolled back (DEL, namespace deleted).
+    pub fn add_pod(&mut self, node: &str, spec: PodSpec) -> Result<Pod> {
+        let namespace = spec.k8s_namespace().to_string();
+        topology::validate_pod_name("pod name", &spec.name)?;
+        topology::validate_pod_name("pod namespace", &namespace)?;
+        let node_info = self.node(node)?.clone();
+        let netns = topology::pod_netns(&self.state.name, &namespace, &spec.name);
+        ensure!(
+            !self.state.namespaces.contains(&netns) && !netns::exists(&netns),
+            "namespace {netns} for pod {namespace}/{} is already taken",
+            spec.name
+        );
+        let conflist = match spec.conflist.clone() {
+            Some(v) => Conflist::from_value(v)?,
+            None => Conflist::fabric_default(None),
+        }
+        .with_default_socket(&node_info.socket);
+        let mut inv = Invocation::new(netns.clone(), Some(topology::netns_path(&netns)))
+            .k8s_pod(&namespace, &spec.name)
+            .ips(&spec.ips, self.state.subnet_len);
+        if !spec.labels.is_empty() {
+            inv = inv.capability("labels", json!(spec.labels));
+        }
+        inv.ifname = POD_IFACE.to_string();
+
+        self.step(&format!("pod {namespace}/{} on {node}: CNI ADD", spec.name));
+        self.create_netns(&netns)?;
+        let runtime = self.cni_runtime(node)?;
+        let attached = runtime
+            .add(&conflist, &inv)
+            .map_err(anyhow::Error::from)
+            .and_then(|result| {
+                let ip = cni_runtime::first_ipv4(&result)
+                    .with_context(|| format!("CNI result without an IPv4 address: {result}"))?;
+                Ok((result, ip))
+            });
+        let (result, ip) = match attached {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = runtime.del(&conflist, &inv);
+                let _ = netns::delete(&netns);
+                self.state.namespaces.retain(|n| *n != netns);
+                self.save()?;
+                return Err(e.context(format!("attaching pod {namespace}/{} on {node}", spec.name)));
+            }
+        };
+        let pod = Pod {
+            name: spec.name,
+            namespace,
+            netns: netns.clone(),
+            node: node.to_string(),
+            ip,
+            container_id: netns,
+            ifname: inv.ifname,
+            conflist: conflist.to_value(),
+            result,
+        };
+        self.state.pods.push(pod.clone());
+        self.save()?;
+        Ok(pod)
+    }
+
+    /// Deletes a pod: CNI DEL (with the cached ADD result), then its namespace. If DEL fails the
+    /// pod is kept, so the call can be retried.
+    pub fn del_pod(&mut self, target: &str) -> Result<()> {
+        let pod = self.pod(target)?.clone();
+        let conflist = Conflist::from_value(pod.conflist.clone())?;
+        let mut inv = self.pod_invocation(&pod);
+        inv.cached_result = Some(pod.result.clone());
+        self.cni_runtime(&pod.node)?
+            .del(&conflist, &inv)
+            .with_context(|| format!("detaching pod {}", pod.qualified_name()))?;
+        netns::delete(&pod.netns)?;
+        self.state.pods.retain(|p| p.netns != pod.netns);
+        self.state.namespaces.retain(|n| *n != pod.netns);
+        self.save()
+    }
+
+    /// The invocation a runtime would use for an existing pod (for CHECK, DEL, custom calls).
+    pub fn pod_invocation(&self, pod: &Pod) -> Invocation {
+        let mut inv = Invocation::new(
+            pod.container_id.clone(),
+            Some(topology::netns_path(&pod.netns)),
+        )
+        .k8s_pod(&pod.namespace, &pod.name);
+        inv.ifname = pod.ifname.clone();
+        inv.cached_result = Some(pod.result.clone());
+        inv
+    }
+
+    /// Runs a CNI verb on `node` through the runtime, with `conflist` or the node's default.
+    /// ADD returns its result, VERSION the plugin's answer, the others `None`.
+    pub fn cni(
+        &self,
+        node: &str,
+        command: CniCommand,
+        inv: &Invocation,
+        conflist: Option<&Conflist>,
+    ) -> Result<Option<Value>, cni_runtime::Error> {
+        let setup = |e: anyhow::Error| cni_runtime::Error::Config(format!("{e:#}"));
+        let runtime = self.cni_runtime(node).map_err(setup)?;
+        let default;
+        let conflist = match conflist {
+            Some(list) => list,
+            None => {
+                default = self.default_conflist(node).map_err(setup)?;
+                &default
+            }
+        };
+        runtime.run(command, conflist, inv)
+    }
+
+    /// Runs one plugin binary on `node` (found like the runtime finds plugins) with exactly
+    /// `env` and `stdin`, and returns its raw output: for feeding plugins malformed input.
+    pub fn cni_exec(
+        &self,
+        node: &str,
+        plugin: &str,
+        env: &[(String, String)],
+        stdin: &[u8],
+    ) -> Result<Output> {
+        let runtime = self.cni_runtime(node)?;
+        let binary = runtime.find_plugin(plugin)?;
+        runtime.exec(&binary, env, stdin)
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    /// Records `name` in the state (so a crash leaves it findable), then creates it.
+    fn create_netns(&mut self, name: &str) -> Result<()> {
+        self.state.record_netns(name);
+        self.save()?;
+        netns::create(name)
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.layout)
+    }
+
+    fn step(&self, msg: &str) {
+        if self.progress {
+            eprintln!("[{}] {msg}", self.state.name);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        match self.teardown() {
+            Ok(report) => {
+                for w in report.warnings {
+                    eprintln!("[{}] teardown: {w}", self.state.name);
+                }
+            }
+            Err(e) => eprintln!(
+                "[{}] teardown failed: {e:#} (run `fabric-lab down --name {}`)",
+                self.state.name, self.state.name
+            ),
+        }
+    }
+}
+
+/// Sends `signal` to a daemon and waits for it to exit.
+fn stop_daemon(what: &str, daemon: &process::Daemon, signal: Signal) -> Result<()> {
+    ensure!(
+        daemon.signal(signal)?,
+        "{what} (pid {}) is not running",
+        daemon.pid
+    );
+    ensure!(
+        daemon.wait_exit(STOP_TIMEOUT),
+        "{what} (pid {}) still running {}s after {signal}",
+        daemon.pid,
+        STOP_TIMEOUT.as_secs()
+    );
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Each node's subnet from `fabricctl leases -o json`: a list of leases (or `{"leases": [...]}`
+/// or an object keyed by subnet), each naming its node (`node`, `node_name`, `nodeName`,
+/// `hostname`) and its subnet (`subnet`, `cidr`, `network`, or the key), possibly one level
+/// down (e.g. under `lease` or `attrs`).
+pub fn subnets_by_node(leases: &Value) -> BTreeMap<String, String> {
+    const NODE_KEYS: [&str; 5] = ["node", "node_name", "nodeName", "hostname", "name"];
+    const SUBNET_KEYS: [&str; 3] = ["subnet", "cidr", "network"];
+    fn find(entry: &Value, keys: &[&str]) -> Option<String> {
+        let obj = entry.as_object()?;
+        keys.iter()
+            .find_map(|k| obj.get(*k)?.as_str().map(str::to_string))
+            .or_else(|| obj.values().filter(|v| v.is_object()).find_map(|v| find(v, keys)))
+    }
+    let entries: Vec<(Option<String>, &Value)> = match leases {
+        Value::Array(list) => list.iter().map(|e| (None, e)).collect(),
+        Value::Object(obj) => match obj.get("leases") {
+            Some(Value::Array(list)) => list.iter().map(|e| (None, e)).collect(),
+            _ => obj.iter().map(|(k, e)| (Some(k.clone()), e)).collect(),
+        },
+        _ => Vec::new(),
+    };
+    entries
+        .into_iter()
+        .filter_map(|(key, entry)| {
+            let node = find(entry, &NODE_KEYS)?;
+            let subnet = find(entry, &SUBNET_KEYS).or(key)?;
+            Some((node, subnet.replace('-', "/")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_shapes() {
+        let want: BTreeMap<String, String> = [
+            ("node1".to_string(), "10.244.1.0/24".to_string()),
+            ("node2".to_string(), "10.244.7.0/24".to_string()),
+        ]
+        .into();
+        let flat = json!([
+            {"subnet": "10.244.1.0/24", "node": "node1", "public_ip": "172.30.0.11"},
+            {"subnet": "10.244.7.0/24", "node": "node2"}
+        ]);
+        assert_eq!(subnets_by_node(&flat), want);
+        let wrapped = json!({"leases": [
+            {"subnet": "10.244.1.0/24", "lease": {"node_name": "node1"}},
+            {"cidr": "10.244.7.0/24", "attrs": {"nodeName": "node2"}}
+        ]});
+        assert_eq!(subnets_by_node(&wrapped), want);
+        let keyed = json!({
+            "10.244.1.0-24": {"node": "node1"},
+            "10.244.7.0-24": {"node": "node2", "backend": {"type": "vxlan"}}
+        });
+        assert_eq!(subnets_by_node(&keyed), want);
+        assert!(subnets_by_node(&json!(null)).is_empty());
+    }
+}
