@@ -150,7 +150,7 @@ mod tests {
         occ.leased.insert(net("10.244.1.0/24"), "a".into());
         assert_eq!(
             choose(&c, &occ, "n", None, |n| n - 1),
-            Choice::Claim(net("10.244.100.0/24"))
+            Choice::Claim(net("10.244.101.0/24"))
         );
         assert_eq!(
             choose(&c, &occ, "n", None, |_| 2),

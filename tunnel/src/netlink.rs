@@ -32,13 +32,13 @@ pub const ROUTE_PROTOCOL: u8 = 0x66;
 pub struct NetlinkError {
     what: String,
     #[source]
-    source: rtnetlink::Error,
+    source: Box<rtnetlink::Error>,
 }
 
 impl NetlinkError {
     /// The errno the kernel answered with, if it was a kernel error.
     pub fn errno(&self) -> Option<i32> {
-        match &self.source {
+        match self.source.as_ref() {
             rtnetlink::Error::NetlinkError(msg) => Some(-msg.raw_code()),
             _ => None,
         }
@@ -70,7 +70,7 @@ type Result<T> = std::result::Result<T, NetlinkError>;
 fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     move |source| NetlinkError {
         what: what(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -232,7 +232,7 @@ impl Netlink {
             .map_err(ctx(|| format!("get link {name}")))?;
         res.map(parse_link).ok_or_else(|| NetlinkError {
             what: format!("get link {name}"),
-            source: rtnetlink::Error::RequestFailed,
+            source: Box::new(rtnetlink::Error::RequestFailed),
         })
     }
 

@@ -2,7 +2,7 @@
 //! node one route `<subnet> via <subnet .0> onlink`, one permanent neighbour
 //! `<subnet .0> -> VTEP MAC` and one FDB entry `VTEP MAC -> node IP` (Flannel's layout).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use ipam::{BackendConfig, BackendKind, Lease, Leases};
@@ -128,7 +128,7 @@ impl Vxlan {
     }
 }
 
-fn load_or_create_mac(path: &PathBuf) -> Result<Mac, TunnelError> {
+fn load_or_create_mac(path: &Path) -> Result<Mac, TunnelError> {
     let state = |source| TunnelError::State {
         path: path.display().to_string(),
         source,

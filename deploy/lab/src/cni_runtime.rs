@@ -112,7 +112,9 @@ pub enum Error {
         stderr: String,
     },
     /// The plugin's output was not what the spec requires.
-    #[error("{command} {plugin}: unexpected output ({status}): stdout {stdout:?}, stderr {stderr:?}")]
+    #[error(
+        "{command} {plugin}: unexpected output ({status}): stdout {stdout:?}, stderr {stderr:?}"
+    )]
     BadOutput {
         /// The plugin's `type`.
         plugin: String,
@@ -183,7 +185,9 @@ impl Conflist {
     /// Parses a conflist; a single-plugin `.conf` (with `type` at the top) is wrapped into one.
     pub fn from_value(value: Value) -> Result<Self, Error> {
         let Value::Object(mut top) = value else {
-            return Err(Error::Config("a network configuration must be a JSON object".into()));
+            return Err(Error::Config(
+                "a network configuration must be a JSON object".into(),
+            ));
         };
         if top.contains_key("type") && !top.contains_key("plugins") {
             let cni_version = top.get("cniVersion").cloned().unwrap_or(json!(CNI_VERSION));
@@ -194,13 +198,17 @@ impl Conflist {
                 "cniVersion": cni_version, "name": name, "plugins": [top],
             }));
         }
-        let list: Conflist = serde_json::from_value(Value::Object(top))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let list: Conflist =
+            serde_json::from_value(Value::Object(top)).map_err(|e| Error::Config(e.to_string()))?;
         if list.plugins.is_empty() {
             return Err(Error::Config("`plugins` is empty".into()));
         }
         for (i, plugin) in list.plugins.iter().enumerate() {
-            if !plugin.get("type").is_some_and(|t| t.as_str().is_some_and(|t| !t.is_empty())) {
+            let ty = plugin
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if ty.is_empty() {
                 return Err(Error::Config(format!("plugins[{i}] has no `type`")));
             }
         }
@@ -452,7 +460,12 @@ impl Runtime {
 
     /// Runs one binary with exactly `env` and `stdin`, as a runtime would, and returns its raw
     /// output (for tests that feed plugins malformed input).
-    pub fn exec(&self, binary: &Path, env: &[(String, String)], stdin: &[u8]) -> anyhow::Result<Output> {
+    pub fn exec(
+        &self,
+        binary: &Path,
+        env: &[(String, String)],
+        stdin: &[u8],
+    ) -> anyhow::Result<Output> {
         let cmd = match &self.netns {
             Some(netns) => Cmd::in_netns(netns, binary),
             None => Cmd::new(binary),
@@ -503,7 +516,13 @@ impl Runtime {
     /// DEL: every plugin in reverse order, each with the cached ADD result.
     pub fn del(&self, list: &Conflist, inv: &Invocation) -> Result<(), Error> {
         for index in (0..list.plugins.len()).rev() {
-            self.invoke(list, index, CniCommand::Del, inv.cached_result.as_ref(), inv)?;
+            self.invoke(
+                list,
+                index,
+                CniCommand::Del,
+                inv.cached_result.as_ref(),
+                inv,
+            )?;
         }
         Ok(())
     }
@@ -543,7 +562,11 @@ impl Runtime {
     /// VERSION of the plugin `type`: its `supportedVersions` answer.
     pub fn version(&self, plugin: &str, cni_version: &str) -> Result<Value, Error> {
         let binary = self.find_plugin(plugin)?;
-        let env = plugin_env(CniCommand::Version, &Invocation::default(), &self.cni_path_env());
+        let env = plugin_env(
+            CniCommand::Version,
+            &Invocation::default(),
+            &self.cni_path_env(),
+        );
         let stdin = json!({ "cniVersion": cni_version }).to_string();
         let output = self
             .exec(&binary, &env, stdin.as_bytes())
@@ -602,12 +625,18 @@ mod tests {
     }
 
     fn pod_invocation() -> Invocation {
-        Invocation::new("lab-node1-pod1", Some("/var/run/netns/lab-node1-pod1".into()))
-            .k8s_pod("default", "node1-pod1")
-            .ips(&[Ipv4Addr::new(10, 244, 1, 10)], 24)
-            .capability("labels", json!({"app": "web"}))
-            .capability("portMappings", json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]))
-            .capability("bandwidth", json!({"ingressRate": 1}))
+        Invocation::new(
+            "lab-node1-pod1",
+            Some("/var/run/netns/lab-node1-pod1".into()),
+        )
+        .k8s_pod("default", "node1-pod1")
+        .ips(&[Ipv4Addr::new(10, 244, 1, 10)], 24)
+        .capability("labels", json!({"app": "web"}))
+        .capability(
+            "portMappings",
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        )
+        .capability("bandwidth", json!({"ingressRate": 1}))
     }
 
     #[test]
@@ -635,7 +664,10 @@ mod tests {
         assert_eq!(second["snat"], true);
 
         let third = plugin_config(&list, 2, CniCommand::Add, Some(&prev), &inv);
-        assert!(third.get("runtimeConfig").is_none(), "no capabilities declared");
+        assert!(
+            third.get("runtimeConfig").is_none(),
+            "no capabilities declared"
+        );
     }
 
     #[test]
@@ -662,7 +694,11 @@ mod tests {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=node1-pod1"
         );
         let env = plugin_env(CniCommand::Add, &inv, "/bin:/usr/lib/cni");
-        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("CNI_COMMAND"), Some("ADD"));
         assert_eq!(get("CNI_CONTAINERID"), Some("lab-node1-pod1"));
         assert_eq!(get("CNI_NETNS"), Some("/var/run/netns/lab-node1-pod1"));
@@ -671,7 +707,11 @@ mod tests {
         assert!(get("CNI_ARGS").unwrap().contains("K8S_POD_NAME=node1-pod1"));
 
         let status = plugin_env(CniCommand::Status, &inv, "/p");
-        assert_eq!(status.len(), 2, "STATUS carries only CNI_COMMAND and CNI_PATH");
+        assert_eq!(
+            status.len(),
+            2,
+            "STATUS carries only CNI_COMMAND and CNI_PATH"
+        );
 
         let bare = Invocation::new("c", None);
         let del = plugin_env(CniCommand::Del, &bare, "/p");
@@ -686,12 +726,18 @@ mod tests {
             json!({"cniVersion":"1.1.0","name":"fabric","plugins":[{"type":"fabric-cni","socket":"/n1.sock","capabilities":{"ips":true,"labels":true}}]})
         );
         let kept = chain().with_default_socket(Path::new("/other.sock"));
-        assert_eq!(kept.plugins[0]["socket"], "/s.sock", "an explicit socket stays");
+        assert_eq!(
+            kept.plugins[0]["socket"], "/s.sock",
+            "an explicit socket stays"
+        );
     }
 
     #[test]
     fn parses_single_plugin_conf_and_rejects_bad_lists() {
-        let list = Conflist::from_value(json!({"cniVersion": "1.0.0", "name": "n", "type": "fabric-cni", "socket": "/s"})).unwrap();
+        let list = Conflist::from_value(
+            json!({"cniVersion": "1.0.0", "name": "n", "type": "fabric-cni", "socket": "/s"}),
+        )
+        .unwrap();
         assert_eq!(list.cni_version, "1.0.0");
         assert_eq!(list.plugins.len(), 1);
         assert_eq!(list.plugins[0]["socket"], "/s");
@@ -716,16 +762,26 @@ mod tests {
 
     #[test]
     fn parses_results_and_typed_errors() {
-        let ok = parse_output("p", CniCommand::Add, &output(0, r#"{"ips":[{"address":"10.244.1.5/24"}]}"#))
-            .unwrap()
-            .unwrap();
+        let ok = parse_output(
+            "p",
+            CniCommand::Add,
+            &output(0, r#"{"ips":[{"address":"10.244.1.5/24"}]}"#),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(first_ipv4(&ok), Some(Ipv4Addr::new(10, 244, 1, 5)));
-        assert_eq!(parse_output("p", CniCommand::Del, &output(0, "")).unwrap(), None);
+        assert_eq!(
+            parse_output("p", CniCommand::Del, &output(0, "")).unwrap(),
+            None
+        );
 
         let err = parse_output(
             "p",
             CniCommand::Add,
-            &output(1, r#"{"cniVersion":"1.1.0","code":11,"msg":"not ready","details":"retry"}"#),
+            &output(
+                1,
+                r#"{"cniVersion":"1.1.0","code":11,"msg":"not ready","details":"retry"}"#,
+            ),
         )
         .unwrap_err();
         assert_eq!(err.code(), Some(11));
@@ -793,10 +849,18 @@ exit 0"#,
         assert!(lines[0].starts_with("first ADD c1 "), "{calls}");
         assert!(!lines[0].contains("prevResult"), "{calls}");
         assert!(lines[1].starts_with("second ADD c1 "), "{calls}");
-        assert!(lines[1].contains(r#""prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.1/24"}]}"#), "{calls}");
+        assert!(
+            lines[1].contains(
+                r#""prevResult":{"cniVersion":"1.1.0","ips":[{"address":"10.0.0.1/24"}]}"#
+            ),
+            "{calls}"
+        );
         assert!(lines[2].starts_with("second DEL c1 "), "{calls}");
         assert!(lines[3].starts_with("first DEL c1 "), "{calls}");
-        assert!(lines[3].contains("10.0.0.2/24"), "DEL gets the cached result: {calls}");
+        assert!(
+            lines[3].contains("10.0.0.2/24"),
+            "DEL gets the cached result: {calls}"
+        );
 
         let failing = Conflist::from_value(json!({
             "cniVersion": "1.1.0", "name": "net", "plugins": [{"type": "failing"}]
@@ -807,7 +871,13 @@ exit 0"#,
             "cniVersion": "1.1.0", "name": "net", "plugins": [{"type": "nope"}]
         }))
         .unwrap();
-        assert!(matches!(rt.add(&missing, &inv), Err(Error::PluginNotFound { .. })));
-        assert!(matches!(rt.check(&list, &Invocation::new("c", None)), Err(Error::Config(_))));
+        assert!(matches!(
+            rt.add(&missing, &inv),
+            Err(Error::PluginNotFound { .. })
+        ));
+        assert!(matches!(
+            rt.check(&list, &Invocation::new("c", None)),
+            Err(Error::Config(_))
+        ));
     }
 }

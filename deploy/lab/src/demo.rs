@@ -67,7 +67,10 @@ pub fn parse_ping(out: &str) -> Result<PingSummary> {
     };
     let transmitted = number_before(" packets transmitted")?;
     let received = number_before(" received")?;
-    let (min_ms, avg_ms, max_ms) = match out.lines().find(|l| l.starts_with("rtt ") || l.starts_with("round-trip")) {
+    let (min_ms, avg_ms, max_ms) = match out
+        .lines()
+        .find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))
+    {
         Some(rtt) => {
             let values = rtt
                 .split('=')

@@ -54,7 +54,6 @@ pub fn start(lab: &str, netns: &str, layout: &Layout) -> Result<Daemon> {
 /// Waits until etcd in `netns` reports itself healthy; fails early if it exits.
 pub fn wait_healthy(netns: &str, daemon: &Daemon, layout: &Layout) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = String::from("no answer yet");
     loop {
         if !daemon.is_running() {
             bail!(
@@ -64,10 +63,10 @@ pub fn wait_healthy(netns: &str, daemon: &Daemon, layout: &Layout) -> Result<()>
                 process::tail(&layout.log("etcd"), 20)
             );
         }
-        match netns::in_netns(netns, health_check)? {
+        let last = match netns::in_netns(netns, health_check)? {
             Ok(()) => return Ok(()),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() >= deadline {
             bail!(
                 "etcd not healthy after {}s ({last}); last lines of {}:\n{}",
@@ -130,9 +129,9 @@ mod tests {
         let args = args("t", &Layout::at("/run/fabric-lab/t"));
         let joined = args.join(" ");
         assert!(joined.starts_with("--name t --data-dir /run/fabric-lab/t/etcd"));
-        assert!(joined.contains(
-            "--listen-client-urls http://172.30.0.2:2379,http://127.0.0.1:2379"
-        ));
+        assert!(
+            joined.contains("--listen-client-urls http://172.30.0.2:2379,http://127.0.0.1:2379")
+        );
         assert!(joined.ends_with("--initial-cluster t=http://127.0.0.1:2380"));
     }
 }

@@ -56,7 +56,10 @@ impl Lab {
         }
         let layout = Layout::for_lab(&spec.name);
         layout.create().with_context(|| {
-            format!("claiming {} (is another `up` running?)", layout.root().display())
+            format!(
+                "claiming {} (is another `up` running?)",
+                layout.root().display()
+            )
         })?;
         let mut lab = Lab {
             state: LabState {
@@ -123,7 +126,10 @@ impl Lab {
             self.step(&format!("reserving {} for {}", r.subnet, r.node));
             self.fabricctl(&["reserve", &r.subnet, &r.node])?;
         }
-        write_json(&self.layout.conflist(), &Conflist::fabric_default(None).to_value())?;
+        write_json(
+            &self.layout.conflist(),
+            &Conflist::fabric_default(None).to_value(),
+        )?;
 
         for _ in 0..spec.nodes {
             self.create_node()?;
@@ -671,7 +677,11 @@ pub fn subnets_by_node(leases: &Value) -> BTreeMap<String, String> {
         let obj = entry.as_object()?;
         keys.iter()
             .find_map(|k| obj.get(*k)?.as_str().map(str::to_string))
-            .or_else(|| obj.values().filter(|v| v.is_object()).find_map(|v| find(v, keys)))
+            .or_else(|| {
+                obj.values()
+                    .filter(|v| v.is_object())
+                    .find_map(|v| find(v, keys))
+            })
     }
     let entries: Vec<(Option<String>, &Value)> = match leases {
         Value::Array(list) => list.iter().map(|e| (None, e)).collect(),

@@ -1,1 +1,49 @@
-//! placeholder
+//! `fabric-lab`: a real multi-node fabric cluster built out of Linux network namespaces on one
+//! machine, for the README demo, the integration tests and the benchmarks.
+//!
+//! A lab called `NAME` is an underlay switch namespace `NAME-sw` (bridge `br0`,
+//! 172.30.0.1/24), the real etcd in `NAME-etcd` (172.30.0.2), one namespace per node
+//! `NAME-nodeK` (172.30.0.(10+K)) running `fabricd`, and pod namespaces attached by running the
+//! `fabric-cni` plugin exactly as a container runtime does ([`cni_runtime`]). Nothing is ever
+//! added to the root namespace: every link is born inside a lab namespace, and every process
+//! the lab starts is tracked by PID in the state file under `/run/fabric-lab/NAME/` and ended
+//! by PID.
+//!
+//! ```no_run
+//! use fabric_lab::{Lab, LabSpec, PodSpec};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let mut spec = LabSpec::new("e2e");
+//! spec.nodes = 2;
+//! spec.pods_per_node = 1;
+//! let mut lab = Lab::up(spec)?; // torn down when `lab` is dropped
+//! let web = lab.add_pod("node2", PodSpec::new("web").namespace("x").label("app", "web"))?;
+//! lab.exec_ok("node1-pod1", &["ping", "-c", "1", "-W", "1", &web.ip.to_string()])?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Modules: [`spec`] (what to build), [`topology`] (names and addresses), [`state`] (the state
+//! dir), [`process`] (commands and daemons), [`netns`] (namespaces and links), [`etcd`],
+//! [`node`] (fabricd), [`cni_runtime`], [`demo`] (ping, iperf3), [`teardown`], [`lab`] (the
+//! orchestration) and [`cli`].
+
+pub mod cli;
+pub mod cni_runtime;
+pub mod demo;
+pub mod etcd;
+pub mod lab;
+pub mod netns;
+pub mod node;
+pub mod process;
+pub mod spec;
+pub mod state;
+pub mod teardown;
+pub mod topology;
+
+pub use cni_runtime::{CniCommand, Conflist, Invocation};
+pub use lab::Lab;
+pub use nix::sys::signal::Signal;
+pub use spec::{Backend, LabSpec, PodSpec, Reservation};
+pub use state::{Node, Pod};
+pub use teardown::DownReport;

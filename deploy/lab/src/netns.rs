@@ -3,8 +3,8 @@
 //! nothing here touches the root namespace.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -82,7 +82,13 @@ pub fn create_bridge(netns: &str, ip: Ipv4Addr) -> Result<()> {
     ip_in(netns, ["link", "add", BRIDGE, "type", "bridge"])?;
     ip_in(
         netns,
-        ["addr", "add", &format!("{ip}/{UNDERLAY_PREFIX_LEN}"), "dev", BRIDGE],
+        [
+            "addr",
+            "add",
+            &format!("{ip}/{UNDERLAY_PREFIX_LEN}"),
+            "dev",
+            BRIDGE,
+        ],
     )?;
     ip_in(netns, ["link", "set", BRIDGE, "up"])
 }
@@ -126,7 +132,10 @@ pub fn plug_into_switch(
     )?;
     ip_in(member_netns, ["link", "set", UNDERLAY_IFACE, "up"])?;
     if let Some(gw) = gateway {
-        ip_in(member_netns, ["route", "add", "default", "via", &gw.to_string()])?;
+        ip_in(
+            member_netns,
+            ["route", "add", "default", "via", &gw.to_string()],
+        )?;
     }
     Ok(())
 }

@@ -64,7 +64,6 @@ pub fn start_fabricd(
 /// Polls fabricd's `Status` until it answers `Ok`; fails early (with its log) if it exits.
 pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
     loop {
         if let Some(d) = &node.fabricd {
             if !d.is_running() {
@@ -77,11 +76,11 @@ pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
                 );
             }
         }
-        match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
+        let last = match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
             Ok(Response::Ok { .. }) => return Ok(()),
-            Ok(Response::Error(e)) => last = format!("not ready: {e}"),
-            Err(e) => last = e.to_string(),
-        }
+            Ok(Response::Error(e)) => format!("not ready: {e}"),
+            Err(e) => e.to_string(),
+        };
         if Instant::now() >= deadline {
             bail!(
                 "fabricd on {} not ready after {}s ({last}); last lines of {}:\n{}",

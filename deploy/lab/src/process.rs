@@ -48,9 +48,7 @@ impl Cmd {
 
     /// A command running `program` inside network namespace `netns` (`ip netns exec`).
     pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Self {
-        Cmd::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(program)
+        Cmd::new("ip").args(["netns", "exec", netns]).arg(program)
     }
 
     /// `ip ARGS...` (iproute2).
@@ -221,11 +219,7 @@ impl Cmd {
             && self.args.len() >= 4
             && self.args[0] == "netns"
             && self.args[1] == "exec";
-        PathBuf::from(if via_ip {
-            &self.args[3]
-        } else {
-            &self.program
-        })
+        PathBuf::from(if via_ip { &self.args[3] } else { &self.program })
     }
 }
 
@@ -238,7 +232,10 @@ pub fn check_status(display: &str, output: &Output) -> Result<()> {
     if detail.is_empty() {
         detail = stderr_suffix(&output.stdout);
     }
-    bail!("`{display}` failed ({}){detail}", describe_status(output.status))
+    bail!(
+        "`{display}` failed ({}){detail}",
+        describe_status(output.status)
+    )
 }
 
 fn stderr_suffix(bytes: &[u8]) -> String {
@@ -301,7 +298,11 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> std::io::Result<ExitSta
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b',' | b'@' | b'+')
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b':' | b'=' | b',' | b'@' | b'+'
+                )
         });
     if plain {
         s.to_string()
@@ -334,8 +335,8 @@ impl Daemon {
         let Some(argv) = proc_cmdline(self.pid) else {
             return false;
         };
-        let same_start = self.start_time == 0
-            || proc_start_time(self.pid).is_some_and(|t| t == self.start_time);
+        let same_start =
+            self.start_time == 0 || proc_start_time(self.pid).is_some_and(|t| t == self.start_time);
         same_start && cmdline_runs(&argv, &self.binary)
     }
 
@@ -558,9 +559,15 @@ mod tests {
         let bin = Path::new("/t/fabricd");
         let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(cmdline_runs(&argv("/t/fabricd --iface eth0"), bin));
-        assert!(cmdline_runs(&argv("ip netns exec lab-node1 /t/fabricd --x"), bin));
+        assert!(cmdline_runs(
+            &argv("ip netns exec lab-node1 /t/fabricd --x"),
+            bin
+        ));
         assert!(!cmdline_runs(&argv("/t/fabricctl leases"), bin));
-        assert!(!cmdline_runs(&argv("ip netns exec lab-node1 /t/other"), bin));
+        assert!(!cmdline_runs(
+            &argv("ip netns exec lab-node1 /t/other"),
+            bin
+        ));
         assert!(!cmdline_runs(&[], bin));
     }
 

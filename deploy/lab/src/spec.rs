@@ -63,7 +63,9 @@ impl FromStr for Backend {
         Backend::ALL
             .into_iter()
             .find(|b| b.as_str() == s)
-            .with_context(|| format!("unknown backend {s:?} (expected vxlan, host-gw or wireguard)"))
+            .with_context(|| {
+                format!("unknown backend {s:?} (expected vxlan, host-gw or wireguard)")
+            })
     }
 }
 
@@ -364,7 +366,8 @@ mod tests {
         bad.network = "10.244.0.0".into();
         assert!(bad.validate().is_err());
         let mut bad = spec.clone();
-        bad.reservations.push("10.245.1.0/24=node1".parse().unwrap());
+        bad.reservations
+            .push("10.245.1.0/24=node1".parse().unwrap());
         assert!(bad.validate().is_err());
         let mut ok = spec;
         ok.reservations.push("10.244.1.0/24=node1".parse().unwrap());

@@ -231,10 +231,10 @@ impl LabState {
     /// Reads the state file of `layout`.
     pub fn load(layout: &Layout) -> Result<Self> {
         let path = layout.state_file();
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let state: LabState = serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let state: LabState =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         ensure!(
             state.version == STATE_VERSION,
             "{} has state version {}, this fabric-lab reads version {STATE_VERSION}",
@@ -363,7 +363,10 @@ mod tests {
             l.node_socket("node2"),
             Path::new("/run/fabric-lab/lab/nodes/node2/fabricd.sock")
         );
-        assert_eq!(l.log("etcd"), Path::new("/run/fabric-lab/lab/logs/etcd.log"));
+        assert_eq!(
+            l.log("etcd"),
+            Path::new("/run/fabric-lab/lab/logs/etcd.log")
+        );
     }
 
     #[test]

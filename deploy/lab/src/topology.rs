@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn node_addresses() {
         assert_eq!(node_underlay_ip(1).unwrap(), Ipv4Addr::new(172, 30, 0, 11));
-        assert_eq!(node_underlay_ip(200).unwrap(), Ipv4Addr::new(172, 30, 0, 210));
+        assert_eq!(
+            node_underlay_ip(200).unwrap(),
+            Ipv4Addr::new(172, 30, 0, 210)
+        );
         assert!(node_underlay_ip(0).is_err());
         assert!(node_underlay_ip(201).is_err());
         assert_eq!(node_index("node12"), Some(12));

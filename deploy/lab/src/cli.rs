@@ -1,0 +1,489 @@
+//! The `fabric-lab` command line: argument parsing (clap) and the four commands, `up`,
+//! `status`, `exec` and `down`, printed for a person (tables) or a program (`-o json`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::demo::{self, IperfOptions};
+use crate::process::Cmd;
+use crate::spec::{Backend, LabSpec, Reservation, BIN_DIR_ENV};
+use crate::state::{Node, Pod};
+use crate::{teardown, Lab};
+
+/// The default lab name.
+pub const DEFAULT_NAME: &str = "lab";
+
+/// A fabric cluster in network namespaces on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "fabric-lab", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a lab (switch, etcd, nodes running fabricd, pods), show it, ping and iperf3
+    /// across it; the lab stays up.
+    Up(UpArgs),
+    /// Show a lab's nodes and pods.
+    Status(StatusArgs),
+    /// Run a command inside a pod, node, `etcd` or `sw` namespace of a lab.
+    Exec(ExecArgs),
+    /// Stop a lab's processes, delete its namespaces and its state dir.
+    Down(DownArgs),
+}
+
+/// `--name`, shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The lab's name (prefix of its namespaces).
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub name: String,
+}
+
+/// `fabric-lab up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_node: usize,
+    /// The backend: vxlan, host-gw or wireguard.
+    #[arg(long, default_value_t = Backend::Vxlan)]
+    pub backend: Backend,
+    /// Subnet lease TTL (e.g. 24h, 90s).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// The pod network.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub network: String,
+    /// Each node's subnet length.
+    #[arg(long, default_value_t = 24)]
+    pub subnet_len: u8,
+    /// Pin a subnet to a node before it starts: SUBNET=NODE (repeatable).
+    #[arg(long = "reserve", value_name = "SUBNET=NODE")]
+    pub reservations: Vec<Reservation>,
+    /// Where fabricd, fabricctl and fabric-cni are [default: this executable's directory].
+    #[arg(long, env = BIN_DIR_ENV)]
+    pub bin_dir: Option<PathBuf>,
+    /// Skip the ping and iperf3 demo.
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned tables.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// `fabric-lab status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `fabric-lab exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// A pod (`name` or `namespace/name`), a node (`node1`), `etcd` or `sw`.
+    pub target: String,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `fabric-lab down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+}
+
+/// Parses the command line, runs it, and turns errors into a message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("fabric-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Up(args) => up(args),
+        Command::Status(args) => status(args).map(|()| 0),
+        Command::Exec(args) => exec(args),
+        Command::Down(args) => down(args).map(|()| 0),
+    }
+}
+
+fn up(args: UpArgs) -> Result<u8> {
+    let mut spec = LabSpec::new(&args.lab.name);
+    spec.nodes = args.nodes;
+    spec.pods_per_node = args.pods_per_node;
+    spec.backend = args.backend;
+    spec.lease_ttl = args.lease_ttl;
+    spec.network = args.network;
+    spec.subnet_len = args.subnet_len;
+    spec.reservations = args.reservations;
+    spec.demo = !args.no_demo;
+    if let Some(dir) = args.bin_dir {
+        spec.bin_dir = dir;
+    }
+    let demo = spec.demo;
+    let mut lab = Lab::up(spec)?;
+    lab.keep();
+
+    println!();
+    print_tables(lab.nodes(), lab.pods());
+    let mut code = 0;
+    if demo {
+        if let Err(e) = run_demo(&lab) {
+            println!("demo failed: {e:#}");
+            code = 1;
+        }
+    }
+    let name_flag = if lab.name() == DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {}", lab.name())
+    };
+    let example = lab
+        .pods()
+        .first()
+        .map(Pod::qualified_name)
+        .unwrap_or_else(|| "node1".to_string());
+    println!();
+    println!("Look around:");
+    println!("  fabric-lab exec{name_flag} {example} -- ip addr");
+    println!("  fabric-lab exec{name_flag} node1 -- ip route");
+    println!("  fabric-lab status{name_flag}");
+    println!("Logs and state: {}", lab.state_dir().display());
+    println!("Tear down:");
+    println!("  fabric-lab down{name_flag}");
+    Ok(code)
+}
+
+/// Ping and iperf3 from the first pod of node1 to the first pod of the last node (or the next
+/// pod on node1 when there is one node).
+fn run_demo(lab: &Lab) -> Result<()> {
+    let first = lab.pods_on("node1").next();
+    let last_node = lab
+        .nodes()
+        .last()
+        .map(|n| n.name.as_str())
+        .unwrap_or("node1");
+    let target = if last_node == "node1" {
+        lab.pods_on("node1").nth(1)
+    } else {
+        lab.pods_on(last_node).next()
+    };
+    let (Some(src), Some(dst)) = (first, target) else {
+        println!("\n(no pair of pods to run the demo between)");
+        return Ok(());
+    };
+    let pair = format!(
+        "{} ({}) -> {} ({})",
+        src.qualified_name(),
+        src.ip,
+        dst.qualified_name(),
+        dst.ip
+    );
+    println!();
+    let ping = demo::ping(&src.netns, dst.ip, 3)?;
+    println!("ping {pair}: {ping}");
+    let opts = IperfOptions {
+        server_log: Some(lab.layout().log("iperf3-server")),
+        ..IperfOptions::default()
+    };
+    let iperf = demo::iperf(&dst.netns, dst.ip, &src.netns, &opts)?;
+    println!(
+        "iperf3 {pair}, {} s over {}: {:.2} Gbit/s, {} retransmits",
+        opts.seconds,
+        lab.backend(),
+        iperf.gbps(),
+        iperf.retransmits
+    );
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let mut lab = Lab::attach(&args.lab.name)?;
+    // Fresh subnets if etcd is up; the recorded ones otherwise. Nothing is written.
+    let etcd_running = lab.state().etcd.as_ref().is_some_and(|d| d.is_running());
+    let live = etcd_running.then(|| lab.subnets().ok()).flatten();
+    let nodes: Vec<Node> = lab
+        .nodes()
+        .iter()
+        .cloned()
+        .map(|mut n| {
+            if let Some(subnets) = &live {
+                n.subnet = subnets.get(&n.name).cloned().or(n.subnet);
+            }
+            n
+        })
+        .collect();
+    match args.output {
+        OutputFormat::Json => {
+            let doc = json!({
+                "name": lab.name(),
+                "backend": lab.backend(),
+                "state_dir": lab.state_dir(),
+                "etcd": { "pid": lab.state().etcd.as_ref().map(|d| d.pid), "running": etcd_running },
+                "nodes": nodes.iter().map(|n| json!({
+                    "name": n.name,
+                    "netns": n.netns,
+                    "underlay_ip": n.underlay_ip,
+                    "subnet": n.subnet,
+                    "pid": n.pid(),
+                    "running": n.running(),
+                })).collect::<Vec<_>>(),
+                "pods": lab.pods().iter().map(|p| json!({
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "netns": p.netns,
+                    "node": p.node,
+                    "ip": p.ip,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        OutputFormat::Table => {
+            println!(
+                "lab {}: backend {}, network {}, etcd {}, state {}",
+                lab.name(),
+                lab.backend(),
+                lab.state().network,
+                match &lab.state().etcd {
+                    Some(d) => format!("pid {} ({})", d.pid, running_word(etcd_running)),
+                    None => "stopped".to_string(),
+                },
+                lab.state_dir().display()
+            );
+            println!();
+            print_tables(&nodes, lab.pods());
+        }
+    }
+    lab.keep();
+    Ok(())
+}
+
+fn exec(args: ExecArgs) -> Result<u8> {
+    let lab = Lab::attach(&args.lab.name)?;
+    let netns = lab.netns(&args.target)?;
+    let (program, rest) = args.command.split_first().context("no command given")?;
+    let code = Cmd::in_netns(&netns, program).args(rest).interactive()?;
+    Ok(u8::try_from(code).unwrap_or(1))
+}
+
+fn down(args: DownArgs) -> Result<()> {
+    let name = &args.lab.name;
+    let report = teardown::down(name, None)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if report.is_empty() {
+        println!("no lab named {name}: nothing to do");
+        return Ok(());
+    }
+    for (pid, what) in &report.stopped {
+        println!("stopped pid {pid}: {what}");
+    }
+    if !report.namespaces.is_empty() {
+        println!(
+            "deleted {} namespaces: {}",
+            report.namespaces.len(),
+            report.namespaces.join(" ")
+        );
+    }
+    if report.removed_state_dir {
+        println!(
+            "removed {}",
+            crate::state::Layout::for_lab(name).root().display()
+        );
+    }
+    println!("lab {name} is down");
+    Ok(())
+}
+
+fn print_tables(nodes: &[Node], pods: &[Pod]) {
+    println!("Nodes");
+    print!(
+        "{}",
+        table(
+            &["NAME", "NETNS", "UNDERLAY IP", "SUBNET", "FABRICD"],
+            nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.netns.clone(),
+                        n.underlay_ip.to_string(),
+                        n.subnet.clone().unwrap_or_else(|| "-".into()),
+                        match n.pid() {
+                            Some(pid) => format!("pid {pid} ({})", running_word(n.running())),
+                            None => "stopped".into(),
+                        },
+                    ]
+                })
+                .collect(),
+        )
+    );
+    println!();
+    println!("Pods");
+    print!(
+        "{}",
+        table(
+            &["NAME", "NETNS", "NODE", "IP"],
+            pods.iter()
+                .map(|p| {
+                    vec![
+                        p.qualified_name(),
+                        p.netns.clone(),
+                        p.node.clone(),
+                        p.ip.to_string(),
+                    ]
+                })
+                .collect(),
+        )
+    );
+}
+
+fn running_word(running: bool) -> &'static str {
+    if running {
+        "running"
+    } else {
+        "not running"
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_up_with_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["fabric-lab", "up"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.lab.name, "lab");
+        assert_eq!((up.nodes, up.pods_per_node), (3, 2));
+        assert_eq!(up.backend, Backend::Vxlan);
+        assert_eq!(up.lease_ttl, Duration::from_secs(86400));
+
+        let cli = Cli::try_parse_from([
+            "fabric-lab",
+            "up",
+            "--name",
+            "t1",
+            "--nodes",
+            "2",
+            "--backend",
+            "host-gw",
+            "--lease-ttl",
+            "90s",
+            "--reserve",
+            "10.244.1.0/24=node1",
+            "--no-demo",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.lab.name, "t1");
+        assert_eq!(up.backend, Backend::HostGw);
+        assert_eq!(up.lease_ttl, Duration::from_secs(90));
+        assert_eq!(up.reservations[0].node, "node1");
+        assert!(up.no_demo);
+        assert!(Cli::try_parse_from(["fabric-lab", "up", "--backend", "flannel"]).is_err());
+    }
+
+    #[test]
+    fn parses_exec_with_and_without_double_dash() {
+        for argv in [
+            &["fabric-lab", "exec", "node1-pod1", "--", "ip", "-4", "addr"][..],
+            &["fabric-lab", "exec", "node1-pod1", "ip", "-4", "addr"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Exec(exec) = cli.command else {
+                panic!("not exec")
+            };
+            assert_eq!(exec.target, "node1-pod1");
+            assert_eq!(exec.command, ["ip", "-4", "addr"]);
+        }
+        assert!(Cli::try_parse_from(["fabric-lab", "exec", "node1"]).is_err());
+    }
+
+    #[test]
+    fn parses_status_output() {
+        let cli = Cli::try_parse_from(["fabric-lab", "status", "-o", "json"]).unwrap();
+        let Command::Status(s) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(s.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["NAME", "IP"],
+            vec![vec!["node1-pod1".into(), "10.244.1.2".into()]],
+        );
+        assert_eq!(t, "NAME        IP\nnode1-pod1  10.244.1.2\n");
+    }
+}
