@@ -48,7 +48,9 @@ impl Cmd {
 
     /// A command running `program` inside network namespace `netns` (`ip netns exec`).
     pub fn in_netns(netns: &str, program: impl AsRef<OsStr>) -> Self {
-        Cmd::new("ip").args(["netns", "exec", netns]).arg(program)
+        Cmd::new(ip_binary())
+            .args(["netns", "exec", netns])
+            .arg(program)
     }
 
     /// `ip ARGS...` (iproute2).
@@ -57,7 +59,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Cmd::new("ip").args(args)
+        Cmd::new(ip_binary()).args(args)
     }
 
     /// Appends one argument.
@@ -215,7 +217,7 @@ impl Cmd {
 
     /// The program a daemon ends up as: the one after `ip netns exec NS`, else the program.
     fn daemon_binary(&self) -> PathBuf {
-        let via_ip = self.program == "ip"
+        let via_ip = Path::new(&self.program).file_name() == Some(OsStr::new("ip"))
             && self.args.len() >= 4
             && self.args[0] == "netns"
             && self.args[1] == "exec";
@@ -324,25 +326,30 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Is this PID still the process we started, and not a zombie?
+    /// Is the process we started still running (same PID and start time, not a zombie)?
     pub fn is_running(&self) -> bool {
         self.reap();
-        self.is_ours() && proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
+        let same_process = if self.start_time == 0 {
+            self.is_ours()
+        } else {
+            proc_start_time(self.pid) == Some(self.start_time)
+        };
+        same_process && proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
     }
 
-    /// Does `/proc/PID` still describe the process we started (binary and start time)?
+    /// Is it safe to signal this PID: still running, and `/proc/PID/cmdline` still shows the
+    /// binary we started?
     pub fn is_ours(&self) -> bool {
-        let Some(argv) = proc_cmdline(self.pid) else {
-            return false;
-        };
-        let same_start =
-            self.start_time == 0 || proc_start_time(self.pid).is_some_and(|t| t == self.start_time);
-        same_start && cmdline_runs(&argv, &self.binary)
+        let same_start = self.start_time == 0 || proc_start_time(self.pid) == Some(self.start_time);
+        same_start
+            && proc_state(self.pid).is_some_and(|s| s != 'Z' && s != 'X')
+            && proc_cmdline(self.pid).is_some_and(|argv| cmdline_runs(&argv, &self.binary))
     }
 
     /// Sends `signal` if the PID is still ours; `Ok(false)` if it was already gone.
     pub fn signal(&self, signal: Signal) -> Result<bool> {
-        if !self.is_running() {
+        self.reap();
+        if !self.is_ours() {
             return Ok(false);
         }
         match kill(Pid::from_raw(self.pid), signal) {
@@ -366,8 +373,13 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then SIGKILL after [`TERM_GRACE`]. `Ok(false)` if it was not running.
+    /// SIGTERM, then SIGKILL after [`TERM_GRACE`], if the PID is still ours. `Ok(false)` if
+    /// it was not running.
     pub fn terminate(&self) -> Result<bool> {
+        self.reap();
+        if !self.is_ours() {
+            return Ok(false);
+        }
         terminate_pid(self.pid, || self.is_running())
     }
 
@@ -407,12 +419,15 @@ pub fn terminate_pid(pid: i32, alive: impl Fn() -> bool) -> Result<bool> {
     bail!("pid {pid} survived SIGKILL")
 }
 
-/// Does `argv` (from `/proc/PID/cmdline`) run `binary`, either directly or still as
+/// Does `argv` (from `/proc/PID/cmdline`) run `binary`: directly, through a script
+/// interpreter (`python3 binary ...`, possibly via a wrapper such as a pyenv shim), or still as
 /// `ip netns exec NS binary ...` in the instant before `ip` execs?
 pub fn cmdline_runs(argv: &[String], binary: &Path) -> bool {
     let is_binary = |arg: &String| Path::new(arg) == binary;
+    if argv.iter().take(3).any(is_binary) {
+        return true;
+    }
     match argv {
-        [first, ..] if is_binary(first) => true,
         [ip, netns, exec, _, target, ..] => {
             Path::new(ip).file_name() == Some(OsStr::new("ip"))
                 && netns == "netns"
@@ -495,6 +510,13 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// iproute2's `ip`, resolved once, so that commands run with a cleared environment (CNI
+/// plugins) still find it.
+pub fn ip_binary() -> &'static Path {
+    static IP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IP.get_or_init(|| which("ip").unwrap_or_else(|| PathBuf::from("ip")))
+}
+
 /// Looks `program` up in `PATH`, for recording the absolute path of a daemon we start.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -546,7 +568,13 @@ mod tests {
     #[test]
     fn netns_cmd_line() {
         let cmd = Cmd::in_netns("lab-node1", "/bin/fabricd").arg("--x");
-        assert_eq!(cmd.display(), "ip netns exec lab-node1 /bin/fabricd --x");
+        assert_eq!(
+            cmd.display(),
+            format!(
+                "{} netns exec lab-node1 /bin/fabricd --x",
+                ip_binary().display()
+            )
+        );
         assert_eq!(cmd.daemon_binary(), PathBuf::from("/bin/fabricd"));
         assert_eq!(
             Cmd::new("/usr/bin/etcd").daemon_binary(),
@@ -559,6 +587,7 @@ mod tests {
         let bin = Path::new("/t/fabricd");
         let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(cmdline_runs(&argv("/t/fabricd --iface eth0"), bin));
+        assert!(cmdline_runs(&argv("python3 /t/fabricd --iface eth0"), bin));
         assert!(cmdline_runs(
             &argv("ip netns exec lab-node1 /t/fabricd --x"),
             bin

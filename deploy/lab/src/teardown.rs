@@ -109,9 +109,7 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
 }
 
 fn stop_recorded(what: &str, daemon: &Daemon, report: &mut DownReport) {
-    if !daemon.is_ours() {
-        return; // Gone, or the PID now belongs to someone else: not ours to kill.
-    }
+    // `terminate` leaves alone a PID that is gone or now runs something else.
     match daemon.terminate() {
         Ok(true) => report.stopped.push((daemon.pid, what.to_string())),
         Ok(false) => {}
