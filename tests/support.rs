@@ -1,1 +1,160 @@
-//! placeholder
+//! Helpers shared by the end-to-end tests: unique lab names, polling, probes, and reading a
+//! node's kernel state the way an operator would (`ip route`, `ip neigh`, `bridge fdb`).
+//!
+//! The tests need root (they create network namespaces) and fail, not skip, without it.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use fabric_lab::{Backend, Lab, LabSpec};
+
+/// A lab name unique to this process and call: parallel tests never collide.
+pub fn lab_name(tag: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}{}-{tag}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "end-to-end tests create network namespaces: run them as root (scripts/test.sh)"
+    );
+}
+
+/// A spec for a lab named after `tag`, quiet.
+pub fn spec(tag: &str, nodes: usize, pods_per_node: usize, backend: Backend) -> LabSpec {
+    require_root();
+    let mut spec = LabSpec::new(lab_name(tag));
+    spec.nodes = nodes;
+    spec.pods_per_node = pods_per_node;
+    spec.backend = backend;
+    spec.demo = false;
+    spec.progress = false;
+    spec
+}
+
+/// Brings up a lab; panics with the reason if it cannot.
+pub fn up(spec: LabSpec) -> Lab {
+    match Lab::up(spec) {
+        Ok(lab) => lab,
+        Err(e) => panic!("lab up failed: {e:#}"),
+    }
+}
+
+/// Polls `check` until it succeeds or `timeout` passes; returns the last error then.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// One ping from `from` (a pod or node) to `ip`.
+pub fn ping(lab: &Lab, from: &str, ip: Ipv4Addr) -> Result<()> {
+    let out = lab.exec(from, &["ping", "-c", "1", "-W", "1", &ip.to_string()])?;
+    if !out.status.success() {
+        bail!("{from} cannot ping {ip}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+/// TCP listeners (`nc -lk`) in lab namespaces, ended when dropped.
+pub struct Listeners(Vec<Child>);
+
+impl Listeners {
+    /// Starts a listener on `port` in each target's namespace (bounded to 120 s).
+    pub fn start(lab: &Lab, targets: &[&str], port: u16) -> Result<Self> {
+        let mut children = Vec::new();
+        for target in targets {
+            let netns = lab.netns(target)?;
+            children.push(
+                Command::new("ip")
+                    .args(["netns", "exec", &netns, "timeout", "120", "nc", "-lk", "-p"])
+                    .arg(port.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Opens (and closes) a TCP connection from `from` to `ip:port`.
+pub fn tcp_connect(lab: &Lab, from: &str, ip: Ipv4Addr, port: u16) -> Result<()> {
+    let out = lab.exec(from, &["nc", "-z", "-w", "2", &ip.to_string(), &port.to_string()])?;
+    if !out.status.success() {
+        bail!("{from} cannot connect to {ip}:{port}");
+    }
+    Ok(())
+}
+
+/// What a node's kernel holds for the data path, as `ip`/`bridge` print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelState {
+    /// `ip route show proto 0x66` (fabric's routes), one per line, sorted.
+    pub routes: Vec<String>,
+    /// Permanent neighbours on the vxlan device.
+    pub neighbours: Vec<String>,
+    /// FDB entries on the vxlan device.
+    pub fdb: Vec<String>,
+}
+
+fn lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Reads `node`'s routes, neighbours and FDB entries (the vxlan device may be absent).
+pub fn kernel_state(lab: &Lab, node: &str) -> Result<KernelState> {
+    let routes = lab.exec_ok(node, &["ip", "-4", "route", "show", "proto", "0x66"])?;
+    let has_vxlan = lab.exec(node, &["ip", "link", "show", "fabric.1"])?.status.success();
+    let (neighbours, fdb) = if has_vxlan {
+        (
+            lab.exec_ok(node, &["ip", "neigh", "show", "dev", "fabric.1", "nud", "permanent"])?,
+            lab.exec_ok(node, &["bridge", "fdb", "show", "dev", "fabric.1"])?,
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    Ok(KernelState {
+        routes: lines(&routes),
+        neighbours: lines(&neighbours),
+        fdb: lines(&fdb),
+    })
+}
+
+/// Node name -> subnet, from `fabricctl leases -o json`.
+pub fn subnets(lab: &Lab) -> Result<std::collections::BTreeMap<String, String>> {
+    lab.subnets()
+}

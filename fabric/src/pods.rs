@@ -95,6 +95,7 @@ impl PodNetwork {
             ));
         }
         let mut pool = self.pool.lock().await;
+        let before = pool.allocations().clone();
         let addr = pool
             .update(|a| a.allocate(owner(&att.key), att.ips.first().copied()))
             .map_err(|e| match e {
@@ -116,7 +117,10 @@ impl PodNetwork {
                 if let Err(cleanup) = self.unwire(&att.key).await {
                     tracing::error!(error = %cleanup, container = %att.key.container_id, "cleanup after failed ADD");
                 }
-                if let Err(release) = pool.update(|a| Ok(a.release(&owner(&att.key)))) {
+                if let Err(release) = pool.update(|a| {
+                    *a = before;
+                    Ok(())
+                }) {
                     tracing::error!(error = %release, "cannot release address after failed ADD");
                 }
                 Err(e)

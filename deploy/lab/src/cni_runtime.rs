@@ -342,7 +342,11 @@ pub fn plugin_config(
     Value::Object(conf)
 }
 
-/// The environment a plugin runs with for `command` (nothing else is inherited).
+/// `PATH` for plugins when the runtime itself has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The `CNI_*` environment a plugin runs with for `command` (besides `PATH`, nothing else is
+/// inherited).
 pub fn plugin_env(command: CniCommand, inv: &Invocation, cni_path: &str) -> Vec<(String, String)> {
     let mut env = vec![
         ("CNI_COMMAND".to_string(), command.as_str().to_string()),
@@ -470,8 +474,13 @@ impl Runtime {
             Some(netns) => Cmd::in_netns(netns, binary),
             None => Cmd::new(binary),
         };
+        // Like libcni, plugins see the runtime's PATH (chained plugins run iptables & co.),
+        // but none of its other variables.
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
         env.iter()
-            .fold(cmd.env_clear(), |cmd, (k, v)| cmd.env(k, v))
+            .fold(cmd.env_clear().env("PATH", path), |cmd, (k, v)| {
+                cmd.env(k, v)
+            })
             .stdin(stdin)
             .timeout(self.timeout)
             .output()

@@ -131,8 +131,13 @@ impl Lab {
             &Conflist::fabric_default(None).to_value(),
         )?;
 
-        for _ in 0..spec.nodes {
-            self.create_node()?;
+        // Namespaces first, then every fabricd at once: nodes of a real cluster boot together
+        // and race for subnets.
+        let names = (0..spec.nodes)
+            .map(|_| self.create_node())
+            .collect::<Result<Vec<_>>>()?;
+        for name in &names {
+            self.spawn_fabricd(name)?;
         }
         for k in 0..self.state.nodes.len() {
             let node = &self.state.nodes[k];
@@ -340,6 +345,7 @@ impl Lab {
     /// Adds node `node(N+1)`: namespace, underlay link, fabricd; waits until it is ready.
     pub fn add_node(&mut self) -> Result<Node> {
         let name = self.create_node()?;
+        self.spawn_fabricd(&name)?;
         node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
         if let Err(e) = self.refresh_subnets() {
             self.step(&format!("warning: cannot read the leases: {e:#}"));
@@ -347,7 +353,8 @@ impl Lab {
         Ok(self.node(&name)?.clone())
     }
 
-    /// Creates the next node and starts its fabricd without waiting; returns its name.
+    /// Creates the next node's namespace and underlay link (fabricd not started yet); returns
+    /// its name.
     fn create_node(&mut self) -> Result<String> {
         let k = self.state.nodes.len() + 1;
         let name = topology::node_name(k);
@@ -368,7 +375,6 @@ impl Lab {
             fabricd: None,
         });
         self.save()?;
-        self.spawn_fabricd(&name)?;
         Ok(name)
     }
 
@@ -502,6 +508,9 @@ impl Lab {
         if !spec.labels.is_empty() {
             inv = inv.capability("labels", json!(spec.labels));
         }
+        for (name, value) in &spec.capability_args {
+            inv = inv.capability(name.clone(), value.clone());
+        }
         inv.ifname = POD_IFACE.to_string();
 
         self.step(&format!("pod {namespace}/{} on {node}: CNI ADD", spec.name));
@@ -535,6 +544,7 @@ impl Lab {
             ifname: inv.ifname,
             conflist: conflist.to_value(),
             result,
+            capability_args: inv.capability_args,
         };
         self.state.pods.push(pod.clone());
         self.save()?;
@@ -566,6 +576,7 @@ impl Lab {
         .k8s_pod(&pod.namespace, &pod.name);
         inv.ifname = pod.ifname.clone();
         inv.cached_result = Some(pod.result.clone());
+        inv.capability_args = pod.capability_args.clone();
         inv
     }
 

@@ -230,6 +230,8 @@ pub struct PodSpec {
     /// A conflist to use instead of the lab's default; `fabric-cni` plugins without a `socket`
     /// get the node's.
     pub conflist: Option<serde_json::Value>,
+    /// Other capability arguments (e.g. `portMappings` for the portmap plugin).
+    pub capability_args: serde_json::Map<String, serde_json::Value>,
 }
 
 impl PodSpec {
@@ -250,6 +252,18 @@ impl PodSpec {
     /// Adds a label.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Uses `conflist` instead of the lab's default.
+    pub fn conflist(mut self, conflist: serde_json::Value) -> Self {
+        self.conflist = Some(conflist);
+        self
+    }
+
+    /// Passes a capability argument to the plugins that declare the capability.
+    pub fn capability(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.capability_args.insert(name.into(), value);
         self
     }
 

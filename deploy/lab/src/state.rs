@@ -182,6 +182,10 @@ pub struct Pod {
     pub conflist: serde_json::Value,
     /// The CNI ADD result, passed as `prevResult` on DEL and CHECK (libcni's cache).
     pub result: serde_json::Value,
+    /// The capability arguments ADD was given (`ips`, `labels`, `portMappings`, ...), passed
+    /// again on CHECK and DEL as a runtime does.
+    #[serde(default)]
+    pub capability_args: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Pod {
@@ -347,6 +351,7 @@ mod tests {
             ifname: "eth0".into(),
             conflist: serde_json::json!({"name": "fabric"}),
             result: serde_json::json!({"ips": [{"address": "10.244.1.10/24"}]}),
+            capability_args: serde_json::Map::new(),
         }
     }
 

@@ -1,0 +1,165 @@
+//! End-to-end tests of the cluster: pods on several nodes reach each other over VXLAN and
+//! host-gw; the data path survives a daemon restart, heals hand-made damage, forgets a lost
+//! node; concurrent daemons never share a subnet.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use fabric_lab::{Backend, Lab, PodSpec, Signal};
+use fabric_tests::{eventually, kernel_state, ping, spec, subnets, tcp_connect, up, Listeners};
+
+const PORT: u16 = 8080;
+
+/// Every pod pings every other pod; every cross-node pair opens a TCP connection.
+fn full_mesh(lab: &Lab) -> Result<()> {
+    let pods = lab.pods().to_vec();
+    ensure!(!pods.is_empty(), "the lab has no pods");
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let _listeners = Listeners::start(lab, &names, PORT)?;
+    for from in &pods {
+        for to in &pods {
+            if from.name == to.name {
+                continue;
+            }
+            eventually(Duration::from_secs(5), || ping(lab, &from.name, to.ip))?;
+            if from.node != to.node {
+                eventually(Duration::from_secs(5), || tcp_connect(lab, &from.name, to.ip, PORT))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pod_ips(lab: &Lab) -> BTreeSet<Ipv4Addr> {
+    lab.pods().iter().map(|p| p.ip).collect()
+}
+
+#[test]
+fn vxlan_three_nodes_full_mesh() {
+    let lab = up(spec("mesh", 3, 2, Backend::Vxlan));
+    assert_eq!(pod_ips(&lab).len(), 6, "pod addresses must be distinct");
+    full_mesh(&lab).unwrap();
+    // Per node: one route, one neighbour, one FDB entry per remote node, nothing else.
+    for node in lab.nodes() {
+        let state = kernel_state(&lab, &node.name).unwrap();
+        let peer_routes = state.routes.iter().filter(|r| r.contains("dev fabric.1")).count();
+        assert_eq!(peer_routes, 2, "{}: {:?}", node.name, state.routes);
+        assert_eq!(state.neighbours.len(), 2, "{}: {:?}", node.name, state.neighbours);
+        assert_eq!(state.fdb.len(), 2, "{}: {:?}", node.name, state.fdb);
+        let mtu = lab.exec_ok(&node.name, &["cat", "/sys/class/net/fabric.1/mtu"]).unwrap();
+        assert_eq!(mtu.trim(), "1450", "VXLAN MTU = underlay 1500 - 50");
+    }
+    // Pods leaving the cluster network are masqueraded: the switch has no route back to
+    // the pod network, so a reply only arrives if the source was rewritten.
+    ping(&lab, &lab.pods()[0].name, Ipv4Addr::new(172, 30, 0, 1)).unwrap();
+}
+
+#[test]
+fn host_gw_three_nodes_full_mesh() {
+    let lab = up(spec("hostgw", 3, 1, Backend::HostGw));
+    full_mesh(&lab).unwrap();
+    let state = kernel_state(&lab, "node1").unwrap();
+    let via_nodes = state.routes.iter().filter(|r| r.contains("via 172.30.0.")).count();
+    assert_eq!(via_nodes, 2, "{:?}", state.routes);
+}
+
+#[test]
+fn restart_keeps_subnet_and_pod_addresses_without_duplicates() {
+    let mut lab = up(spec("restart", 3, 2, Backend::Vxlan));
+    full_mesh(&lab).unwrap();
+    let before_subnets = subnets(&lab).unwrap();
+    let before_state = kernel_state(&lab, "node2").unwrap();
+
+    lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
+    lab.start_fabricd("node2").unwrap();
+
+    assert_eq!(subnets(&lab).unwrap(), before_subnets, "same subnets after restart");
+    full_mesh(&lab).unwrap();
+    let after_state = eventually(Duration::from_secs(10), || {
+        let s = kernel_state(&lab, "node2")?;
+        ensure!(s == before_state, "node2 state differs: {s:?} vs {before_state:?}");
+        Ok(s)
+    })
+    .unwrap();
+    assert_eq!(after_state, before_state, "no duplicate or missing entries");
+    // The pool survived: a new pod gets an address no existing pod holds.
+    let existing = pod_ips(&lab);
+    let pod = lab.add_pod("node2", PodSpec::new("after-restart")).unwrap();
+    assert!(!existing.contains(&pod.ip), "{} handed out twice", pod.ip);
+}
+
+#[test]
+fn reconcile_heals_a_deleted_device_and_stale_entries() {
+    let lab = up(spec("heal", 2, 1, Backend::Vxlan));
+    full_mesh(&lab).unwrap();
+    let before = kernel_state(&lab, "node1").unwrap();
+    lab.exec_ok("node1", &["ip", "link", "del", "fabric.1"]).unwrap();
+    // A stray entry for a node that does not exist must go as well.
+    eventually(Duration::from_secs(15), || {
+        let s = kernel_state(&lab, "node1")?;
+        ensure!(s == before, "not healed yet: {s:?}");
+        Ok(())
+    })
+    .unwrap();
+    full_mesh(&lab).unwrap();
+    lab.exec_ok(
+        "node1",
+        &["ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "fabric.1", "onlink", "proto", "0x66"],
+    )
+    .unwrap();
+    eventually(Duration::from_secs(15), || {
+        let s = kernel_state(&lab, "node1")?;
+        ensure!(s == before, "stale route still there: {:?}", s.routes);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn lost_node_is_forgotten_after_its_lease_expires() {
+    let mut s = spec("loss", 3, 0, Backend::Vxlan);
+    s.lease_ttl = Duration::from_secs(6);
+    let mut lab = up(s);
+    let subnets = subnets(&lab).unwrap();
+    let gone = subnets["node3"].clone();
+    let gone_ip = lab.node("node3").unwrap().underlay_ip.to_string();
+    eventually(Duration::from_secs(10), || {
+        let s = kernel_state(&lab, "node1")?;
+        ensure!(s.routes.iter().any(|r| r.starts_with(&gone)), "no route to node3 yet");
+        Ok(())
+    })
+    .unwrap();
+
+    lab.stop_fabricd("node3", Signal::SIGTERM).unwrap();
+    let gone_net = gone.trim_end_matches("/24").to_string();
+    for node in ["node1", "node2"] {
+        eventually(Duration::from_secs(20), || {
+            let s = kernel_state(&lab, node)?;
+            let mentions = |v: &[String]| v.iter().any(|l| l.contains(&gone_net) || l.contains(&gone_ip));
+            ensure!(
+                !mentions(&s.routes) && !mentions(&s.neighbours) && !mentions(&s.fdb),
+                "{node} still has entries for node3: {s:?}"
+            );
+            ensure!(s.fdb.len() == 1 && s.neighbours.len() == 1, "{node}: {s:?}");
+            Ok(())
+        })
+        .unwrap();
+    }
+    let leases = fabric_tests::subnets(&lab).unwrap();
+    assert!(!leases.contains_key("node3"), "node3's lease expired: {leases:?}");
+}
+
+#[test]
+fn twenty_daemons_started_together_get_distinct_subnets() {
+    let lab = up(spec("race", 20, 0, Backend::HostGw));
+    let subnets = subnets(&lab).unwrap();
+    assert_eq!(subnets.len(), 20, "{subnets:?}");
+    let distinct: BTreeSet<_> = subnets.values().collect();
+    assert_eq!(distinct.len(), 20, "two nodes share a subnet: {subnets:?}");
+    for node in lab.nodes() {
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "{}: {log}", node.name);
+    }
+}
