@@ -503,8 +503,12 @@ impl Netlink {
             .into_iter()
             .filter(|m| m.header.ifindex == ifindex)
             .filter_map(|m| {
+                // In AF_BRIDGE messages the parser cannot tell the address family of NDA_DST.
                 let dst = m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => None,
                 })?;
                 let mac = lladdr(&m)?;

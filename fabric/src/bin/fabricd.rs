@@ -16,12 +16,11 @@ use tunnel::{Netlink, Underlay};
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The netlink parser warns about every attribute newer than itself.
+        .add_directive("netlink_packet_route=error".parse().expect("directive"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     if let Err(e) = run(DaemonFlags::parse()).await {
         tracing::error!("{e:#}");
         std::process::exit(1);
