@@ -25,7 +25,9 @@ fn full_mesh(lab: &Lab) -> Result<()> {
             }
             eventually(Duration::from_secs(5), || ping(lab, &from.name, to.ip))?;
             if from.node != to.node {
-                eventually(Duration::from_secs(5), || tcp_connect(lab, &from.name, to.ip, PORT))?;
+                eventually(Duration::from_secs(5), || {
+                    tcp_connect(lab, &from.name, to.ip, PORT)
+                })?;
             }
         }
     }
@@ -44,13 +46,37 @@ fn vxlan_three_nodes_full_mesh() {
     // Per node: one route, one neighbour, one FDB entry per remote node, nothing else.
     for node in lab.nodes() {
         let state = kernel_state(&lab, &node.name).unwrap();
-        let peer_routes = state.routes.iter().filter(|r| r.contains("dev fabric.1")).count();
+        let peer_routes = state
+            .routes
+            .iter()
+            .filter(|r| r.contains("dev fabric.1"))
+            .count();
         assert_eq!(peer_routes, 2, "{}: {:?}", node.name, state.routes);
-        assert_eq!(state.neighbours.len(), 2, "{}: {:?}", node.name, state.neighbours);
+        assert_eq!(
+            state.neighbours.len(),
+            2,
+            "{}: {:?}",
+            node.name,
+            state.neighbours
+        );
         assert_eq!(state.fdb.len(), 2, "{}: {:?}", node.name, state.fdb);
-        let mtu = lab.exec_ok(&node.name, &["cat", "/sys/class/net/fabric.1/mtu"]).unwrap();
+        let mtu = lab
+            .exec_ok(&node.name, &["cat", "/sys/class/net/fabric.1/mtu"])
+            .unwrap();
         assert_eq!(mtu.trim(), "1450", "VXLAN MTU = underlay 1500 - 50");
     }
+    // Converged means idempotent: later resync passes (every 5 s) change nothing.
+    let converged = |lab: &Lab| {
+        let log = std::fs::read_to_string(&lab.node("node1").unwrap().log).unwrap();
+        log.matches("data path converged").count()
+    };
+    let passes = converged(&lab);
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        converged(&lab),
+        passes,
+        "a resync pass changed the kernel state"
+    );
     // Pods leaving the cluster network are masqueraded: the switch has no route back to
     // the pod network, so a reply only arrives if the source was rewritten.
     ping(&lab, &lab.pods()[0].name, Ipv4Addr::new(172, 30, 0, 1)).unwrap();
@@ -61,7 +87,11 @@ fn host_gw_three_nodes_full_mesh() {
     let lab = up(spec("hostgw", 3, 1, Backend::HostGw));
     full_mesh(&lab).unwrap();
     let state = kernel_state(&lab, "node1").unwrap();
-    let via_nodes = state.routes.iter().filter(|r| r.contains("via 172.30.0.")).count();
+    let via_nodes = state
+        .routes
+        .iter()
+        .filter(|r| r.contains("via 172.30.0."))
+        .count();
     assert_eq!(via_nodes, 2, "{:?}", state.routes);
 }
 
@@ -75,11 +105,18 @@ fn restart_keeps_subnet_and_pod_addresses_without_duplicates() {
     lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
     lab.start_fabricd("node2").unwrap();
 
-    assert_eq!(subnets(&lab).unwrap(), before_subnets, "same subnets after restart");
+    assert_eq!(
+        subnets(&lab).unwrap(),
+        before_subnets,
+        "same subnets after restart"
+    );
     full_mesh(&lab).unwrap();
     let after_state = eventually(Duration::from_secs(10), || {
         let s = kernel_state(&lab, "node2")?;
-        ensure!(s == before_state, "node2 state differs: {s:?} vs {before_state:?}");
+        ensure!(
+            s == before_state,
+            "node2 state differs: {s:?} vs {before_state:?}"
+        );
         Ok(s)
     })
     .unwrap();
@@ -95,7 +132,8 @@ fn reconcile_heals_a_deleted_device_and_stale_entries() {
     let lab = up(spec("heal", 2, 1, Backend::Vxlan));
     full_mesh(&lab).unwrap();
     let before = kernel_state(&lab, "node1").unwrap();
-    lab.exec_ok("node1", &["ip", "link", "del", "fabric.1"]).unwrap();
+    lab.exec_ok("node1", &["ip", "link", "del", "fabric.1"])
+        .unwrap();
     // A stray entry for a node that does not exist must go as well.
     eventually(Duration::from_secs(15), || {
         let s = kernel_state(&lab, "node1")?;
@@ -106,7 +144,19 @@ fn reconcile_heals_a_deleted_device_and_stale_entries() {
     full_mesh(&lab).unwrap();
     lab.exec_ok(
         "node1",
-        &["ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "fabric.1", "onlink", "proto", "0x66"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.244.250.0/24",
+            "via",
+            "10.244.250.0",
+            "dev",
+            "fabric.1",
+            "onlink",
+            "proto",
+            "0x66",
+        ],
     )
     .unwrap();
     eventually(Duration::from_secs(15), || {
@@ -127,7 +177,10 @@ fn lost_node_is_forgotten_after_its_lease_expires() {
     let gone_ip = lab.node("node3").unwrap().underlay_ip.to_string();
     eventually(Duration::from_secs(10), || {
         let s = kernel_state(&lab, "node1")?;
-        ensure!(s.routes.iter().any(|r| r.starts_with(&gone)), "no route to node3 yet");
+        ensure!(
+            s.routes.iter().any(|r| r.starts_with(&gone)),
+            "no route to node3 yet"
+        );
         Ok(())
     })
     .unwrap();
@@ -137,7 +190,10 @@ fn lost_node_is_forgotten_after_its_lease_expires() {
     for node in ["node1", "node2"] {
         eventually(Duration::from_secs(20), || {
             let s = kernel_state(&lab, node)?;
-            let mentions = |v: &[String]| v.iter().any(|l| l.contains(&gone_net) || l.contains(&gone_ip));
+            let mentions = |v: &[String]| {
+                v.iter()
+                    .any(|l| l.contains(&gone_net) || l.contains(&gone_ip))
+            };
             ensure!(
                 !mentions(&s.routes) && !mentions(&s.neighbours) && !mentions(&s.fdb),
                 "{node} still has entries for node3: {s:?}"
@@ -148,7 +204,10 @@ fn lost_node_is_forgotten_after_its_lease_expires() {
         .unwrap();
     }
     let leases = fabric_tests::subnets(&lab).unwrap();
-    assert!(!leases.contains_key("node3"), "node3's lease expired: {leases:?}");
+    assert!(
+        !leases.contains_key("node3"),
+        "node3's lease expired: {leases:?}"
+    );
 }
 
 #[test]

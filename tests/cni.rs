@@ -30,7 +30,8 @@ fn held(lab: &Lab) -> Vec<String> {
 }
 
 fn code(err: &fabric_lab::cni_runtime::Error) -> u32 {
-    err.code().unwrap_or_else(|| panic!("not a CNI error: {err}"))
+    err.code()
+        .unwrap_or_else(|| panic!("not a CNI error: {err}"))
 }
 
 #[test]
@@ -61,12 +62,16 @@ fn cni_verbs_against_a_live_node() {
 
     // The `ips` capability places a pod at a chosen address.
     let want = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 77);
-    let fixed = lab.add_pod("node1", PodSpec::new("fixed").ip(want)).unwrap();
+    let fixed = lab
+        .add_pod("node1", PodSpec::new("fixed").ip(want))
+        .unwrap();
     assert_eq!(fixed.ip, want);
     // A failed ADD (address outside the subnet) leaves nothing behind.
     let before = node_footprint(&lab);
     let outside = "10.9.9.9".parse().unwrap();
-    assert!(lab.add_pod("node1", PodSpec::new("outside").ip(outside)).is_err());
+    assert!(lab
+        .add_pod("node1", PodSpec::new("outside").ip(outside))
+        .is_err());
     assert_eq!(node_footprint(&lab), before);
 
     // GC removes attachments not in the valid list.
@@ -77,11 +82,19 @@ fn cni_verbs_against_a_live_node() {
     lab.cni("node1", CniCommand::Check, &lab.pod_invocation(&keep), None)
         .unwrap();
     let err = lab
-        .cni("node1", CniCommand::Check, &lab.pod_invocation(&fixed), None)
+        .cni(
+            "node1",
+            CniCommand::Check,
+            &lab.pod_invocation(&fixed),
+            None,
+        )
         .unwrap_err();
     assert_eq!(code(&err), 3, "GC'd attachment is unknown: {err}");
     let held = held(&lab);
-    assert!(!held.contains(&fixed.ip.to_string()) && held.contains(&keep.ip.to_string()), "{held:?}");
+    assert!(
+        !held.contains(&fixed.ip.to_string()) && held.contains(&keep.ip.to_string()),
+        "{held:?}"
+    );
 
     // STATUS: ready while fabricd runs; 50 when it is down; ADD says "try again later".
     lab.cni("node1", CniCommand::Status, &Invocation::default(), None)
@@ -118,9 +131,10 @@ fn chained_with_portmap() {
     let pod = lab
         .add_pod(
             "node1",
-            PodSpec::new("web")
-                .conflist(conflist)
-                .capability("portMappings", json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])),
+            PodSpec::new("web").conflist(conflist).capability(
+                "portMappings",
+                json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+            ),
         )
         .unwrap();
     // portmap got our result as prevResult and passed it on.
@@ -129,13 +143,21 @@ fn chained_with_portmap() {
     let _web = Listeners::start(&lab, &["web"], 80).unwrap();
     let node1 = lab.node("node1").unwrap().underlay_ip;
     // From another node, the node's port 8080 reaches the pod's port 80.
-    eventually(Duration::from_secs(5), || tcp_connect(&lab, "node2", node1, 8080)).unwrap();
+    eventually(Duration::from_secs(5), || {
+        tcp_connect(&lab, "node2", node1, 8080)
+    })
+    .unwrap();
     ping(&lab, "node2", pod.ip).unwrap();
     lab.cni("node1", CniCommand::Check, &lab.pod_invocation(&pod), None)
         .unwrap();
     lab.del_pod("web").unwrap();
-    let nat = lab.exec_ok("node1", &["iptables-save", "-t", "nat"]).unwrap();
-    assert!(!nat.contains("dport 8080"), "portmap DEL left its rules: {nat}");
+    let nat = lab
+        .exec_ok("node1", &["iptables-save", "-t", "nat"])
+        .unwrap();
+    assert!(
+        !nat.contains("dport 8080"),
+        "portmap DEL left its rules: {nat}"
+    );
 }
 
 /// xorshift64*: deterministic pseudo-random inputs without a dependency.
@@ -160,7 +182,8 @@ fn two_hundred_malformed_inputs_give_cni_errors_and_leave_the_pool_alone() {
     let victim = lab.add_pod("node1", PodSpec::new("victim")).unwrap();
     let socket = lab.node("node1").unwrap().socket.display().to_string();
     let netns = format!("/var/run/netns/{}", victim.netns);
-    let good = json!({"cniVersion": "1.1.0", "name": "fabric", "type": "fabric-cni", "socket": socket});
+    let good =
+        json!({"cniVersion": "1.1.0", "name": "fabric", "type": "fabric-cni", "socket": socket});
     let before = node_footprint(&lab);
 
     let mut rng = Rng(0x5eed_f00d_dead_beef);
@@ -180,26 +203,58 @@ fn two_hundred_malformed_inputs_give_cni_errors_and_leave_the_pool_alone() {
                 text.as_bytes()[..(rng.next() as usize % text.len())].to_vec()
             }
             2 => {
-                env.retain(|(k, _)| *k != *rng.pick(&["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]));
+                env.retain(|(k, _)| {
+                    *k != *rng.pick(&["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])
+                });
                 conf.to_string().into_bytes()
             }
             3 => {
-                conf["cniVersion"] = rng.pick(&[json!("0.0.9"), json!("9.9.9"), json!("abc"), json!(5), json!(null)]).clone();
+                conf["cniVersion"] = rng
+                    .pick(&[
+                        json!("0.0.9"),
+                        json!("9.9.9"),
+                        json!("abc"),
+                        json!(5),
+                        json!(null),
+                    ])
+                    .clone();
                 conf.to_string().into_bytes()
             }
             4 => {
-                let bad = rng.pick(&[json!(["999.1.1.1"]), json!(["x"]), json!([42]), json!("10.244.1.5"), json!(["10.244.1.5/99"]), json!(["10.9.9.9/24"])]).clone();
+                let bad = rng
+                    .pick(&[
+                        json!(["999.1.1.1"]),
+                        json!(["x"]),
+                        json!([42]),
+                        json!("10.244.1.5"),
+                        json!(["10.244.1.5/99"]),
+                        json!(["10.9.9.9/24"]),
+                    ])
+                    .clone();
                 conf["runtimeConfig"] = json!({"ips": bad});
                 conf.to_string().into_bytes()
             }
             5 => {
-                let (k, v) = rng.pick(&[("CNI_COMMAND", "ATTACH"), ("CNI_CONTAINERID", "bad id!"), ("CNI_IFNAME", "this-name-is-too-long"), ("CNI_IFNAME", "a/b"), ("CNI_ARGS", "K8S_POD_NAME")]);
+                let (k, v) = rng.pick(&[
+                    ("CNI_COMMAND", "ATTACH"),
+                    ("CNI_CONTAINERID", "bad id!"),
+                    ("CNI_IFNAME", "this-name-is-too-long"),
+                    ("CNI_IFNAME", "a/b"),
+                    ("CNI_ARGS", "K8S_POD_NAME"),
+                ]);
                 env.retain(|(key, _)| key != k);
                 env.push((k, v.to_string()));
                 conf.to_string().into_bytes()
             }
             6 => {
-                let (k, v) = rng.pick(&[("name", json!(5)), ("runtimeConfig", json!("x")), ("socket", json!("")), ("prevResult", json!([1]))]).clone();
+                let (k, v) = rng
+                    .pick(&[
+                        ("name", json!(5)),
+                        ("runtimeConfig", json!("x")),
+                        ("socket", json!("")),
+                        ("prevResult", json!([1])),
+                    ])
+                    .clone();
                 conf[k] = v;
                 conf.to_string().into_bytes()
             }
@@ -210,12 +265,30 @@ fn two_hundred_malformed_inputs_give_cni_errors_and_leave_the_pool_alone() {
         let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         let out = lab.cni_exec("node1", "fabric-cni", &env, &stdin).unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "input {i}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-        let error: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("input {i}: {e}: {stdout}"));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "input {i}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let error: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("input {i}: {e}: {stdout}"));
         assert!(error["code"].as_u64().is_some(), "input {i}: {stdout}");
-        assert!(error["msg"].as_str().is_some_and(|m| !m.is_empty()), "input {i}: {stdout}");
+        assert!(
+            error["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "input {i}: {stdout}"
+        );
     }
-    assert_eq!(node_footprint(&lab), before, "the pool or the links changed");
-    lab.cni("node1", CniCommand::Check, &lab.pod_invocation(&victim), None)
-        .unwrap();
+    assert_eq!(
+        node_footprint(&lab),
+        before,
+        "the pool or the links changed"
+    );
+    lab.cni(
+        "node1",
+        CniCommand::Check,
+        &lab.pod_invocation(&victim),
+        None,
+    )
+    .unwrap();
 }

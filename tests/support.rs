@@ -67,7 +67,10 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) ->
 pub fn ping(lab: &Lab, from: &str, ip: Ipv4Addr) -> Result<()> {
     let out = lab.exec(from, &["ping", "-c", "1", "-W", "1", &ip.to_string()])?;
     if !out.status.success() {
-        bail!("{from} cannot ping {ip}: {}", String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "{from} cannot ping {ip}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(())
 }
@@ -106,7 +109,10 @@ impl Drop for Listeners {
 
 /// Opens (and closes) a TCP connection from `from` to `ip:port`.
 pub fn tcp_connect(lab: &Lab, from: &str, ip: Ipv4Addr, port: u16) -> Result<()> {
-    let out = lab.exec(from, &["nc", "-z", "-w", "2", &ip.to_string(), &port.to_string()])?;
+    let out = lab.exec(
+        from,
+        &["nc", "-z", "-w", "2", &ip.to_string(), &port.to_string()],
+    )?;
     if !out.status.success() {
         bail!("{from} cannot connect to {ip}:{port}");
     }
@@ -138,10 +144,16 @@ fn lines(text: &str) -> Vec<String> {
 /// Reads `node`'s routes, neighbours and FDB entries (the vxlan device may be absent).
 pub fn kernel_state(lab: &Lab, node: &str) -> Result<KernelState> {
     let routes = lab.exec_ok(node, &["ip", "-4", "route", "show", "proto", "0x66"])?;
-    let has_vxlan = lab.exec(node, &["ip", "link", "show", "fabric.1"])?.status.success();
+    let has_vxlan = lab
+        .exec(node, &["ip", "link", "show", "fabric.1"])?
+        .status
+        .success();
     let (neighbours, fdb) = if has_vxlan {
         (
-            lab.exec_ok(node, &["ip", "neigh", "show", "dev", "fabric.1", "nud", "permanent"])?,
+            lab.exec_ok(
+                node,
+                &["ip", "neigh", "show", "dev", "fabric.1", "nud", "permanent"],
+            )?,
             lab.exec_ok(node, &["bridge", "fdb", "show", "dev", "fabric.1"])?,
         )
     } else {

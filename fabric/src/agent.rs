@@ -79,7 +79,8 @@ impl Agent {
         self.state
             .record_subnet(lease.subnet)
             .context("recording the subnet in the state dir")?;
-        let pool = PodPool::open(self.state.path(), lease.subnet).context("opening the pod address pool")?;
+        let pool = PodPool::open(self.state.path(), lease.subnet)
+            .context("opening the pod address pool")?;
         let pods = PodNetwork::new(lease.subnet, self.backend.mtu(), self.netlink.clone(), pool);
         self.pods.send_replace(Some(Arc::new(pods)));
         Ok(lease)
@@ -89,7 +90,12 @@ impl Agent {
         match self.backend.reconcile(local, leases).await {
             Ok(report) => {
                 if report.added + report.removed > 0 {
-                    tracing::info!(added = report.added, removed = report.removed, peers = leases.len().saturating_sub(1), "data path converged");
+                    tracing::info!(
+                        added = report.added,
+                        removed = report.removed,
+                        peers = leases.len().saturating_sub(1),
+                        "data path converged"
+                    );
                 }
                 if !self.ready.swap(true, Ordering::Relaxed) {
                     tracing::info!("ready");
@@ -107,7 +113,8 @@ impl Agent {
         tunnel::sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
         let mut lease = self.acquire(self.state.previous_subnet()).await?;
         let mut leases = retry("watching leases", || self.store.watch_leases()).await;
-        let renew_every = (self.lease_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let renew_every =
+            (self.lease_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(3600));
         let mut renew = tokio::time::interval(renew_every);
         let mut resync = tokio::time::interval(self.resync);
         renew.tick().await;

@@ -58,7 +58,11 @@ async fn handle(conn: UnixStream, pods: Serving) -> std::io::Result<()> {
             let serving = pods.borrow().clone();
             dispatch(request, serving).await
         }
-        Err(e) => Response::Error(CniError::new(codes::DECODE_FAILURE, "cannot decode request", e)),
+        Err(e) => Response::Error(CniError::new(
+            codes::DECODE_FAILURE,
+            "cannot decode request",
+            e,
+        )),
     };
     let mut out = serde_json::to_vec(&response).expect("json");
     out.push(b'\n');
@@ -86,7 +90,9 @@ pub async fn dispatch(request: Request, pods: Option<Arc<PodNetwork>>) -> Respon
     };
     match request {
         Request::Add(att) => match pods.add(&att).await {
-            Ok(result) => Response::Ok { result: Some(result) },
+            Ok(result) => Response::Ok {
+                result: Some(result),
+            },
             Err(e) => Response::Error(e),
         },
         Request::Del(att) => done(pods.del(&att.key).await),

@@ -14,7 +14,12 @@ use ipam::BackendKind;
 #[command(name = "fabricd", version, about, long_about = None)]
 pub struct DaemonFlags {
     /// etcd endpoints, comma-separated.
-    #[arg(long, env = "FABRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "FABRIC_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
 
     /// Key prefix of fabric's data in etcd.
@@ -42,7 +47,11 @@ pub struct DaemonFlags {
     pub state_dir: PathBuf,
 
     /// The local API socket the CNI plugin and fabricctl talk to (root only, 0600).
-    #[arg(long, env = "FABRIC_SOCKET", default_value = "/run/fabric/fabricd.sock")]
+    #[arg(
+        long,
+        env = "FABRIC_SOCKET",
+        default_value = "/run/fabric/fabricd.sock"
+    )]
     pub socket: PathBuf,
 
     /// Lifetime of the subnet lease; renewed while the daemon runs (e.g. 24h, 30s).
@@ -97,7 +106,16 @@ mod tests {
 
     #[test]
     fn defaults_and_parsing() {
-        let f = DaemonFlags::try_parse_from(["fabricd", "--backend", "host-gw", "--lease-ttl", "30s", "--etcd-endpoints", "http://a:2379,http://b:2379"]).unwrap();
+        let f = DaemonFlags::try_parse_from([
+            "fabricd",
+            "--backend",
+            "host-gw",
+            "--lease-ttl",
+            "30s",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+        ])
+        .unwrap();
         assert_eq!(f.backend, Some(BackendKind::HostGw));
         assert_eq!(f.lease_ttl, Duration::from_secs(30));
         assert_eq!(f.etcd_endpoints.len(), 2);

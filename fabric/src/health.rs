@@ -39,7 +39,10 @@ fn respond(request: &[u8], ready: bool) -> (&'static str, &'static str) {
     match path {
         b"/healthz" => ("200 OK", "ok\n"),
         b"/readyz" if ready => ("200 OK", "ready\n"),
-        b"/readyz" => ("503 Service Unavailable", "not ready: no subnet lease or routes yet\n"),
+        b"/readyz" => (
+            "503 Service Unavailable",
+            "not ready: no subnet lease or routes yet\n",
+        ),
         _ => ("404 Not Found", "try /healthz or /readyz\n"),
     }
 }
@@ -50,7 +53,10 @@ mod tests {
 
     #[test]
     fn readyz_follows_readiness() {
-        assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", false).0, "503 Service Unavailable");
+        assert_eq!(
+            respond(b"GET /readyz HTTP/1.1\r\n", false).0,
+            "503 Service Unavailable"
+        );
         assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", true).0, "200 OK");
         assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n", false).0, "200 OK");
         assert_eq!(respond(b"garbage", true).0, "404 Not Found");

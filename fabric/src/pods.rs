@@ -9,7 +9,9 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use fabric_cni::api::{codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig, Route as CniRoute};
+use fabric_cni::api::{
+    codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig, Route as CniRoute,
+};
 use ipam::pool::Owner;
 use ipam::{PodPool, PoolError};
 use ipnet::Ipv4Net;
@@ -85,7 +87,11 @@ impl PodNetwork {
             CniError::new(codes::INVALID_ENV, "CNI_NETNS is required for ADD", "")
         })?;
         let netns = File::open(netns_path).map_err(|e| {
-            CniError::new(codes::INVALID_ENV, format!("cannot open network namespace {netns_path}"), e)
+            CniError::new(
+                codes::INVALID_ENV,
+                format!("cannot open network namespace {netns_path}"),
+                e,
+            )
         })?;
         if att.ips.len() > 1 {
             return Err(CniError::new(
@@ -107,7 +113,11 @@ impl PodNetwork {
                 PoolError::OutOfRange { .. } | PoolError::InUse { .. } => {
                     CniError::new(codes::INVALID_CONFIG, "requested address unavailable", e)
                 }
-                PoolError::Exhausted(_) => CniError::new(codes::TRY_AGAIN_LATER, "no free pod address on this node", e),
+                PoolError::Exhausted(_) => CniError::new(
+                    codes::TRY_AGAIN_LATER,
+                    "no free pod address on this node",
+                    e,
+                ),
                 PoolError::Io { .. } => internal("cannot record the pod address", e),
             })?;
         match self.wire(att, &netns, netns_path, addr).await {
@@ -140,9 +150,18 @@ impl PodNetwork {
             move |e: tunnel::NetlinkError| internal(what, e)
         };
         let pod_nl = Netlink::connect_in(Path::new(netns_path)).map_err(|e| {
-            CniError::new(codes::INVALID_ENV, format!("cannot enter network namespace {netns_path}"), e)
+            CniError::new(
+                codes::INVALID_ENV,
+                format!("cannot enter network namespace {netns_path}"),
+                e,
+            )
         })?;
-        if pod_nl.link(&att.key.ifname).await.map_err(nl_err("inspect pod"))?.is_some() {
+        if pod_nl
+            .link(&att.key.ifname)
+            .await
+            .map_err(nl_err("inspect pod"))?
+            .is_some()
+        {
             return Err(CniError::new(
                 codes::PLUGIN_SPECIFIC,
                 format!("interface {} already exists in the pod", att.key.ifname),
@@ -153,17 +172,36 @@ impl PodNetwork {
         let peer_name = temp_peer_name(&att.key);
         // A leftover from a crashed ADD would block the names.
         for stale in [&host_name, &peer_name] {
-            if let Some(link) = self.netlink.link(stale).await.map_err(nl_err("inspect host"))? {
-                self.netlink.delete_link(link.index).await.map_err(nl_err("remove stale veth"))?;
+            if let Some(link) = self
+                .netlink
+                .link(stale)
+                .await
+                .map_err(nl_err("inspect host"))?
+            {
+                self.netlink
+                    .delete_link(link.index)
+                    .await
+                    .map_err(nl_err("remove stale veth"))?;
             }
         }
         self.netlink
             .add_veth(&host_name, &peer_name)
             .await
             .map_err(nl_err("create veth pair"))?;
-        let host = self.netlink.require_link(&host_name).await.map_err(nl_err("create veth pair"))?;
-        let peer = self.netlink.require_link(&peer_name).await.map_err(nl_err("create veth pair"))?;
-        self.netlink.move_link(peer.index, netns).await.map_err(nl_err("move veth into pod"))?;
+        let host = self
+            .netlink
+            .require_link(&host_name)
+            .await
+            .map_err(nl_err("create veth pair"))?;
+        let peer = self
+            .netlink
+            .require_link(&peer_name)
+            .await
+            .map_err(nl_err("create veth pair"))?;
+        self.netlink
+            .move_link(peer.index, netns)
+            .await
+            .map_err(nl_err("move veth into pod"))?;
         self.netlink
             .set_link(&host, Some(self.mtu), None, true)
             .await
@@ -179,7 +217,10 @@ impl PodNetwork {
             .await
             .map_err(nl_err("route to pod"))?;
 
-        let pod_link = pod_nl.require_link(&peer_name).await.map_err(nl_err("find pod veth"))?;
+        let pod_link = pod_nl
+            .require_link(&peer_name)
+            .await
+            .map_err(nl_err("find pod veth"))?;
         pod_nl
             .rename_link(pod_link.index, &att.key.ifname)
             .await
@@ -197,7 +238,10 @@ impl PodNetwork {
             .await
             .map_err(nl_err("address pod"))?;
         for route in pod_routes(pod_link.index) {
-            pod_nl.replace_route(&route).await.map_err(nl_err("pod routes"))?;
+            pod_nl
+                .replace_route(&route)
+                .await
+                .map_err(nl_err("pod routes"))?;
         }
         tracing::info!(container = %att.key.container_id, %addr, veth = %host_name, "pod attached");
         Ok(AddResult {
@@ -257,8 +301,15 @@ impl PodNetwork {
             .await
             .allocations()
             .get(&owner(&att.key))
-            .ok_or_else(|| CniError::new(codes::UNKNOWN_CONTAINER, "container is not attached", &att.key.container_id))?;
-        let broken = |what: String| CniError::new(codes::PLUGIN_SPECIFIC, "attachment is broken", what);
+            .ok_or_else(|| {
+                CniError::new(
+                    codes::UNKNOWN_CONTAINER,
+                    "container is not attached",
+                    &att.key.container_id,
+                )
+            })?;
+        let broken =
+            |what: String| CniError::new(codes::PLUGIN_SPECIFIC, "attachment is broken", what);
         let nl_err = |e: tunnel::NetlinkError| internal("cannot inspect the attachment", e);
         let host_name = host_veth_name(&att.key);
         let host = self
@@ -276,20 +327,32 @@ impl PodNetwork {
             oif: host.index,
             onlink: false,
         };
-        if !self.netlink.owned_routes().await.map_err(nl_err)?.contains(&want) {
-            return Err(broken(format!("route to {addr} via {host_name} is missing")));
+        if !self
+            .netlink
+            .owned_routes()
+            .await
+            .map_err(nl_err)?
+            .contains(&want)
+        {
+            return Err(broken(format!(
+                "route to {addr} via {host_name} is missing"
+            )));
         }
-        let netns = att
-            .netns
-            .as_deref()
-            .ok_or_else(|| CniError::new(codes::INVALID_ENV, "CNI_NETNS is required for CHECK", ""))?;
+        let netns = att.netns.as_deref().ok_or_else(|| {
+            CniError::new(codes::INVALID_ENV, "CNI_NETNS is required for CHECK", "")
+        })?;
         let pod_nl = Netlink::connect_in(Path::new(netns))
             .map_err(|e| broken(format!("cannot enter {netns}: {e}")))?;
         let pod = pod_nl
             .link(&att.key.ifname)
             .await
             .map_err(nl_err)?
-            .ok_or_else(|| broken(format!("interface {} is missing in the pod", att.key.ifname)))?;
+            .ok_or_else(|| {
+                broken(format!(
+                    "interface {} is missing in the pod",
+                    att.key.ifname
+                ))
+            })?;
         let addrs = pod_nl.addresses(pod.index).await.map_err(nl_err)?;
         if !addrs.contains(&Ipv4Net::new(addr, 32).expect("/32")) {
             return Err(broken(format!("address {addr}/32 is missing in the pod")));

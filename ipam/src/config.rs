@@ -192,10 +192,10 @@ impl NetworkConfig {
         let all = network.subnets(subnet_len).expect("validated length");
         let default_min = all.clone().nth(1).unwrap_or(first).network();
         let default_max = all.last().unwrap_or(first).network();
-        let subnet_min = parse_bound("SubnetMin", raw.subnet_min, &network, subnet_len)?
-            .unwrap_or(default_min);
-        let subnet_max = parse_bound("SubnetMax", raw.subnet_max, &network, subnet_len)?
-            .unwrap_or(default_max);
+        let subnet_min =
+            parse_bound("SubnetMin", raw.subnet_min, &network, subnet_len)?.unwrap_or(default_min);
+        let subnet_max =
+            parse_bound("SubnetMax", raw.subnet_max, &network, subnet_len)?.unwrap_or(default_max);
         if u32::from(subnet_min) > u32::from(subnet_max) {
             return Err(ConfigError::new(
                 "SubnetMin",
@@ -265,7 +265,9 @@ fn parse_bound(
             "pick an address inside Network",
         ));
     }
-    let aligned = Ipv4Net::new(addr, subnet_len).expect("validated length").network();
+    let aligned = Ipv4Net::new(addr, subnet_len)
+        .expect("validated length")
+        .network();
     if aligned != addr {
         return Err(ConfigError::new(
             key,
@@ -380,17 +382,38 @@ mod tests {
             (r#"{}"#, "Network"),
             (r#"{"Network": 5}"#, "Network"),
             (r#"{"Network": "10.244.0.1/16"}"#, "Network"),
-            (r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#, "SubnetLen"),
-            (r#"{"Network": "10.244.0.0/16", "SubnetLen": 31}"#, "SubnetLen"),
-            (r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.9.0.0"}"#, "SubnetMin"),
-            (r#"{"Network": "10.244.0.0/16", "SubnetMax": "10.244.1.7"}"#, "SubnetMax"),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetLen": 8}"#,
+                "SubnetLen",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetLen": 31}"#,
+                "SubnetLen",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.9.0.0"}"#,
+                "SubnetMin",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "SubnetMax": "10.244.1.7"}"#,
+                "SubnetMax",
+            ),
             (
                 r#"{"Network": "10.244.0.0/16", "SubnetMin": "10.244.9.0", "SubnetMax": "10.244.2.0"}"#,
                 "SubnetMin",
             ),
-            (r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#, "Backend.Type"),
-            (r#"{"Network": "10.244.0.0/16", "Backend": {"VNI": 0}}"#, "Backend.VNI"),
-            (r#"{"Network": "10.244.0.0/16", "Backend": {"Port": 70000}}"#, "Backend.Port"),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#,
+                "Backend.Type",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"VNI": 0}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "Backend": {"Port": 70000}}"#,
+                "Backend.Port",
+            ),
             (r#"not json"#, "(document)"),
             (r#"[1]"#, "(document)"),
         ];

@@ -132,12 +132,11 @@ impl EtcdStore {
             .iter()
             .map(|kv| {
                 let (subnet, value) = self.decode(&prefix, kv)?;
-                let r: Reservation = serde_json::from_slice(value).map_err(|e| {
-                    StoreError::BadRecord {
+                let r: Reservation =
+                    serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 Ok((subnet, r.node))
             })
             .collect()
@@ -201,13 +200,9 @@ impl EtcdStore {
                 .collect(),
             reserved: self.reservations().await?,
         };
-        let choice = choose(
-            &config,
-            &occupancy,
-            &request.node,
-            request.previous,
-            |n| rand::thread_rng().gen_range(0..n),
-        );
+        let choice = choose(&config, &occupancy, &request.node, request.previous, |n| {
+            rand::thread_rng().gen_range(0..n)
+        });
         let (subnet, guard) = match choice {
             Choice::Exhausted => return Err(StoreError::Exhausted),
             Choice::ReservedButTaken(subnet, holder) => {

@@ -89,7 +89,9 @@ impl Allocations {
     /// Usable pod addresses: every host address except the subnet's first (`.0`, the tunnel
     /// device's) and last (broadcast).
     fn usable(&self, addr: Ipv4Addr) -> bool {
-        self.subnet.contains(&addr) && addr != self.subnet.network() && addr != self.subnet.broadcast()
+        self.subnet.contains(&addr)
+            && addr != self.subnet.network()
+            && addr != self.subnet.broadcast()
     }
 
     /// Hands out `requested`, or the next free address after the last one handed out.
@@ -302,9 +304,7 @@ mod tests {
         let mut pool = PodPool::open(dir.path(), subnet()).unwrap();
         pool.update(|a| a.allocate(owner("a"), None)).unwrap();
         let before = pool.allocations().clone();
-        assert!(pool
-            .update(|a| a.allocate(owner("a"), None))
-            .is_err());
+        assert!(pool.update(|a| a.allocate(owner("a"), None)).is_err());
         assert_eq!(pool.allocations(), &before);
     }
 }

@@ -23,7 +23,11 @@ impl HostGw {
 }
 
 /// The routes host-gw wants, and the peers it refuses (not on the underlay's segment).
-pub fn desired(underlay: &Underlay, local: &Lease, leases: &Leases) -> (Vec<Route>, Vec<(String, String)>) {
+pub fn desired(
+    underlay: &Underlay,
+    local: &Lease,
+    leases: &Leases,
+) -> (Vec<Route>, Vec<(String, String)>) {
     let segment = underlay.addr.trunc();
     let mut routes = Vec::new();
     let mut refused = Vec::new();

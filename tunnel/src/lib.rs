@@ -85,7 +85,11 @@ pub fn create(
 
 /// The leases a backend of `kind` should reach from `local`: every other node's lease of the
 /// same backend type.
-pub fn peers<'a>(kind: BackendKind, local: &'a Lease, leases: &'a Leases) -> impl Iterator<Item = &'a Lease> {
+pub fn peers<'a>(
+    kind: BackendKind,
+    local: &'a Lease,
+    leases: &'a Leases,
+) -> impl Iterator<Item = &'a Lease> {
     leases
         .values()
         .filter(move |l| l.subnet != local.subnet && l.node != local.node)

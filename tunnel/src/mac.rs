@@ -106,7 +106,13 @@ mod tests {
     fn parses_and_prints() {
         let m: Mac = "0a:1b:2c:3d:4e:5f".parse().unwrap();
         assert_eq!(m.to_string(), "0a:1b:2c:3d:4e:5f");
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "zz:1b:2c:3d:4e:5f", "a:b:c:d:e:f"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "zz:1b:2c:3d:4e:5f",
+            "a:b:c:d:e:f",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
     }

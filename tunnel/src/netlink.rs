@@ -237,7 +237,13 @@ impl Netlink {
     }
 
     /// Creates a VXLAN device (no learning, the given MAC and MTU, up).
-    pub async fn add_vxlan(&self, name: &str, params: VxlanParams, mac: Mac, mtu: u32) -> Result<Link> {
+    pub async fn add_vxlan(
+        &self,
+        name: &str,
+        params: VxlanParams,
+        mac: Mac,
+        mtu: u32,
+    ) -> Result<Link> {
         let mut req = self
             .handle
             .link()
@@ -271,7 +277,13 @@ impl Netlink {
     }
 
     /// Sets MTU, MAC and/or admin state where they differ.
-    pub async fn set_link(&self, link: &Link, mtu: Option<u32>, mac: Option<Mac>, up: bool) -> Result<()> {
+    pub async fn set_link(
+        &self,
+        link: &Link,
+        mtu: Option<u32>,
+        mac: Option<Mac>,
+        up: bool,
+    ) -> Result<()> {
         let mut req = self.handle.link().set(link.index);
         let mut changed = false;
         if let Some(mtu) = mtu.filter(|m| *m != link.mtu) {
@@ -385,8 +397,7 @@ impl Netlink {
         Ok(msgs
             .into_iter()
             .filter(|m| {
-                m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
-                    && m.header.table == 254
+                m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && m.header.table == 254
             })
             .filter_map(parse_route)
             .collect())
@@ -423,7 +434,9 @@ impl Netlink {
         msg.header.table = 254;
         msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
         msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst.addr())));
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                route.dst.addr(),
+            )));
         msg.attributes.push(RouteAttribute::Oif(route.oif));
         if let Some(via) = route.via {
             msg.attributes
@@ -490,7 +503,9 @@ impl Netlink {
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = n.ifindex;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                n.ip,
+            )));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_missing(res.map_err(ctx(|| format!("delete neighbour {n:?}"))))
     }
@@ -537,10 +552,13 @@ impl Netlink {
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = e.ifindex;
         msg.header.flags = vec![NeighbourFlag::Own];
+        msg.attributes.push(NeighbourAttribute::LinkLocalAddress(
+            e.mac.octets().to_vec(),
+        ));
         msg.attributes
-            .push(NeighbourAttribute::LinkLocalAddress(e.mac.octets().to_vec()));
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(e.dst)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                e.dst,
+            )));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_missing(res.map_err(ctx(|| format!("delete fdb entry {e:?}"))))
     }
@@ -627,8 +645,11 @@ fn parse_route(m: RouteMessage) -> Option<Route> {
         }
     }
     Some(Route {
-        dst: Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), m.header.destination_prefix_length)
-            .ok()?,
+        dst: Ipv4Net::new(
+            dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            m.header.destination_prefix_length,
+        )
+        .ok()?,
         via,
         oif: oif?,
         onlink: m.header.flags.contains(&RouteFlag::Onlink),

@@ -10,7 +10,8 @@ pub fn set(key: &str, value: &str) -> std::io::Result<()> {
     if current.trim() == value {
         return Ok(());
     }
-    std::fs::write(&path, value).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    std::fs::write(&path, value)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Enables IPv4 forwarding in this namespace.

@@ -52,17 +52,21 @@ impl Underlay {
             }
         }
         let pick = match (iface, public_ip) {
-            (None, None) => candidates
-                .into_iter()
-                .find(|c| links.iter().any(|l| l.index == c.index && l.up) && !c.iface.starts_with("fabric")),
+            (None, None) => candidates.into_iter().find(|c| {
+                links.iter().any(|l| l.index == c.index && l.up) && !c.iface.starts_with("fabric")
+            }),
             _ => candidates.into_iter().next(),
         };
         pick.ok_or_else(|| {
             TunnelError::Underlay(match (iface, public_ip) {
                 (Some(i), Some(ip)) => format!("interface {i} has no address {ip}"),
-                (Some(i), None) => format!("interface {i} does not exist or has no IPv4 address (--iface)"),
+                (Some(i), None) => {
+                    format!("interface {i} does not exist or has no IPv4 address (--iface)")
+                }
                 (None, Some(ip)) => format!("no interface holds {ip} (--public-ip)"),
-                (None, None) => "no up interface with an IPv4 address; pass --iface or --public-ip".into(),
+                (None, None) => {
+                    "no up interface with an IPv4 address; pass --iface or --public-ip".into()
+                }
             })
         })
     }

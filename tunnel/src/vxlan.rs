@@ -175,7 +175,10 @@ impl Backend for Vxlan {
         let nl = &self.netlink;
         let routes = diff(
             want.routes,
-            nl.owned_routes().await?.into_iter().filter(|r| r.oif == dev.index),
+            nl.owned_routes()
+                .await?
+                .into_iter()
+                .filter(|r| r.oif == dev.index),
         );
         let neighbours = diff(want.neighbours, nl.neighbours(dev.index).await?);
         let fdb = diff(want.fdb, nl.fdb(dev.index).await?);
@@ -226,7 +229,9 @@ mod tests {
     }
 
     fn set(leases: Vec<Lease>) -> Leases {
-        Arc::new(BTreeMap::from_iter(leases.into_iter().map(|l| (l.subnet, l))))
+        Arc::new(BTreeMap::from_iter(
+            leases.into_iter().map(|l| (l.subnet, l)),
+        ))
     }
 
     #[test]

@@ -14,11 +14,22 @@ use ipnet::Ipv4Net;
 #[command(name = "fabricctl", version, about)]
 struct Cli {
     /// etcd endpoints, comma-separated.
-    #[arg(long, env = "FABRIC_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379", global = true)]
+    #[arg(
+        long,
+        env = "FABRIC_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
     etcd_endpoints: Vec<String>,
 
     /// Key prefix of fabric's data in etcd.
-    #[arg(long, env = "FABRIC_ETCD_PREFIX", default_value = "/fabric", global = true)]
+    #[arg(
+        long,
+        env = "FABRIC_ETCD_PREFIX",
+        default_value = "/fabric",
+        global = true
+    )]
     etcd_prefix: String,
 
     #[command(subcommand)]
@@ -91,12 +102,16 @@ async fn run(cli: Cli) -> Result<()> {
     let store = EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Config { action: ConfigAction::Set { .. } } => {
+        Command::Config {
+            action: ConfigAction::Set { .. },
+        } => {
             let config = config.expect("parsed above");
             store.put_config(&config).await?;
             writeln!(out, "network config written: {}", config.to_json())?;
         }
-        Command::Config { action: ConfigAction::Get } => {
+        Command::Config {
+            action: ConfigAction::Get,
+        } => {
             let config = store.network_config().await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&config.to_json())?)?;
         }
@@ -112,10 +127,26 @@ async fn run(cli: Cli) -> Result<()> {
                             l.public_ip.to_string(),
                             l.backend_type.clone(),
                             l.backend_data.to_string(),
-                            l.ttl_secs.map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string()),
+                            l.ttl_secs.map_or("-".into(), |s| {
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    s.max(0) as u64
+                                ))
+                                .to_string()
+                            }),
                         ]
                     });
-                    write_table(&mut out, &["NODE", "SUBNET", "PUBLIC-IP", "BACKEND", "BACKEND-DATA", "EXPIRES-IN"], rows)?;
+                    write_table(
+                        &mut out,
+                        &[
+                            "NODE",
+                            "SUBNET",
+                            "PUBLIC-IP",
+                            "BACKEND",
+                            "BACKEND-DATA",
+                            "EXPIRES-IN",
+                        ],
+                        rows,
+                    )?;
                 }
             }
         }
@@ -151,7 +182,11 @@ fn read_config(file: &PathBuf) -> Result<NetworkConfig> {
     Ok(NetworkConfig::parse(&text)?)
 }
 
-fn write_table(out: &mut impl Write, header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<()> {
+fn write_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: impl Iterator<Item = Vec<String>>,
+) -> Result<()> {
     let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
         .chain(rows)
         .collect();
@@ -159,7 +194,11 @@ fn write_table(out: &mut impl Write, header: &[&str], rows: impl Iterator<Item =
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(())

@@ -58,7 +58,12 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         tracing::info!(flag = %kind, config = %config.backend.kind, "--backend overrides the network config's Backend.Type");
         backend_config.kind = kind;
     }
-    let backend = tunnel::create(&backend_config, underlay.clone(), netlink.clone(), state.path())?;
+    let backend = tunnel::create(
+        &backend_config,
+        underlay.clone(),
+        netlink.clone(),
+        state.path(),
+    )?;
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
     let agent = Agent {
@@ -92,4 +97,3 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
-
