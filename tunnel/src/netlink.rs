@@ -386,14 +386,16 @@ impl Netlink {
 
     /// IPv4 routes of the main table carrying fabric's protocol number.
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
-        let msgs: Vec<_> = self
-            .handle
-            .route()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(ctx(|| "list routes".into()))?;
+        let msgs: Vec<RouteMessage> = redump(|| async {
+            self.handle
+                .route()
+                .get(IpVersion::V4)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(ctx(|| "list routes".into()))
+        })
+        .await?;
         Ok(msgs
             .into_iter()
             .filter(|m| {
@@ -458,12 +460,15 @@ impl Netlink {
     // ---- neighbours and FDB ------------------------------------------------------------
 
     async fn dump_neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-        let mut req = self.handle.neighbours().get();
-        req.message_mut().header.family = family;
-        req.execute()
-            .try_collect()
-            .await
-            .map_err(ctx(|| "list neighbours".into()))
+        redump(|| async {
+            let mut req = self.handle.neighbours().get();
+            req.message_mut().header.family = family;
+            req.execute()
+                .try_collect()
+                .await
+                .map_err(ctx(|| "list neighbours".into()))
+        })
+        .await
     }
 
     /// Permanent IPv4 neighbours on a link.
@@ -561,6 +566,22 @@ impl Netlink {
             )));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_missing(res.map_err(ctx(|| format!("delete fdb entry {e:?}"))))
+    }
+}
+
+/// Runs a dump, again when the kernel reports it was interrupted by a concurrent change
+/// (`EBUSY`, from `NLM_F_DUMP_INTR`).
+async fn redump<T, F, Fut>(dump: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match dump().await {
+            Err(e) if e.is(libc::EBUSY) && attempt < 8 => attempt += 1,
+            other => return other,
+        }
     }
 }
 
