@@ -24,8 +24,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian package starts an etcd on the root namespace's loopback; the lab runs its own.
-if systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
 
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install the Rust toolchain (https://rustup.rs) and re-run" >&2

@@ -222,3 +222,24 @@ fn twenty_daemons_started_together_get_distinct_subnets() {
         assert!(!log.contains("panicked"), "{}: {log}", node.name);
     }
 }
+
+#[test]
+fn reserved_subnets_go_to_their_nodes() {
+    let mut s = spec("reserve", 3, 1, Backend::Vxlan);
+    s.reservations = vec![
+        fabric_lab::Reservation {
+            subnet: "10.244.3.0/24".into(),
+            node: "node1".into(),
+        },
+        fabric_lab::Reservation {
+            subnet: "10.244.1.0/24".into(),
+            node: "node3".into(),
+        },
+    ];
+    let lab = up(s);
+    let subnets = subnets(&lab).unwrap();
+    assert_eq!(subnets["node1"], "10.244.3.0/24");
+    assert_eq!(subnets["node3"], "10.244.1.0/24");
+    assert!(!["10.244.1.0/24", "10.244.3.0/24"].contains(&subnets["node2"].as_str()));
+    full_mesh(&lab).unwrap();
+}
