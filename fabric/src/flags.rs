@@ -26,7 +26,7 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_ETCD_PREFIX", default_value = "/fabric")]
     pub etcd_prefix: String,
 
-    /// Data path between nodes: vxlan or host-gw. Defaults to the network config's Backend.Type.
+    /// Data path between nodes: vxlan, host-gw or wireguard. Defaults to the network config's Backend.Type.
     #[arg(long, env = "FABRIC_BACKEND")]
     pub backend: Option<BackendKind>,
 
@@ -61,6 +61,12 @@ pub struct DaemonFlags {
     /// Address of the /healthz and /readyz endpoints ("off" disables them).
     #[arg(long, env = "FABRIC_HEALTHZ_ADDR", default_value = "127.0.0.1:9109", value_parser = parse_healthz)]
     pub healthz_addr: HealthzAddr,
+
+    /// Name of the WireGuard TUN device (wireguard backend). Its control socket is
+    /// /var/run/wireguard/<name>.sock, shared by every namespace: give each node on one
+    /// machine its own name.
+    #[arg(long, env = "FABRIC_WG_IFACE", default_value = "fabric.wg")]
+    pub wg_iface: String,
 
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]

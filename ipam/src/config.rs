@@ -2,7 +2,9 @@
 //!
 //! Keys: `Network` (required), `SubnetLen` (default 24, or the network's length + 2 when that
 //! is longer), `SubnetMin`, `SubnetMax` (default: the second and the last subnet), and
-//! `Backend` with `Type` (default `vxlan`), `VNI` (default 1) and `Port` (default 8472).
+//! `Backend` with `Type` (default `vxlan`), `VNI` (default 1) and `Port` (default 8472) for
+//! vxlan, and `ListenPort` (default 51820), `PSK`, `PersistentKeepaliveInterval` and `MTU` for
+//! wireguard.
 //! Keys Flannel knows that fabric does not use (`EnableIPv6`, ...) are ignored.
 
 use std::net::Ipv4Addr;
@@ -42,6 +44,9 @@ pub enum BackendKind {
     /// Plain routes via the remote node's underlay address (same L2 segment only).
     #[serde(rename = "host-gw")]
     HostGw,
+    /// Encrypted WireGuard tunnels served in userspace by the daemon.
+    #[serde(rename = "wireguard")]
+    Wireguard,
 }
 
 impl BackendKind {
@@ -50,6 +55,7 @@ impl BackendKind {
         match self {
             BackendKind::Vxlan => "vxlan",
             BackendKind::HostGw => "host-gw",
+            BackendKind::Wireguard => "wireguard",
         }
     }
 }
@@ -67,8 +73,9 @@ impl std::str::FromStr for BackendKind {
         match s {
             "vxlan" => Ok(BackendKind::Vxlan),
             "host-gw" => Ok(BackendKind::HostGw),
+            "wireguard" => Ok(BackendKind::Wireguard),
             other => Err(format!(
-                "unknown backend {other:?}: supported backends are \"vxlan\" and \"host-gw\""
+                "unknown backend {other:?}: supported backends are \"vxlan\", \"host-gw\" and \"wireguard\""
             )),
         }
     }
@@ -83,6 +90,14 @@ pub struct BackendConfig {
     pub vni: u32,
     /// `Backend.Port`: the vxlan UDP port.
     pub port: u16,
+    /// `Backend.ListenPort`: the WireGuard UDP port.
+    pub listen_port: u16,
+    /// `Backend.PSK`: a WireGuard pre-shared key (base64), the same on every node.
+    pub psk: Option<[u8; 32]>,
+    /// `Backend.PersistentKeepaliveInterval`, in seconds (0 = off).
+    pub keepalive: u16,
+    /// `Backend.MTU`: overrides the tunnel MTU (default: underlay MTU minus overhead).
+    pub mtu: Option<u32>,
 }
 
 /// A validated network config.
@@ -222,20 +237,34 @@ impl NetworkConfig {
             .filter(move |s| (min..=max).contains(&u32::from(s.network())))
     }
 
-    /// The config as a Flannel-style JSON document.
+    /// The config as a Flannel-style JSON document, for display: a PSK shows as `(set)`.
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "Network": self.network.to_string(),
             "SubnetLen": self.subnet_len,
             "SubnetMin": self.subnet_min.to_string(),
             "SubnetMax": self.subnet_max.to_string(),
-            "Backend": {
-                "Type": self.backend.kind.as_str(),
-                "VNI": self.backend.vni,
-                "Port": self.backend.port,
-            },
+            "Backend": backend_json(&self.backend),
         })
     }
+}
+
+fn backend_json(b: &BackendConfig) -> Value {
+    let mut v = serde_json::json!({
+        "Type": b.kind.as_str(),
+        "VNI": b.vni,
+        "Port": b.port,
+        "ListenPort": b.listen_port,
+        "PersistentKeepaliveInterval": b.keepalive,
+    });
+    if let Some(mtu) = b.mtu {
+        v["MTU"] = mtu.into();
+    }
+    if b.psk.is_some() {
+        // The key itself stays in the datastore's copy; never echoed back.
+        v["PSK"] = "(set)".into();
+    }
+    v
 }
 
 fn parse_bound(
@@ -286,14 +315,14 @@ fn parse_backend(section: Option<Map<String, Value>>) -> Result<BackendConfig, C
             ConfigError::new(
                 "Backend.Type",
                 format!("is {s:?}"),
-                format!("{e}; wireguard is not available yet"),
+                e,
             )
         })?,
         Some(v) => {
             return Err(ConfigError::new(
                 "Backend.Type",
                 format!("is {v}, not a string"),
-                "write \"vxlan\" or \"host-gw\"",
+                "write \"vxlan\", \"host-gw\" or \"wireguard\"",
             ))
         }
     };
@@ -331,7 +360,72 @@ fn parse_backend(section: Option<Map<String, Value>>) -> Result<BackendConfig, C
             }
         },
     };
-    Ok(BackendConfig { kind, vni, port })
+    let listen_port = match section.get("ListenPort") {
+        None => 51820,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "Backend.ListenPort",
+                    format!("is {v}"),
+                    "use a UDP port from 1 to 65535 (default 51820)",
+                )
+            })?,
+    };
+    let psk = match section.get("PSK") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_str().and_then(decode_key).ok_or_else(|| {
+            ConfigError::new(
+                "Backend.PSK",
+                "is not a base64-encoded 32-byte key",
+                "generate one with `wg genpsk`",
+            )
+        })?),
+    };
+    let keepalive = match section.get("PersistentKeepaliveInterval") {
+        None => 0,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "Backend.PersistentKeepaliveInterval",
+                    format!("is {v}"),
+                    "use seconds from 0 (off) to 65535",
+                )
+            })?,
+    };
+    let mtu = match section.get("MTU") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (576..=65535).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new("Backend.MTU", format!("is {v}"), "use a number from 576 to 65535, or leave it out")
+                })?,
+        ),
+    };
+    Ok(BackendConfig {
+        kind,
+        vni,
+        port,
+        listen_port,
+        psk,
+        keepalive,
+        mtu,
+    })
+}
+
+/// Decodes a base64 WireGuard key (32 bytes, standard alphabet).
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    bytes.try_into().ok()
 }
 
 #[cfg(test)]
@@ -422,6 +516,21 @@ mod tests {
             assert_eq!(err.key, key, "{doc}: {err}");
             assert!(!err.fix.is_empty());
         }
+    }
+
+    #[test]
+    fn flannel_wireguard_keys_are_accepted() {
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","ListenPort":51821,
+                "PSK":"zqHL9ot6jsNU6Ae2z4SixPbcOPHpaJjDKnXtImxcM3Y=","PersistentKeepaliveInterval":25,"MTU":1400}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.backend.kind, BackendKind::Wireguard);
+        assert_eq!(cfg.backend.listen_port, 51821);
+        assert_eq!(cfg.backend.keepalive, 25);
+        assert_eq!(cfg.backend.mtu, Some(1400));
+        let psk = cfg.backend.psk.unwrap();
+        assert_eq!(&psk[..3], &[0xce, 0xa1, 0xcb]);
     }
 
     #[test]

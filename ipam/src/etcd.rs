@@ -70,14 +70,16 @@ impl EtcdStore {
         self.key("subnets/")
     }
 
-    /// Writes the network config (validated first).
-    pub async fn put_config(&self, config: &NetworkConfig) -> Result<(), StoreError> {
+    /// Validates `document` (Flannel's net-conf.json) and writes it as the network config,
+    /// as written, so keys fabric does not use (and secrets such as a PSK) survive.
+    pub async fn put_config(&self, document: &str) -> Result<NetworkConfig, StoreError> {
+        let config = NetworkConfig::parse(document)?;
         self.client
             .clone()
-            .put(self.key("config"), config.to_json().to_string(), None)
+            .put(self.key("config"), document, None)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(config)
     }
 
     /// Pins `subnet` to `node`.

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod sysctl;
 pub mod underlay;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::path::Path;
 
@@ -70,16 +71,32 @@ pub trait Backend: Send + Sync {
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError>;
 }
 
+/// Node-local settings a backend needs besides the network config.
+#[derive(Debug, Clone)]
+pub struct NodeOptions<'a> {
+    /// The daemon's state dir (VTEP MAC, WireGuard key).
+    pub state_dir: &'a Path,
+    /// The WireGuard device name.
+    pub wg_iface: &'a str,
+}
+
 /// Builds the backend the config asks for.
 pub fn create(
     config: &BackendConfig,
     underlay: Underlay,
     netlink: Netlink,
-    state_dir: &Path,
+    node: &NodeOptions<'_>,
 ) -> Result<Box<dyn Backend>, TunnelError> {
     Ok(match config.kind {
-        BackendKind::Vxlan => Box::new(vxlan::Vxlan::new(config, underlay, netlink, state_dir)?),
+        BackendKind::Vxlan => Box::new(vxlan::Vxlan::new(config, underlay, netlink, node.state_dir)?),
         BackendKind::HostGw => Box::new(hostgw::HostGw::new(underlay, netlink)),
+        BackendKind::Wireguard => Box::new(wireguard::WireGuard::new(
+            config,
+            underlay,
+            netlink,
+            node.state_dir,
+            node.wg_iface,
+        )?),
     })
 }
 

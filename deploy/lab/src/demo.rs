@@ -187,7 +187,8 @@ fn run_client(
             .output()?;
         let report: serde_json::Value =
             serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
-        if output.status.success() {
+        // iperf3 -J may exit 0 and still report an error (e.g. connection refused).
+        if output.status.success() && report["error"].is_null() {
             return parse_iperf(report);
         }
         let error = report["error"].as_str().unwrap_or("").to_string();
@@ -215,9 +216,12 @@ pub fn parse_iperf(report: serde_json::Value) -> Result<IperfSummary> {
     } else {
         (&end["sum"], &end["sum"])
     };
-    let sent_bps = sent["bits_per_second"]
-        .as_f64()
-        .context("iperf3 report without end.sum_sent.bits_per_second")?;
+    let sent_bps = sent["bits_per_second"].as_f64().with_context(|| {
+        format!(
+            "iperf3 report without end.sum_sent.bits_per_second (error: {})",
+            report["error"]
+        )
+    })?;
     let received_bps = received["bits_per_second"].as_f64().unwrap_or(sent_bps);
     Ok(IperfSummary {
         sent_bps,

@@ -93,7 +93,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     // Validate input before reaching for the datastore.
-    let config = match &cli.command {
+    let document = match &cli.command {
         Command::Config {
             action: ConfigAction::Set { file },
         } => Some(read_config(file)?),
@@ -105,8 +105,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Set { .. },
         } => {
-            let config = config.expect("parsed above");
-            store.put_config(&config).await?;
+            let config = store.put_config(&document.expect("read above")).await?;
             writeln!(out, "network config written: {}", config.to_json())?;
         }
         Command::Config {
@@ -173,13 +172,15 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn read_config(file: &PathBuf) -> Result<NetworkConfig> {
+/// Reads and validates the config document, before anything reaches for the datastore.
+fn read_config(file: &PathBuf) -> Result<String> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the config from stdin")?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
-    Ok(NetworkConfig::parse(&text)?)
+    NetworkConfig::parse(&text)?;
+    Ok(text)
 }
 
 fn write_table(

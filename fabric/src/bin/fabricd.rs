@@ -58,12 +58,11 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         tracing::info!(flag = %kind, config = %config.backend.kind, "--backend overrides the network config's Backend.Type");
         backend_config.kind = kind;
     }
-    let backend = tunnel::create(
-        &backend_config,
-        underlay.clone(),
-        netlink.clone(),
-        state.path(),
-    )?;
+    let node_options = tunnel::NodeOptions {
+        state_dir: state.path(),
+        wg_iface: &flags.wg_iface,
+    };
+    let backend = tunnel::create(&backend_config, underlay.clone(), netlink.clone(), &node_options)?;
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
     let agent = Agent {

@@ -1,0 +1,187 @@
+//! The wireguard backend: a TUN device (`fabric.wg` by default) served by the daemon with
+//! boringtun's protocol core per peer, one UDP port (51820 by default), a route per remote
+//! subnet via the TUN device, MTU = underlay MTU - 80. Peers follow the leases: added,
+//! re-keyed, re-addressed (the endpoint roams), removed.
+
+pub mod dataplane;
+pub mod keys;
+pub mod table;
+pub mod tun;
+pub mod uapi;
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use boringtun::noise::Tunn;
+use boringtun::x25519::PublicKey;
+use ipam::{BackendConfig, BackendKind, Lease, Leases};
+use ipnet::Ipv4Net;
+
+use self::dataplane::{Drops, Plane};
+use self::keys::KeyPair;
+use self::table::{desired, Table, WireguardData};
+use crate::netlink::{Netlink, Route};
+use crate::plan::diff;
+use crate::underlay::Underlay;
+use crate::{Backend, Report, TunnelError};
+
+/// WireGuard's encapsulation overhead over IPv4: IP 20 + UDP 8 + WireGuard 32, rounded up
+/// like `wg-quick` (and Flannel) do, so IPv6 underlays fit too.
+pub const OVERHEAD: u32 = 80;
+
+/// Socket buffer size for the WireGuard socket: enough to ride out bursts at 10 Gbit/s.
+const SOCKET_BUFFER: libc::c_int = 16 << 20;
+
+/// The wireguard backend.
+pub struct WireGuard {
+    iface: String,
+    mtu: u32,
+    listen_port: u16,
+    psk: Option<[u8; 32]>,
+    keepalive: u16,
+    netlink: Netlink,
+    plane: Arc<Plane>,
+    next_index: Mutex<u32>,
+}
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> TunnelError + '_ {
+    move |source| TunnelError::State {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Forces a socket buffer size past the `rmem_max`/`wmem_max` sysctls (root only), falling
+/// back to the capped setting: sysctls cannot be written from a node's namespace.
+fn size_buffers(socket: &UdpSocket) {
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        for opt in [force, plain] {
+            // SAFETY: setsockopt with a c_int option value on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &SOCKET_BUFFER as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl WireGuard {
+    /// Creates the device, the socket and the data plane. The key pair lives in
+    /// `state_dir/wireguard.key`.
+    pub fn new(
+        config: &BackendConfig,
+        underlay: Underlay,
+        netlink: Netlink,
+        state_dir: &Path,
+        iface: &str,
+    ) -> Result<Self, TunnelError> {
+        let key_path = state_dir.join("wireguard.key");
+        let keys = KeyPair::load_or_generate(&key_path).map_err(state_err(&key_path))?;
+        let tun = tun::open(iface).map_err(|e| TunnelError::Underlay(format!("creating TUN device {iface}: {e}")))?;
+        let udp = UdpSocket::bind(("0.0.0.0", config.listen_port))
+            .map_err(|e| TunnelError::Underlay(format!("binding UDP port {}: {e}", config.listen_port)))?;
+        size_buffers(&udp);
+        let plane = Arc::new(Plane {
+            tun,
+            udp,
+            table: Arc::new(RwLock::new(Arc::new(Table::default()))),
+            keys,
+            drops: Drops::default(),
+        });
+        plane
+            .start()
+            .map_err(|e| TunnelError::Underlay(format!("starting the data plane: {e}")))?;
+        uapi::serve(iface, plane.clone(), config.listen_port)
+            .map_err(state_err(&uapi::socket_path(iface)))?;
+        tracing::info!(device = iface, port = config.listen_port, public_key = %plane.keys.public, "wireguard device up");
+        Ok(Self {
+            iface: iface.to_owned(),
+            mtu: config.mtu.unwrap_or(underlay.mtu - OVERHEAD),
+            listen_port: config.listen_port,
+            psk: config.psk,
+            keepalive: config.keepalive,
+            netlink,
+            plane,
+            next_index: Mutex::new(1),
+        })
+    }
+
+    /// What the data plane dropped so far.
+    pub fn drops(&self) -> &Drops {
+        &self.plane.drops
+    }
+}
+
+#[async_trait]
+impl Backend for WireGuard {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wireguard
+    }
+
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    fn lease_data(&self) -> serde_json::Value {
+        serde_json::to_value(WireguardData {
+            public_key: self.plane.keys.public.to_base64(),
+            port: self.listen_port,
+        })
+        .expect("json")
+    }
+
+    async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {
+        let link = self.netlink.link(&self.iface).await?.ok_or_else(|| {
+            TunnelError::Underlay(format!("TUN device {} is gone; restart fabricd to re-create it", self.iface))
+        })?;
+        self.netlink.set_link(&link, Some(self.mtu), None, true).await?;
+        let address = Ipv4Net::new(local.subnet.network(), 32).expect("/32");
+        self.netlink.ensure_address(link.index, address).await?;
+
+        let specs = desired(local, leases);
+        let changes = {
+            let mut next = self.next_index.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shared = self.plane.table.write().unwrap_or_else(|e| e.into_inner());
+            let secret = self.plane.keys.secret().clone();
+            let (table, changes) = shared.update(&specs, &mut next, |spec, index| {
+                let keepalive = (self.keepalive > 0).then_some(self.keepalive);
+                Tunn::new(secret.clone(), PublicKey::from(spec.key.0), self.psk, keepalive, index, None)
+            });
+            *shared = Arc::new(table);
+            changes
+        };
+        if !changes.is_empty() {
+            tracing::info!(added = ?changes.added, moved = ?changes.moved, removed = ?changes.removed, "wireguard peers");
+        }
+        let routes = specs.iter().map(|p| Route {
+            dst: p.allowed,
+            via: None,
+            oif: link.index,
+            onlink: false,
+        });
+        let actual = self.netlink.owned_routes().await?;
+        let plan = diff(routes, actual.into_iter().filter(|r| r.oif == link.index));
+        for r in &plan.remove {
+            self.netlink.delete_route(r).await?;
+        }
+        for r in &plan.add {
+            self.netlink.replace_route(r).await?;
+        }
+        Ok(Report {
+            added: plan.add.len() + changes.added.len() + changes.moved.len(),
+            removed: plan.remove.len() + changes.removed.len(),
+            refused: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! A TUN device owned by the daemon: opened on `/dev/net/tun` in the daemon's network
+//! namespace, gone when the daemon's file descriptor closes.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `TUNSETIFF` from `<linux/if_tun.h>`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Creates (or attaches to) the TUN device `name` and returns its queue.
+pub fn open(name: &str) -> std::io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?} (1 to 15 characters)"),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TUN | IFF_NO_PI,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `IfReq` lays out exactly;
+    // the descriptor is open for the whole call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
