@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(etcd-server etcd-client iperf3 protobuf-compiler iptables nftables iproute2
-          iputils-ping netcat-openbsd containernetworking-plugins tcpdump conntrack procps)
+          iputils-ping netcat-openbsd wireguard-tools containernetworking-plugins tcpdump conntrack procps)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -1,1 +1,153 @@
-fn main() {}
+//! `fabric-bench`: fabric's benchmarks on a `fabric-lab` cluster (network namespaces on this
+//! machine; run as root after `cargo build --release --workspace --bins`). Each prints its
+//! table and appends a dated section to `bench/RESULTS.md`.
+//!
+//! - `throughput`: iperf3 pod-to-pod across two nodes, fabric's vxlan backend vs the same data
+//!   path built by hand with `ip` in the same node namespaces ([`anchor`]), interleaved
+//!   repetitions, 1 and 4 streams ([`throughput`]).
+//! - `cni`: CNI ADD / CHECK / DEL latency percentiles over N pods ([`cni`]).
+//!
+//! Every lab namespace starts with the lab's name; if the process is killed before its guards
+//! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included).
+
+mod anchor;
+mod cni;
+mod iperf;
+mod report;
+mod throughput;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fabric-bench",
+    about = "fabric's benchmarks on a netns lab (run as root)"
+)]
+struct Cli {
+    /// The results file sections are appended to.
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
+    results: PathBuf,
+    /// Print the section without appending it.
+    #[arg(long, global = true)]
+    no_save: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pod-to-pod iperf3 across two nodes: fabric vxlan vs a hand-built kernel VXLAN path.
+    Throughput {
+        /// Interleaved repetitions (each: fabric P1, anchor P1, fabric P4, anchor P4).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run (`-t`).
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchtp")]
+        name: String,
+    },
+    /// CNI ADD / CHECK / DEL latency over N pods on one node.
+    Cni {
+        /// Pods to add (then check and delete).
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchcni")]
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let section = match cli.command {
+        Command::Throughput {
+            reps,
+            seconds,
+            name,
+        } => throughput::run(&throughput::Options {
+            name,
+            reps,
+            seconds,
+        })?,
+        Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
+    };
+    let text = section.render();
+    println!("{text}");
+    if !cli.no_save {
+        append(&cli.results, &text)?;
+        eprintln!("appended to {}", cli.results.display());
+    }
+    Ok(())
+}
+
+/// Appends `section` to the results file, creating it with its header if missing.
+fn append(path: &Path, section: &str) -> Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let text = report::append_section(existing.as_deref(), section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `N CPUs (nproc), kernel X, <CPU model>`.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            Some(
+                l.strip_prefix("model name")?
+                    .split_once(':')?
+                    .1
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs (nproc), kernel {}, {model}", kernel.trim())
+}
+
+/// The 1/5/15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A snapshot of what else runs on the machine, taken at a benchmark's start and end.
+struct Snapshot {
+    load: String,
+    others: Vec<String>,
+}
+
+impl Snapshot {
+    fn take(lab: &str) -> Self {
+        let namespaces = fabric_lab::netns::list().unwrap_or_default();
+        Snapshot {
+            load: loadavg(),
+            others: report::other_netns_groups(&namespaces, lab),
+        }
+    }
+
+    /// The sentence describing `self` (start) and `end`.
+    fn describe(&self, end: &Snapshot) -> String {
+        report::conditions((&self.load, &end.load), (&self.others, &end.others))
+    }
+}
+
+/// Today (UTC), `YYYY-MM-DD`.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    report::utc_date(secs)
+}

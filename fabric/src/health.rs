@@ -10,7 +10,17 @@ use tokio::net::TcpListener;
 
 /// Serves the health endpoints on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    // A predecessor that was just killed may still hold the port for a moment.
+    let mut attempts = 0;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
     tracing::info!(%addr, "health endpoints listening");
     tokio::spawn(async move {
         loop {

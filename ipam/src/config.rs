@@ -311,13 +311,9 @@ fn parse_backend(section: Option<Map<String, Value>>) -> Result<BackendConfig, C
     let section = section.unwrap_or_default();
     let kind = match section.get("Type") {
         None => BackendKind::Vxlan,
-        Some(Value::String(s)) => s.parse().map_err(|e: String| {
-            ConfigError::new(
-                "Backend.Type",
-                format!("is {s:?}"),
-                e,
-            )
-        })?,
+        Some(Value::String(s)) => s
+            .parse()
+            .map_err(|e: String| ConfigError::new("Backend.Type", format!("is {s:?}"), e))?,
         Some(v) => {
             return Err(ConfigError::new(
                 "Backend.Type",
@@ -404,7 +400,11 @@ fn parse_backend(section: Option<Map<String, Value>>) -> Result<BackendConfig, C
                 .and_then(|n| u32::try_from(n).ok())
                 .filter(|n| (576..=65535).contains(n))
                 .ok_or_else(|| {
-                    ConfigError::new("Backend.MTU", format!("is {v}"), "use a number from 576 to 65535, or leave it out")
+                    ConfigError::new(
+                        "Backend.MTU",
+                        format!("is {v}"),
+                        "use a number from 576 to 65535, or leave it out",
+                    )
                 })?,
         ),
     };

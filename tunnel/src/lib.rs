@@ -88,7 +88,12 @@ pub fn create(
     node: &NodeOptions<'_>,
 ) -> Result<Box<dyn Backend>, TunnelError> {
     Ok(match config.kind {
-        BackendKind::Vxlan => Box::new(vxlan::Vxlan::new(config, underlay, netlink, node.state_dir)?),
+        BackendKind::Vxlan => Box::new(vxlan::Vxlan::new(
+            config,
+            underlay,
+            netlink,
+            node.state_dir,
+        )?),
         BackendKind::HostGw => Box::new(hostgw::HostGw::new(underlay, netlink)),
         BackendKind::Wireguard => Box::new(wireguard::WireGuard::new(
             config,

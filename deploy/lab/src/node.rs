@@ -25,7 +25,9 @@ pub const LOG_TAIL_LINES: usize = 30;
 /// socket (`/var/run/wireguard/<name>.sock`) is shared by every namespace on the machine.
 pub fn wg_iface(netns: &str) -> String {
     // FNV-1a over the namespace name, 32 bits: "wg" + 8 hex digits fits IFNAMSIZ.
-    let hash = netns.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = netns.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     format!("wg{hash:08x}")
 }
 
@@ -126,11 +128,13 @@ mod tests {
         let args = fabricd_args(&node, Backend::HostGw, Duration::from_secs(30));
         assert_eq!(
             args.join(" "),
-            format!("--etcd-endpoints http://172.30.0.2:2379 --etcd-prefix /fabric --backend host-gw \
+            format!(
+                "--etcd-endpoints http://172.30.0.2:2379 --etcd-prefix /fabric --backend host-gw \
              --node-name node2 --iface eth0 --state-dir /run/fabric-lab/t/nodes/node2 \
              --socket /run/fabric-lab/t/nodes/node2/fabricd.sock --lease-ttl 30s \
              --healthz-addr 127.0.0.1:9109 --wg-iface {}",
-            wg_iface(&node.netns))
+                wg_iface(&node.netns)
+            )
         );
         assert_ne!(wg_iface("a-node1"), wg_iface("b-node1"));
         assert_eq!(wg_iface("a-node1").len(), 10);

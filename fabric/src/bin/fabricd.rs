@@ -62,7 +62,12 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         state_dir: state.path(),
         wg_iface: &flags.wg_iface,
     };
-    let backend = tunnel::create(&backend_config, underlay.clone(), netlink.clone(), &node_options)?;
+    let backend = tunnel::create(
+        &backend_config,
+        underlay.clone(),
+        netlink.clone(),
+        &node_options,
+    )?;
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
     let agent = Agent {

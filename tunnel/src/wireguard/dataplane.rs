@@ -109,7 +109,9 @@ impl Plane {
                 }
             };
             let packet = &packet[..n];
-            let Some(dst) = ipv4_dst(packet) else { continue };
+            let Some(dst) = ipv4_dst(packet) else {
+                continue;
+            };
             let table = snapshot(&self.table);
             let Some(peer) = table.route(dst) else {
                 Drops::count(&self.drops.no_route);
@@ -203,6 +205,17 @@ impl Plane {
         peer
     }
 
+    /// Starts a handshake with `peer` now, instead of waiting for traffic: after a restart the
+    /// peer still holds sessions we lost, and only a new handshake makes it drop them.
+    pub fn initiate(&self, peer: &Peer<Tunn>) {
+        let mut out = [0u8; 256];
+        let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut out, false)
+        {
+            send(&self.udp, peer.endpoint(), init);
+        }
+    }
+
     fn timer_loop(&self) {
         let mut out = vec![0u8; BUF];
         loop {
@@ -223,7 +236,9 @@ pub fn ipv4_dst(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
     if packet.len() < 20 || packet[0] >> 4 != 4 {
         return None;
     }
-    Some(std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]))
+    Some(std::net::Ipv4Addr::new(
+        packet[16], packet[17], packet[18], packet[19],
+    ))
 }
 
 #[cfg(test)]

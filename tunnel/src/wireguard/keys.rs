@@ -68,7 +68,10 @@ impl KeyPair {
                 let bytes = ipam::config::decode_key(&text).ok_or_else(|| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("{} does not hold a base64 WireGuard private key", path.display()),
+                        format!(
+                            "{} does not hold a base64 WireGuard private key",
+                            path.display()
+                        ),
                     )
                 })?;
                 Ok(Self::from_private(bytes))

@@ -57,7 +57,10 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> TunnelError + '_ {
 /// Forces a socket buffer size past the `rmem_max`/`wmem_max` sysctls (root only), falling
 /// back to the capped setting: sysctls cannot be written from a node's namespace.
 fn size_buffers(socket: &UdpSocket) {
-    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
         for opt in [force, plain] {
             // SAFETY: setsockopt with a c_int option value on a socket we own.
             let rc = unsafe {
@@ -76,6 +79,21 @@ fn size_buffers(socket: &UdpSocket) {
     }
 }
 
+/// Binds the WireGuard port, waiting a moment if a predecessor that was just killed still
+/// holds it.
+fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
+    let mut attempts = 0;
+    loop {
+        match UdpSocket::bind(("0.0.0.0", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl WireGuard {
     /// Creates the device, the socket and the data plane. The key pair lives in
     /// `state_dir/wireguard.key`.
@@ -88,9 +106,11 @@ impl WireGuard {
     ) -> Result<Self, TunnelError> {
         let key_path = state_dir.join("wireguard.key");
         let keys = KeyPair::load_or_generate(&key_path).map_err(state_err(&key_path))?;
-        let tun = tun::open(iface).map_err(|e| TunnelError::Underlay(format!("creating TUN device {iface}: {e}")))?;
-        let udp = UdpSocket::bind(("0.0.0.0", config.listen_port))
-            .map_err(|e| TunnelError::Underlay(format!("binding UDP port {}: {e}", config.listen_port)))?;
+        let tun = tun::open(iface)
+            .map_err(|e| TunnelError::Underlay(format!("creating TUN device {iface}: {e}")))?;
+        let udp = bind_udp(config.listen_port).map_err(|e| {
+            TunnelError::Underlay(format!("binding UDP port {}: {e}", config.listen_port))
+        })?;
         size_buffers(&udp);
         let plane = Arc::new(Plane {
             tun,
@@ -143,9 +163,14 @@ impl Backend for WireGuard {
 
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {
         let link = self.netlink.link(&self.iface).await?.ok_or_else(|| {
-            TunnelError::Underlay(format!("TUN device {} is gone; restart fabricd to re-create it", self.iface))
+            TunnelError::Underlay(format!(
+                "TUN device {} is gone; restart fabricd to re-create it",
+                self.iface
+            ))
         })?;
-        self.netlink.set_link(&link, Some(self.mtu), None, true).await?;
+        self.netlink
+            .set_link(&link, Some(self.mtu), None, true)
+            .await?;
         let address = Ipv4Net::new(local.subnet.network(), 32).expect("/32");
         self.netlink.ensure_address(link.index, address).await?;
 
@@ -156,11 +181,27 @@ impl Backend for WireGuard {
             let secret = self.plane.keys.secret().clone();
             let (table, changes) = shared.update(&specs, &mut next, |spec, index| {
                 let keepalive = (self.keepalive > 0).then_some(self.keepalive);
-                Tunn::new(secret.clone(), PublicKey::from(spec.key.0), self.psk, keepalive, index, None)
+                Tunn::new(
+                    secret.clone(),
+                    PublicKey::from(spec.key.0),
+                    self.psk,
+                    keepalive,
+                    index,
+                    None,
+                )
             });
             *shared = Arc::new(table);
             changes
         };
+        let table = self
+            .plane
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for peer in table.peers().filter(|p| changes.added.contains(&p.node)) {
+            self.plane.initiate(peer);
+        }
         if !changes.is_empty() {
             tracing::info!(added = ?changes.added, moved = ?changes.moved, removed = ?changes.removed, "wireguard peers");
         }

@@ -164,7 +164,11 @@ impl<T> Table<T> {
         let mut table = Table::default();
         let mut changes = Changes::default();
         for spec in specs {
-            let peer = match self.by_key.get(&spec.key).filter(|p| p.allowed == spec.allowed) {
+            let peer = match self
+                .by_key
+                .get(&spec.key)
+                .filter(|p| p.allowed == spec.allowed)
+            {
                 Some(existing) => {
                     if existing.endpoint() != spec.endpoint {
                         existing.set_endpoint(spec.endpoint);
@@ -195,7 +199,9 @@ impl<T> Table<T> {
                 changes.removed.push(old.node.clone());
             }
         }
-        table.routes.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        table
+            .routes
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         (table, changes)
     }
 }
@@ -233,7 +239,10 @@ mod tests {
         // Unchanged: nothing happens, state is kept.
         let (t2, c2) = t1.update(&[a.clone(), b.clone()], &mut next, &mut make);
         assert!(c2.is_empty());
-        assert!(Arc::ptr_eq(t2.by_key(&a.key).unwrap(), t1.by_key(&a.key).unwrap()));
+        assert!(Arc::ptr_eq(
+            t2.by_key(&a.key).unwrap(),
+            t1.by_key(&a.key).unwrap()
+        ));
 
         // b roams, a re-keys, and a third node appears.
         let b2 = spec("b", 2, [172, 30, 0, 99], "10.244.2.0/24");
@@ -245,7 +254,9 @@ mod tests {
         assert_eq!(c3.removed, vec!["a"]);
         assert_eq!(t3.by_key(&b2.key).unwrap().endpoint(), b2.endpoint);
         assert!(t3.by_key(&Key([1; 32])).is_none());
-        assert!(t3.by_receiver(t1.by_key(&a.key).unwrap().index << 8).is_none());
+        assert!(t3
+            .by_receiver(t1.by_key(&a.key).unwrap().index << 8)
+            .is_none());
 
         // Everyone leaves.
         let (t4, c4) = t3.update(&[], &mut next, &mut make);
@@ -266,8 +277,16 @@ mod tests {
             handle: 0,
         };
         let me = lease("me", "10.244.1.0/24", serde_json::json!({}));
-        let good = lease("b", "10.244.2.0/24", serde_json::json!({"public_key": Key([5; 32]).to_base64(), "port": 51821}));
-        let bad_key = lease("c", "10.244.3.0/24", serde_json::json!({"public_key": "xx", "port": 1}));
+        let good = lease(
+            "b",
+            "10.244.2.0/24",
+            serde_json::json!({"public_key": Key([5; 32]).to_base64(), "port": 51821}),
+        );
+        let bad_key = lease(
+            "c",
+            "10.244.3.0/24",
+            serde_json::json!({"public_key": "xx", "port": 1}),
+        );
         let garbage = lease("d", "10.244.4.0/24", serde_json::json!([1, 2]));
         let leases: Leases = Arc::new(
             [me.clone(), good, bad_key, garbage]

@@ -58,8 +58,14 @@ fn get(plane: &Plane, listen_port: u16) -> String {
         "private_key={}\nlisten_port={listen_port}\n",
         plane.keys.private_hex()
     );
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let table = plane.table.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let table = plane
+        .table
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut peers: Vec<_> = table.peers().collect();
     peers.sort_by_key(|p| p.node.clone());
     for peer in peers {

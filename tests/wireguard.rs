@@ -1,0 +1,295 @@
+//! End-to-end tests of the wireguard backend: pods on three nodes reach each other over
+//! ICMP, TCP and UDP; what crosses the underlay is WireGuard only, never the payload; a wrong
+//! published key stops traffic and fixing it heals; a restarted daemon keeps its key and its
+//! tunnels come back; `wg show` works against the daemon.
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use fabric_lab::{Backend, Lab, Signal};
+use fabric_tests::{eventually, ping, spec, tcp_connect, up, Listeners};
+use serde_json::Value;
+
+/// The WireGuard device the lab gave `node`.
+fn wg_iface(lab: &Lab, node: &str) -> String {
+    fabric_lab::node::wg_iface(&lab.node(node).unwrap().netns)
+}
+
+/// Sends one UDP datagram carrying `payload` from `from` to `to_ip:port` (a listener in
+/// `to`) and returns what the listener received.
+fn udp_roundtrip(
+    lab: &Lab,
+    from: &str,
+    to: &str,
+    to_ip: Ipv4Addr,
+    payload: &str,
+) -> Result<String> {
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns(to)?,
+            "timeout",
+            "5",
+            "nc",
+            "-u",
+            "-l",
+            "-W",
+            "1",
+            "-p",
+            "9000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let send = format!("echo {payload} | nc -u -w 1 {to_ip} 9000");
+    lab.exec(from, &["sh", "-c", &send])?;
+    let status = server.wait()?;
+    let mut got = String::new();
+    server
+        .stdout
+        .take()
+        .context("stdout")?
+        .read_to_string(&mut got)?;
+    ensure!(status.success() || !got.is_empty(), "no datagram arrived");
+    Ok(got)
+}
+
+#[test]
+fn wireguard_three_nodes_icmp_tcp_udp() {
+    let lab = up(spec("wgmesh", 3, 1, Backend::Wireguard));
+    let pods = lab.pods().to_vec();
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let _tcp = Listeners::start(&lab, &names, 8080).unwrap();
+    for from in &pods {
+        for to in pods.iter().filter(|p| p.name != from.name) {
+            eventually(Duration::from_secs(5), || ping(&lab, &from.name, to.ip)).unwrap();
+            eventually(Duration::from_secs(5), || {
+                tcp_connect(&lab, &from.name, to.ip, 8080)
+            })
+            .unwrap();
+            let got = udp_roundtrip(&lab, &from.name, &to.name, to.ip, "datagram").unwrap();
+            assert!(
+                got.contains("datagram"),
+                "{} -> {}: {got:?}",
+                from.name,
+                to.name
+            );
+        }
+    }
+    // MTU = underlay 1500 - 80, on the device and in the pods.
+    let mtu = lab
+        .exec_ok("node1-pod1", &["cat", "/sys/class/net/eth0/mtu"])
+        .unwrap();
+    assert_eq!(mtu.trim(), "1420");
+}
+
+#[test]
+fn underlay_carries_only_wireguard_never_the_payload() {
+    let lab = up(spec("wgcap", 2, 1, Backend::Wireguard));
+    let (a, b) = (&lab.pods()[0], &lab.pods()[1]);
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let dir = tempfile_dir();
+    let pcap = dir.join("underlay.pcap");
+    let (n1, n2) = (lab.nodes()[0].underlay_ip, lab.nodes()[1].underlay_ip);
+    let filter = format!("host {n1} and host {n2}");
+    let mut capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns("sw").unwrap(),
+            "timeout",
+            "20",
+            "tcpdump",
+            "-i",
+            "br0",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg(&filter)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let marker = "FABRIC-MARKER-7f3a9c";
+    let _l = Listeners::start(&lab, &[b.name.as_str()], 8080).unwrap();
+    let send = format!(
+        "for i in 1 2 3; do echo {marker}; done | nc -w 1 {} 8080",
+        b.ip
+    );
+    lab.exec_ok(&a.name, &["sh", "-c", &send]).unwrap();
+    udp_roundtrip(&lab, &a.name, &b.name, b.ip, marker).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(capture.id().to_string())
+        .status();
+    let _ = capture.wait();
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(
+        bytes.len() > 500,
+        "the capture saw the traffic ({} bytes)",
+        bytes.len()
+    );
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the marker crossed the underlay in clear text"
+    );
+    let other = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .arg("not (udp port 51820)")
+        .output()
+        .unwrap();
+    let other = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        other.trim().is_empty(),
+        "non-WireGuard traffic between the nodes: {other}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "fabric-wg-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let dir = std::path::PathBuf::from(dir.to_string_lossy().replace([' ', '{', '}', ':'], ""));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn wg_show_lists_peers_with_handshakes_and_transfer() {
+    let lab = up(spec("wgshow", 3, 1, Backend::Wireguard));
+    let (a, b) = (&lab.pods()[0], &lab.pods()[1]);
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let iface = wg_iface(&lab, "node1");
+    let out = lab.exec_ok("node1", &["wg", "show", &iface]).unwrap();
+    assert_eq!(out.matches("peer: ").count(), 2, "{out}");
+    assert!(out.contains("endpoint: 172.30.0.12:51820"), "{out}");
+    assert!(out.contains("allowed ips: 10.244."), "{out}");
+    assert!(out.contains("latest handshake:"), "{out}");
+    assert!(out.contains("transfer:"), "{out}");
+    assert!(out.contains("private key: (hidden)"), "{out}");
+    let dump = lab
+        .exec_ok("node1", &["wg", "show", &iface, "public-key"])
+        .unwrap();
+    let leases = lab.leases().unwrap();
+    let published = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["node"] == "node1")
+        .map(|l| {
+            l["backend_data"]["public_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .unwrap();
+    assert_eq!(dump.trim(), published);
+}
+
+fn lease_of<'a>(leases: &'a Value, node: &str) -> &'a Value {
+    leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["node"] == node)
+        .unwrap()
+}
+
+/// Rewrites `node`'s lease record in etcd (keeping its etcd lease), as a broken or malicious
+/// writer would.
+fn put_lease(lab: &Lab, subnet: &str, record: &Value) -> Result<()> {
+    let key = format!("/fabric/subnets/{}", subnet.replace('/', "-"));
+    let got = lab.exec_ok(
+        "etcd",
+        &[
+            "etcdctl",
+            "--endpoints",
+            "http://127.0.0.1:2379",
+            "get",
+            &key,
+            "-w",
+            "json",
+        ],
+    )?;
+    let got: Value = serde_json::from_str(&got)?;
+    let lease = got["kvs"][0]["lease"].as_i64().context("lease id")?;
+    lab.exec_ok(
+        "etcd",
+        &[
+            "etcdctl",
+            "--endpoints",
+            "http://127.0.0.1:2379",
+            "put",
+            &key,
+            &record.to_string(),
+            &format!("--lease={lease:x}"),
+        ],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn wrong_published_key_blocks_traffic_and_fixing_it_heals() {
+    let lab = up(spec("wgkey", 2, 1, Backend::Wireguard));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let leases = lab.leases().unwrap();
+    let original = lease_of(&leases, "node2").clone();
+    let subnet = original["subnet"].as_str().unwrap().to_string();
+    let record = |key: &str| {
+        serde_json::json!({
+            "node": "node2",
+            "public_ip": original["public_ip"],
+            "backend_type": "wireguard",
+            "backend_data": {"public_key": key, "port": original["backend_data"]["port"]},
+        })
+    };
+    let bogus = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    put_lease(&lab, &subnet, &record(bogus)).unwrap();
+    // node1 now talks to a key node2 does not hold: nothing gets through.
+    eventually(Duration::from_secs(10), || {
+        ensure!(ping(&lab, &a.name, b.ip).is_err(), "traffic still flows");
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        ping(&lab, &a.name, b.ip).is_err(),
+        "a wrong key must not carry traffic"
+    );
+    put_lease(
+        &lab,
+        &subnet,
+        &record(original["backend_data"]["public_key"].as_str().unwrap()),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(15), || ping(&lab, &a.name, b.ip)).unwrap();
+}
+
+#[test]
+fn restarted_daemon_keeps_its_key_and_tunnels_come_back() {
+    let mut lab = up(spec("wgrestart", 2, 1, Backend::Wireguard));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let before = lease_of(&lab.leases().unwrap(), "node2")["backend_data"].clone();
+    lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
+    lab.start_fabricd("node2").unwrap();
+    let after = lease_of(&lab.leases().unwrap(), "node2")["backend_data"].clone();
+    assert_eq!(before, after, "same key and port after restart");
+    let start = Instant::now();
+    eventually(Duration::from_secs(2), || ping(&lab, &a.name, b.ip)).unwrap();
+    eventually(Duration::from_secs(2), || ping(&lab, &b.name, a.ip)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
