@@ -1,10 +1,13 @@
 //! The data plane: threads moving packets between the TUN device and the UDP socket through
-//! each peer's WireGuard state. Decisions (which peer, may this source come out of this
-//! tunnel) are made by [`super::table`]; this module only moves bytes and counts drops.
+//! each peer's WireGuard state, in batches. TX reads TCP super-packets from the TUN device
+//! (TSO), segments them ([`super::offload`]), encrypts the segments back to back and sends
+//! them in one `sendmsg` (UDP GSO). RX takes coalesced datagrams in one `recvmsg` (UDP GRO).
+//! Decisions (which peer, may this source come out of this tunnel) are made by
+//! [`super::table`]; this module only moves bytes and counts drops.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,13 +17,18 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 
 use super::keys::{Key, KeyPair};
+use super::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use super::table::{Peer, Table};
+use super::udp::{self, MAX_GSO_BYTES, MAX_SEGMENTS};
 
 /// The shared, swappable peer table.
 pub type Shared = Arc<RwLock<Arc<Table<Tunn>>>>;
 
-/// Largest datagram or packet handled.
-const BUF: usize = 65_535 + 64;
+/// Largest super-packet or coalesced receive handled.
+const BUF: usize = 65_535 + VNET_HDR_LEN;
+
+/// WireGuard data message type.
+const MESSAGE_DATA: u8 = 4;
 
 /// Counters of what the data plane dropped, and why.
 #[derive(Debug, Default)]
@@ -33,7 +41,7 @@ pub struct Drops {
     pub rejected: AtomicU64,
     /// Decrypted packets whose source address is not the peer's subnet.
     pub spoofed: AtomicU64,
-    /// Packets from the TUN device with no peer for their destination.
+    /// Packets from the TUN device with no peer for their destination, or unreadable.
     pub no_route: AtomicU64,
 }
 
@@ -56,7 +64,7 @@ impl Drops {
 
 /// Everything the data plane threads share.
 pub struct Plane {
-    /// The TUN queue.
+    /// The TUN queue (virtio-net headers on).
     pub tun: File,
     /// The UDP socket.
     pub udp: UdpSocket,
@@ -76,6 +84,81 @@ fn send(udp: &UdpSocket, to: SocketAddrV4, datagram: &[u8]) {
     if let Err(e) = udp.send_to(datagram, to) {
         tracing::debug!(%to, error = %e, "send failed");
     }
+}
+
+/// Encrypted datagrams for one peer, back to back, sent with one `sendmsg` (UDP GSO): all
+/// of one size but the last, which may be shorter.
+struct Batch {
+    buf: Vec<u8>,
+    len: usize,
+    segment: usize,
+    count: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; MAX_GSO_BYTES + 2048],
+            len: 0,
+            segment: 0,
+            count: 0,
+        }
+    }
+
+    fn flush(&mut self, udp: &UdpSocket, to: SocketAddrV4) {
+        if self.len > 0 {
+            if let Err(e) = udp::send_segments(udp, to, &self.buf[..self.len], self.segment) {
+                tracing::debug!(%to, error = %e, "batched send failed");
+            }
+        }
+        self.len = 0;
+        self.count = 0;
+        self.segment = 0;
+    }
+
+    /// Encrypts `packet` for `tunn` into the batch, flushing when it would not fit.
+    fn push(&mut self, tunn: &mut Tunn, packet: &[u8], udp: &UdpSocket, to: SocketAddrV4) {
+        if self.count == MAX_SEGMENTS || self.len + packet.len() + 64 > MAX_GSO_BYTES {
+            self.flush(udp, to);
+        }
+        let start = self.len;
+        let n = match tunn.encapsulate(packet, &mut self.buf[start..]) {
+            TunnResult::WriteToNetwork(d) if d.first() == Some(&MESSAGE_DATA) => d.len(),
+            // No session yet: boringtun queued the packet and wants a handshake out.
+            TunnResult::WriteToNetwork(handshake) => {
+                send(udp, to, handshake);
+                return;
+            }
+            _ => return,
+        };
+        if self.count > 0 && n > self.segment {
+            // Larger than its predecessors: they go first, this one starts a new batch.
+            if let Err(e) = udp::send_segments(udp, to, &self.buf[..start], self.segment) {
+                tracing::debug!(%to, error = %e, "batched send failed");
+            }
+            self.buf.copy_within(start..start + n, 0);
+            self.len = 0;
+            self.count = 0;
+        }
+        if self.count == 0 {
+            self.segment = n;
+        }
+        self.len += n;
+        self.count += 1;
+        if n < self.segment {
+            // A shorter datagram can only end a batch.
+            self.flush(udp, to);
+        }
+    }
+}
+
+/// What decrypting one datagram asks for, with the borrow of the output buffer ended.
+enum Outcome {
+    Done,
+    Refused,
+    Reply(usize),
+    Deliver(usize, std::net::Ipv4Addr),
+    Foreign,
 }
 
 impl Plane {
@@ -98,7 +181,8 @@ impl Plane {
 
     fn tx_loop(&self) {
         let mut packet = vec![0u8; BUF];
-        let mut out = vec![0u8; BUF + 32];
+        let mut scratch = vec![0u8; BUF];
+        let mut batch = Batch::new();
         let mut tun = &self.tun;
         loop {
             let n = match tun.read(&mut packet) {
@@ -108,28 +192,34 @@ impl Plane {
                     return;
                 }
             };
-            let packet = &packet[..n];
-            let Some(dst) = ipv4_dst(packet) else {
+            let Some(hdr) = VnetHdr::parse(&packet[..n]) else {
                 continue;
             };
+            let ip = &mut packet[VNET_HDR_LEN..n];
             let table = snapshot(&self.table);
-            let Some(peer) = table.route(dst) else {
+            let Some(peer) = ipv4_dst(ip).and_then(|dst| table.route(dst)) else {
                 Drops::count(&self.drops.no_route);
                 continue;
             };
+            let to = peer.endpoint();
             let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(packet, &mut out) {
-                send(&self.udp, peer.endpoint(), datagram);
+            let segmented = offload::segment(&hdr, ip, &mut scratch, |seg| {
+                batch.push(&mut tunn, seg, &self.udp, to);
+            });
+            batch.flush(&self.udp, to);
+            if segmented.is_err() {
+                Drops::count(&self.drops.no_route);
             }
         }
     }
 
     fn rx_loop(&self) {
-        let mut datagram = vec![0u8; BUF];
+        let mut datagrams = vec![0u8; BUF];
         let mut out = vec![0u8; BUF];
+        let mut gro = Coalescer::default();
         let mut tun = &self.tun;
         loop {
-            let (n, from) = match self.udp.recv_from(&mut datagram) {
+            let r = match udp::recv_segments(&self.udp, &mut datagrams) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "receiving on the WireGuard socket failed");
@@ -137,42 +227,61 @@ impl Plane {
                     continue;
                 }
             };
-            let SocketAddr::V4(from) = from else { continue };
             let table = snapshot(&self.table);
-            let Some(peer) = self.peer_for(&table, &datagram[..n]) else {
-                continue;
+            for datagram in datagrams[..r.len].chunks(r.segment.max(1)) {
+                self.receive(&table, datagram, r.from, &mut out, &mut gro);
+            }
+            gro.flush(|packet| {
+                if let Err(e) = tun.write_all(packet) {
+                    tracing::debug!(error = %e, "TUN write failed");
+                }
+            });
+        }
+    }
+
+    /// Handles one datagram: decrypt and hand to `gro` for the TUN device, answer handshakes,
+    /// count what is refused.
+    fn receive(
+        &self,
+        table: &Table<Tunn>,
+        datagram: &[u8],
+        from: SocketAddrV4,
+        out: &mut [u8],
+        gro: &mut Coalescer,
+    ) {
+        let Some(peer) = self.peer_for(table, datagram) else {
+            return;
+        };
+        let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut input = datagram;
+        loop {
+            let dst = &mut out[VNET_HDR_LEN..];
+            let outcome = match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), input, dst) {
+                TunnResult::Done => Outcome::Done,
+                TunnResult::Err(e) => {
+                    tracing::trace!(peer = %peer.node, error = ?e, "datagram refused");
+                    Outcome::Refused
+                }
+                TunnResult::WriteToNetwork(reply) => Outcome::Reply(reply.len()),
+                TunnResult::WriteToTunnelV4(packet, src) => Outcome::Deliver(packet.len(), src),
+                TunnResult::WriteToTunnelV6(..) => Outcome::Foreign,
             };
-            let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
-            let mut input: &[u8] = &datagram[..n];
-            loop {
-                match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), input, &mut out) {
-                    TunnResult::Done => break,
-                    TunnResult::Err(e) => {
-                        tracing::trace!(peer = %peer.node, error = ?e, "datagram refused");
-                        Drops::count(&self.drops.rejected);
-                        break;
+            match outcome {
+                Outcome::Done => return,
+                Outcome::Refused => return Drops::count(&self.drops.rejected),
+                Outcome::Foreign => return Drops::count(&self.drops.spoofed),
+                Outcome::Reply(n) => {
+                    send(&self.udp, from, &out[VNET_HDR_LEN..VNET_HDR_LEN + n]);
+                    // Flush packets queued while the handshake was pending.
+                    input = &[];
+                }
+                Outcome::Deliver(n, src) => {
+                    if !peer.allowed.contains(&src) {
+                        return Drops::count(&self.drops.spoofed);
                     }
-                    TunnResult::WriteToNetwork(reply) => {
-                        send(&self.udp, from, reply);
-                        // Flush packets queued while the handshake was pending.
-                        input = &[];
-                        continue;
-                    }
-                    TunnResult::WriteToTunnelV4(packet, src) => {
-                        if !peer.allowed.contains(&src) {
-                            Drops::count(&self.drops.spoofed);
-                        } else {
-                            peer.set_endpoint(from);
-                            if let Err(e) = tun.write_all(packet) {
-                                tracing::debug!(error = %e, "TUN write failed");
-                            }
-                        }
-                        break;
-                    }
-                    TunnResult::WriteToTunnelV6(..) => {
-                        Drops::count(&self.drops.spoofed);
-                        break;
-                    }
+                    peer.set_endpoint(from);
+                    gro.push(&out[VNET_HDR_LEN..VNET_HDR_LEN + n]);
+                    return;
                 }
             }
         }

@@ -5,12 +5,13 @@
 
 pub mod dataplane;
 pub mod keys;
+pub mod offload;
 pub mod table;
 pub mod tun;
 pub mod uapi;
+pub mod udp;
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -54,31 +55,6 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> TunnelError + '_ {
     }
 }
 
-/// Forces a socket buffer size past the `rmem_max`/`wmem_max` sysctls (root only), falling
-/// back to the capped setting: sysctls cannot be written from a node's namespace.
-fn size_buffers(socket: &UdpSocket) {
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        for opt in [force, plain] {
-            // SAFETY: setsockopt with a c_int option value on a socket we own.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &SOCKET_BUFFER as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc == 0 {
-                break;
-            }
-        }
-    }
-}
-
 /// Binds the WireGuard port, waiting a moment if a predecessor that was just killed still
 /// holds it.
 fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
@@ -111,7 +87,8 @@ impl WireGuard {
         let udp = bind_udp(config.listen_port).map_err(|e| {
             TunnelError::Underlay(format!("binding UDP port {}: {e}", config.listen_port))
         })?;
-        size_buffers(&udp);
+        let gro = udp::tune(&udp, SOCKET_BUFFER);
+        tracing::debug!(gro, "WireGuard socket tuned");
         let plane = Arc::new(Plane {
             tun,
             udp,

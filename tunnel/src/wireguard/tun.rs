@@ -9,6 +9,11 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `TUNSETOFFLOAD`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
 
 #[repr(C)]
 struct IfReq {
@@ -17,7 +22,9 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Creates (or attaches to) the TUN device `name` and returns its queue.
+/// Creates (or attaches to) the TUN device `name` and returns its queue. Every read and
+/// write carries a virtio-net header ([`super::offload`]); the kernel may hand over TCP
+/// super-packets (TSO) and packets with partial checksums.
 pub fn open(name: &str) -> std::io::Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
         return Err(std::io::Error::new(
@@ -32,13 +39,18 @@ pub fn open(name: &str) -> std::io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | IFF_VNET_HDR,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `IfReq` lays out exactly;
     // the descriptor is open for the whole call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETOFFLOAD takes the offload flags by value.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
