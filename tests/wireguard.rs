@@ -293,3 +293,73 @@ fn restarted_daemon_keeps_its_key_and_tunnels_come_back() {
     eventually(Duration::from_secs(2), || ping(&lab, &b.name, a.ip)).unwrap();
     assert!(start.elapsed() < Duration::from_secs(4));
 }
+
+/// `fabricctl peers -o json` on `node`.
+fn peers_report(lab: &Lab, node: &str) -> Result<Value> {
+    let fabricctl = lab.state().bin_dir.join("fabricctl");
+    let socket = lab.node(node)?.socket.display().to_string();
+    let out = lab.exec_ok(
+        node,
+        &[
+            fabricctl.to_str().context("path")?,
+            "peers",
+            "--socket",
+            &socket,
+            "-o",
+            "json",
+        ],
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+#[test]
+fn junk_datagrams_are_dropped_counted_and_harmless() {
+    let lab = up(spec("wgjunk", 2, 1, Backend::Wireguard));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let target = format!("{} 51820", lab.node("node2").unwrap().underlay_ip);
+    let junk = [
+        // Not a WireGuard message at all.
+        "printf 'garbage'".to_string(),
+        // Truncated handshake initiation.
+        "printf '\\001\\000\\000\\000\\001\\002'".to_string(),
+        // A data message for a receiver index nobody holds.
+        "{ printf '\\004\\000\\000\\000\\000\\377\\377\\377'; head -c 48 /dev/zero; }".to_string(),
+        // A random 148-byte "handshake" from a key nobody knows.
+        "{ printf '\\001\\000\\000\\000'; head -c 144 /dev/urandom; }".to_string(),
+    ];
+    for _ in 0..5 {
+        for j in &junk {
+            lab.exec_ok(
+                "node1",
+                &["sh", "-c", &format!("{j} | nc -u -w 0 {target}")],
+            )
+            .unwrap();
+        }
+    }
+    let report = eventually(Duration::from_secs(5), || {
+        let r = peers_report(&lab, "node2")?;
+        let d = &r["dropped"];
+        let total: u64 = ["malformed", "unknown_peer", "rejected"]
+            .iter()
+            .map(|k| d[k].as_u64().unwrap_or(0))
+            .sum();
+        ensure!(total >= 20, "not all junk counted yet: {d}");
+        Ok(r)
+    })
+    .unwrap();
+    let d = &report["dropped"];
+    assert!(d["malformed"].as_u64().unwrap() >= 10, "{d}");
+    assert!(d["unknown_peer"].as_u64().unwrap() >= 5, "{d}");
+    // The daemon is unharmed and the tunnel still carries traffic.
+    assert!(lab.node("node2").unwrap().running());
+    ping(&lab, &a.name, b.ip).unwrap();
+    // And the report shows the peer with a handshake and traffic.
+    let peer = &report["peers"][0];
+    assert_eq!(peer["node"], "node1");
+    assert!(
+        peer["latest_handshake_secs_ago"].as_u64().is_some(),
+        "{peer}"
+    );
+    assert!(peer["rx_bytes"].as_u64().unwrap() > 0, "{peer}");
+}

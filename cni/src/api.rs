@@ -30,6 +30,8 @@ pub enum Request {
         /// The attachments the runtime still knows about.
         valid: Vec<AttachmentKey>,
     },
+    /// The data path's state: peers, handshakes, bytes, drops (for `fabricctl peers`).
+    Dataplane,
 }
 
 /// What identifies one attachment: the runtime's container id and interface name.
@@ -74,6 +76,11 @@ pub enum Response {
     },
     /// Failure, already phrased as a CNI error.
     Error(CniError),
+    /// The answer to [`Request::Dataplane`], as the backend reports it.
+    Dataplane {
+        /// Backend-specific JSON (for WireGuard: peers and drop counters).
+        report: serde_json::Value,
+    },
 }
 
 /// The result of ADD, in the CNI 1.x result shape.

@@ -190,6 +190,11 @@ fn ask(
     match call(&conf.socket, request, conf.timeout) {
         Ok(Response::Ok { result }) => Ok(result),
         Ok(Response::Error(error)) => Err(error),
+        Ok(Response::Dataplane { .. }) => Err(CniError::new(
+            codes::PLUGIN_SPECIFIC,
+            "fabricd answered with something other than a CNI result",
+            "",
+        )),
         Err(error) => Err(call_failure(conf, error, down_code)),
     }
 }

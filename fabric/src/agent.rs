@@ -20,7 +20,7 @@ pub struct Agent {
     /// The datastore.
     pub store: Arc<dyn Store>,
     /// The data path.
-    pub backend: Box<dyn Backend>,
+    pub backend: Arc<dyn Backend>,
     /// The node's underlay.
     pub underlay: Underlay,
     /// Netlink in the node's namespace.

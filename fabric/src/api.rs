@@ -3,23 +3,32 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fabric_cni::api::{codes, CniError, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use tunnel::Backend;
+
 use crate::pods::PodNetwork;
 
 /// The largest request accepted, in bytes.
 const MAX_REQUEST: u64 = 1 << 20;
 
-/// What the API serves from: the pod network once the node holds a subnet.
-pub type Serving = watch::Receiver<Option<Arc<PodNetwork>>>;
+/// What the API serves from: the pod network once the node holds a subnet, the data path
+/// once it is built.
+#[derive(Clone)]
+pub struct Serving {
+    /// The pod network, once a subnet is leased.
+    pub pods: watch::Receiver<Option<Arc<PodNetwork>>>,
+    /// The backend, once created.
+    pub backend: Arc<OnceLock<Arc<dyn Backend>>>,
+}
 
 /// Binds the socket at `path` (replacing a stale one) and serves until the process ends.
-pub async fn serve(path: &Path, pods: Serving) -> std::io::Result<()> {
+pub async fn serve(path: &Path, serving: Serving) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -34,9 +43,9 @@ pub async fn serve(path: &Path, pods: Serving) -> std::io::Result<()> {
         loop {
             match listener.accept().await {
                 Ok((conn, _)) => {
-                    let pods = pods.clone();
+                    let serving = serving.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(conn, pods).await {
+                        if let Err(e) = handle(conn, serving).await {
                             tracing::debug!(error = %e, "API connection failed");
                         }
                     });
@@ -48,16 +57,13 @@ pub async fn serve(path: &Path, pods: Serving) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn handle(conn: UnixStream, pods: Serving) -> std::io::Result<()> {
+async fn handle(conn: UnixStream, serving: Serving) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
-            let serving = pods.borrow().clone();
-            dispatch(request, serving).await
-        }
+        Ok(request) => dispatch(request, &serving).await,
         Err(e) => Response::Error(CniError::new(
             codes::DECODE_FAILURE,
             "cannot decode request",
@@ -70,7 +76,20 @@ async fn handle(conn: UnixStream, pods: Serving) -> std::io::Result<()> {
 }
 
 /// Answers one request.
-pub async fn dispatch(request: Request, pods: Option<Arc<PodNetwork>>) -> Response {
+pub async fn dispatch(request: Request, serving: &Serving) -> Response {
+    if let Request::Dataplane = request {
+        return match serving.backend.get() {
+            Some(backend) => Response::Dataplane {
+                report: backend.dataplane(),
+            },
+            None => Response::Error(CniError::new(
+                codes::TRY_AGAIN_LATER,
+                "fabricd has not built its data path yet",
+                "check the fabricd log",
+            )),
+        };
+    }
+    let pods = serving.pods.borrow().clone();
     let Some(pods) = pods else {
         let not_ready = |code| {
             Response::Error(CniError::new(
@@ -97,7 +116,7 @@ pub async fn dispatch(request: Request, pods: Option<Arc<PodNetwork>>) -> Respon
         },
         Request::Del(att) => done(pods.del(&att.key).await),
         Request::Check(att) => done(pods.check(&att).await),
-        Request::Status => Response::Ok { result: None },
+        Request::Status | Request::Dataplane => Response::Ok { result: None },
         Request::Gc { valid } => done(pods.gc(&valid).await),
     }
 }

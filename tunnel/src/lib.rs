@@ -69,6 +69,12 @@ pub trait Backend: Send + Sync {
 
     /// Converges the kernel to reach every lease in `leases` other than `local`. Idempotent.
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError>;
+
+    /// The data path's live state for operators (`fabricctl peers`); kernel backends have
+    /// nothing beyond what `ip` shows.
+    fn dataplane(&self) -> serde_json::Value {
+        serde_json::json!({ "backend": self.kind().as_str() })
+    }
 }
 
 /// Node-local settings a backend needs besides the network config.

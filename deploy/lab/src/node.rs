@@ -90,6 +90,7 @@ pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
         let last = match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
             Ok(Response::Ok { .. }) => return Ok(()),
             Ok(Response::Error(e)) => format!("not ready: {e}"),
+            Ok(other) => format!("unexpected answer {other:?}"),
             Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {

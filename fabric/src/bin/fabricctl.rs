@@ -63,6 +63,20 @@ enum Command {
     },
     /// List reservations.
     Reservations,
+    /// Show this node's data path peers: endpoint, subnet, latest handshake, bytes, drops
+    /// (asks the local fabricd).
+    Peers {
+        /// fabricd's local API socket.
+        #[arg(
+            long,
+            env = "FABRIC_SOCKET",
+            default_value = "/run/fabric/fabricd.sock"
+        )]
+        socket: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,8 +113,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => Some(read_config(file)?),
         _ => None,
     };
-    let store = EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
     let mut out = std::io::stdout().lock();
+    if let Command::Peers { socket, output } = &cli.command {
+        return peers(&mut out, socket, *output);
+    }
+    let store = EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
     match cli.command {
         Command::Config {
             action: ConfigAction::Set { .. },
@@ -160,6 +177,7 @@ async fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{subnet} was not reserved")?;
             }
         }
+        Command::Peers { .. } => unreachable!("answered above"),
         Command::Reservations => {
             let rows = store
                 .reservations()
@@ -168,6 +186,71 @@ async fn run(cli: Cli) -> Result<()> {
                 .map(|(s, n)| vec![s.to_string(), n]);
             write_table(&mut out, &["SUBNET", "NODE"], rows)?;
         }
+    }
+    Ok(())
+}
+
+/// Prints the local fabricd's data path report.
+fn peers(out: &mut impl Write, socket: &std::path::Path, output: Output) -> Result<()> {
+    use fabric_cni::api::{call, Request, Response};
+    let answer = call(
+        socket,
+        &Request::Dataplane,
+        std::time::Duration::from_secs(5),
+    )
+    .with_context(|| format!("asking fabricd at {} (--socket)", socket.display()))?;
+    let report = match answer {
+        Response::Dataplane { report } => report,
+        Response::Error(e) => anyhow::bail!("fabricd: {e}"),
+        Response::Ok { .. } => anyhow::bail!("fabricd gave no data path report"),
+    };
+    if let Output::Json = output {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    let Some(peers) = report["peers"].as_array() else {
+        writeln!(
+            out,
+            "backend {}: the kernel holds the data path (see `ip route`, `ip neigh`, `bridge fdb`)",
+            report["backend"].as_str().unwrap_or("?")
+        )?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "device {} public key {} port {}",
+        report["device"].as_str().unwrap_or("?"),
+        report["public_key"].as_str().unwrap_or("?"),
+        report["listen_port"]
+    )?;
+    let rows = peers.iter().map(|p| {
+        let text = |k: &str| p[k].as_str().unwrap_or("-").to_string();
+        vec![
+            text("node"),
+            text("endpoint"),
+            text("allowed_ips"),
+            p["latest_handshake_secs_ago"]
+                .as_u64()
+                .map_or("never".into(), |s| format!("{s}s ago")),
+            p["rx_bytes"].to_string(),
+            p["tx_bytes"].to_string(),
+        ]
+    });
+    write_table(
+        out,
+        &[
+            "NODE",
+            "ENDPOINT",
+            "ALLOWED-IPS",
+            "HANDSHAKE",
+            "RX-BYTES",
+            "TX-BYTES",
+        ],
+        rows,
+    )?;
+    if let Some(dropped) = report["dropped"].as_object() {
+        let parts: Vec<String> = dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "dropped: {}", parts.join(" "))?;
     }
     Ok(())
 }

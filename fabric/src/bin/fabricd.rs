@@ -1,7 +1,7 @@
 //! `fabricd`: fabric's node agent. See `fabricd --help`.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -33,7 +33,12 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         .with_context(|| format!("opening state dir {}", flags.state_dir.display()))?;
     let ready = Arc::new(AtomicBool::new(false));
     let (pods_tx, pods_rx) = watch::channel(None);
-    api::serve(&flags.socket, pods_rx)
+    let backend_slot = Arc::new(OnceLock::new());
+    let serving = api::Serving {
+        pods: pods_rx,
+        backend: backend_slot.clone(),
+    };
+    api::serve(&flags.socket, serving)
         .await
         .with_context(|| format!("binding the local API socket {}", flags.socket.display()))?;
     if let Some(addr) = flags.healthz_addr.0 {
@@ -62,12 +67,13 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         state_dir: state.path(),
         wg_iface: &flags.wg_iface,
     };
-    let backend = tunnel::create(
+    let backend: Arc<dyn tunnel::Backend> = Arc::from(tunnel::create(
         &backend_config,
         underlay.clone(),
         netlink.clone(),
         &node_options,
-    )?;
+    )?);
+    let _ = backend_slot.set(backend.clone());
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
     let agent = Agent {

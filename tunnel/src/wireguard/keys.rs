@@ -94,14 +94,15 @@ impl KeyPair {
         }
     }
 
-    fn from_private(bytes: [u8; 32]) -> Self {
+    /// A key pair from raw private key bytes (tests and fuzzing).
+    pub fn from_private(bytes: [u8; 32]) -> Self {
         let private = StaticSecret::from(bytes);
         let public = Key(PublicKey::from(&private).to_bytes());
         Self { private, public }
     }
 
-    /// The private key, for the protocol core only.
-    pub(crate) fn secret(&self) -> &StaticSecret {
+    /// The private key, for the protocol core.
+    pub fn secret(&self) -> &StaticSecret {
         &self.private
     }
 

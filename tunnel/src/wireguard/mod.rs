@@ -138,6 +138,47 @@ impl Backend for WireGuard {
         .expect("json")
     }
 
+    fn dataplane(&self) -> serde_json::Value {
+        let table = self
+            .plane
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut peers: Vec<serde_json::Value> = table
+            .peers()
+            .map(|p| {
+                let (since, tx, rx, _, _) =
+                    p.state.lock().unwrap_or_else(|e| e.into_inner()).stats();
+                serde_json::json!({
+                    "node": p.node,
+                    "public_key": p.key.to_base64(),
+                    "endpoint": p.endpoint().to_string(),
+                    "allowed_ips": p.allowed.to_string(),
+                    "latest_handshake_secs_ago": since.map(|d| d.as_secs()),
+                    "rx_bytes": rx,
+                    "tx_bytes": tx,
+                })
+            })
+            .collect();
+        peers.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        let drops: serde_json::Map<String, serde_json::Value> = self
+            .plane
+            .drops
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::json!({
+            "backend": "wireguard",
+            "device": self.iface,
+            "public_key": self.plane.keys.public.to_base64(),
+            "listen_port": self.listen_port,
+            "peers": peers,
+            "dropped": drops,
+        })
+    }
+
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {
         let link = self.netlink.link(&self.iface).await?.ok_or_else(|| {
             TunnelError::Underlay(format!(
