@@ -1,0 +1,21 @@
+//! Evaluates the shared sample case file (`shared/netpol/sample-cases.yaml`, ten cases
+//! translated from the upstream Kubernetes e2e suite) through the classifier.
+
+use std::path::PathBuf;
+
+#[test]
+fn shared_sample_cases_all_pass() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/netpol/sample-cases.yaml");
+    assert!(
+        path.is_file(),
+        "the shared sample case file is missing: expected it at {} (the workspace must sit beside shared/)",
+        path.display()
+    );
+    let report = policy::evaluate_file(&path)
+        .unwrap_or_else(|e| panic!("evaluating {}: {e}", path.display()));
+    println!("{report}");
+    assert_eq!(report.cases.len(), 10, "{report}");
+    assert_eq!((report.passed(), report.failed()), (10, 0), "{report}");
+    assert!(report.to_string().ends_with("cases: 10 passed, 0 failed"));
+}
