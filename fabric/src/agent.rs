@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tunnel::{Backend, Netlink, Underlay};
 
 use crate::nft;
-use crate::pods::PodNetwork;
+use crate::pods::{PodNetwork, Registry};
 use crate::state::StateDir;
 
 /// Everything the agent needs, wired up by `fabricd`.
@@ -81,7 +81,17 @@ impl Agent {
             .context("recording the subnet in the state dir")?;
         let pool = PodPool::open(self.state.path(), lease.subnet)
             .context("opening the pod address pool")?;
-        let pods = PodNetwork::new(lease.subnet, self.backend.mtu(), self.netlink.clone(), pool);
+        let registry = Registry {
+            store: self.store.clone(),
+            node: self.node.clone(),
+        };
+        let pods = PodNetwork::new(
+            lease.subnet,
+            self.backend.mtu(),
+            self.netlink.clone(),
+            pool,
+            registry,
+        );
         self.pods.send_replace(Some(Arc::new(pods)));
         Ok(lease)
     }

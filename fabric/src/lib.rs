@@ -3,7 +3,8 @@
 //! `fabricd` leases the node's pod subnet through a [`ipam::Store`], keeps the data path to
 //! every other node converged through a [`tunnel::Backend`], wires pods in for the CNI
 //! plugin over a local unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
-//! cluster ([`nft`]) and reports health ([`health`]).
+//! cluster ([`nft`]) and reports health ([`health`]). [`policies`] reads the policy view
+//! (pods, namespaces, NetworkPolicies) out of the datastore.
 
 pub mod agent;
 pub mod api;
@@ -11,4 +12,5 @@ pub mod flags;
 pub mod health;
 pub mod nft;
 pub mod pods;
+pub mod policies;
 pub mod state;

@@ -12,8 +12,10 @@ use std::path::Path;
 use fabric_cni::api::{
     codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig, Route as CniRoute,
 };
+use std::sync::Arc;
+
 use ipam::pool::Owner;
-use ipam::{PodPool, PoolError};
+use ipam::{PodPool, PodRecord, PoolError, Store};
 use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 use tunnel::netlink::{Link, Netlink, Route};
@@ -57,22 +59,39 @@ fn internal(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError
     CniError::new(codes::PLUGIN_SPECIFIC, msg, details.to_string())
 }
 
+/// Where attached pods are recorded for policy enforcement: the datastore, under this node.
+pub struct Registry {
+    /// The datastore.
+    pub store: Arc<dyn Store>,
+    /// This node's name.
+    pub node: String,
+}
+
 /// The pod network of a node that holds a subnet.
 pub struct PodNetwork {
     subnet: Ipv4Net,
     mtu: u32,
     netlink: Netlink,
     pool: Mutex<PodPool>,
+    registry: Registry,
 }
 
 impl PodNetwork {
-    /// Pods in `subnet` with interfaces of `mtu`, addresses recorded in `pool`.
-    pub fn new(subnet: Ipv4Net, mtu: u32, netlink: Netlink, pool: PodPool) -> Self {
+    /// Pods in `subnet` with interfaces of `mtu`, addresses recorded in `pool`, identities in
+    /// `registry`.
+    pub fn new(
+        subnet: Ipv4Net,
+        mtu: u32,
+        netlink: Netlink,
+        pool: PodPool,
+        registry: Registry,
+    ) -> Self {
         Self {
             subnet,
             mtu,
             netlink,
             pool: Mutex::new(pool),
+            registry,
         }
     }
 
@@ -121,7 +140,10 @@ impl PodNetwork {
                 PoolError::Io { .. } => internal("cannot record the pod address", e),
             })?;
         match self.wire(att, &netns, netns_path, addr).await {
-            Ok(result) => Ok(result),
+            Ok(result) => {
+                self.register(att, addr).await;
+                Ok(result)
+            }
             Err(e) => {
                 // Leave nothing behind: the veth pair goes with its host side.
                 if let Err(cleanup) = self.unwire(&att.key).await {
@@ -269,6 +291,28 @@ impl PodNetwork {
         })
     }
 
+    /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
+    /// and policy treats an unknown address like any address outside the cluster.
+    async fn register(&self, att: &Attachment, ip: Ipv4Addr) {
+        let record = PodRecord {
+            namespace: att
+                .pod_namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: att
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| att.key.container_id.clone()),
+            node: self.registry.node.clone(),
+            container_id: att.key.container_id.clone(),
+            ip,
+            labels: att.labels.clone(),
+        };
+        if let Err(e) = self.registry.store.register_pod(&record).await {
+            tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy");
+        }
+    }
+
     async fn unwire(&self, key: &AttachmentKey) -> Result<(), tunnel::NetlinkError> {
         for name in [host_veth_name(key), temp_peer_name(key)] {
             if let Some(link) = self.netlink.link(&name).await? {
@@ -289,6 +333,14 @@ impl PodNetwork {
             .map_err(|e| internal("cannot record the released address", e))?;
         if let Some(addr) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
+            if let Err(e) = self
+                .registry
+                .store
+                .unregister_pod(&self.registry.node, &key.container_id)
+                .await
+            {
+                tracing::error!(error = %e, container = %key.container_id, "cannot unregister the pod");
+            }
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::NetworkConfig;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseRecord, LeaseRequest, Leases};
+use crate::objects::{Kind, PodRecord};
 use crate::store::{Renewal, Store, StoreError};
 use crate::subnet::{choose, Choice, Occupancy};
 
@@ -105,6 +106,72 @@ impl EtcdStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Writes object `name` of `kind` (JSON).
+    pub async fn put_object(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .put(
+                self.key(&format!("{}{name}", kind.segment())),
+                value.to_string(),
+                None,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes object `name` of `kind` (with `prefix`, every object under `name/`); returns
+    /// how many went.
+    pub async fn delete_object(
+        &self,
+        kind: Kind,
+        name: &str,
+        prefix: bool,
+    ) -> Result<i64, StoreError> {
+        let options = prefix.then(|| etcd_client::DeleteOptions::new().with_prefix());
+        let resp = self
+            .client
+            .clone()
+            .delete(self.key(&format!("{}{name}", kind.segment())), options)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.deleted())
+    }
+
+    /// Every object of `kind`, by name (the key below the kind's segment); records that are
+    /// not JSON are skipped with a warning.
+    pub async fn list_objects(
+        &self,
+        kind: Kind,
+    ) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        let prefix = self.key(kind.segment());
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
+            match serde_json::from_slice(kv.value()) {
+                Ok(v) => {
+                    out.insert(name, v);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "skipping a record that is not JSON")
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Removes the reservation on `subnet`; returns whether there was one.
@@ -315,6 +382,22 @@ impl Store for EtcdStore {
             out.push(lease);
         }
         Ok(out)
+    }
+
+    async fn register_pod(&self, pod: &PodRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_value(pod).expect("json");
+        self.put_object(
+            Kind::Pods,
+            &format!("{}/{}", pod.node, pod.container_id),
+            &value,
+        )
+        .await
+    }
+
+    async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError> {
+        self.delete_object(Kind::Pods, &format!("{node}/{container_id}"), false)
+            .await
+            .map(drop)
     }
 
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError> {

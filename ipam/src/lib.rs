@@ -8,11 +8,13 @@
 pub mod config;
 pub mod etcd;
 pub mod lease;
+pub mod objects;
 pub mod pool;
 pub mod store;
 pub mod subnet;
 
 pub use config::{BackendConfig, BackendKind, ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseRequest, Leases};
+pub use objects::{NamespaceRecord, PodRecord};
 pub use pool::{PodPool, PoolError};
 pub use store::{Renewal, Store, StoreError};

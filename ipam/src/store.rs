@@ -7,6 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{Lease, LeaseRequest, Leases};
+use crate::objects::PodRecord;
 
 /// Why a datastore operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,4 +73,11 @@ pub trait Store: Send + Sync {
     /// Follows every lease: the receiver always holds the latest full set. The store keeps it
     /// current by itself (re-listing after compaction or reconnect).
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError>;
+
+    /// Records a pod this node attached, for policy enforcement (a no-op where the datastore
+    /// already knows its pods, as the Kubernetes API does).
+    async fn register_pod(&self, pod: &PodRecord) -> Result<(), StoreError>;
+
+    /// Forgets the pod attached as `container_id` on `node`.
+    async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError>;
 }

@@ -107,7 +107,7 @@ pub enum Error {
     #[error("unknown pod {0}")]
     UnknownPod(PodKey),
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -115,7 +115,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A case file is not valid YAML of the case format.
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}")]
     Parse {
         /// The file.
         path: PathBuf,

@@ -1,0 +1,111 @@
+//! The cluster's policy view in etcd mode: NetworkPolicy manifests as operators write them
+//! (multi-document YAML), and the [`policy::Cluster`] built from the pods, namespaces and
+//! policies stored under the prefix.
+
+use anyhow::{bail, Context, Result};
+use ipam::etcd::EtcdStore;
+use ipam::objects::Kind;
+use ipam::{NamespaceRecord, PodRecord};
+use policy::{Cluster, NetworkPolicy, Pod, PodKey, Policy};
+use serde::Deserialize;
+
+/// Parses a manifest file: one or more YAML documents, each a NetworkPolicy (empty documents
+/// are skipped). Every policy is validated; any error refuses the whole file, naming the
+/// document, the field path and the reason.
+pub fn parse_manifests(text: &str) -> Result<Vec<NetworkPolicy>> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .with_context(|| format!("document {}: not YAML", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("NetworkPolicy");
+        if kind != "NetworkPolicy" {
+            bail!("document {}: kind {kind:?} is not a NetworkPolicy", i + 1);
+        }
+        let mut np: NetworkPolicy = serde_yaml::from_value(value)
+            .with_context(|| format!("document {}: not a NetworkPolicy", i + 1))?;
+        // Like kubectl: no namespace means the default one.
+        np.metadata
+            .namespace
+            .get_or_insert_with(|| "default".into());
+        Policy::from_k8s(&np).with_context(|| format!("document {}", i + 1))?;
+        out.push(np);
+    }
+    if out.is_empty() {
+        bail!("no NetworkPolicy in the file");
+    }
+    Ok(out)
+}
+
+/// `namespace/name` of a policy from [`parse_manifests`].
+pub fn policy_name(np: &NetworkPolicy) -> Result<String> {
+    let name = np
+        .metadata
+        .name
+        .as_deref()
+        .context("metadata.name is required")?;
+    let ns = np.metadata.namespace.as_deref().unwrap_or("default");
+    Ok(format!("{ns}/{name}"))
+}
+
+/// Builds the policy view from the datastore.
+pub async fn load(store: &EtcdStore) -> Result<Cluster> {
+    let mut cluster = Cluster::new();
+    for (name, value) in store.list_objects(Kind::Namespaces).await? {
+        let record: NamespaceRecord = serde_json::from_value(value).unwrap_or_default();
+        cluster.upsert_namespace(&name, record.labels);
+    }
+    for (key, value) in store.list_objects(Kind::Pods).await? {
+        let Ok(pod) = serde_json::from_value::<PodRecord>(value) else {
+            tracing::warn!(%key, "skipping an unreadable pod record");
+            continue;
+        };
+        if cluster.namespace_labels(&pod.namespace).is_none() {
+            cluster.upsert_namespace(&pod.namespace, Default::default());
+        }
+        cluster.upsert_pod(Pod {
+            key: PodKey::new(pod.namespace, pod.name),
+            labels: pod.labels,
+            ip: pod.ip,
+            ports: Vec::new(),
+        });
+    }
+    for (key, value) in store.list_objects(Kind::Policies).await? {
+        let np: NetworkPolicy = match serde_json::from_value(value) {
+            Ok(np) => np,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "skipping an unreadable policy");
+                continue;
+            }
+        };
+        if let Err(e) = cluster.upsert_policy(&np) {
+            tracing::warn!(%key, error = %e, "skipping an invalid policy");
+        }
+    }
+    Ok(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_manifests_are_validated_whole() {
+        let ok = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}}\n---\n---\nmetadata: {name: b}\nspec: {podSelector: {}, policyTypes: [Egress]}\n";
+        let got = parse_manifests(ok).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(policy_name(&got[0]).unwrap(), "x/a");
+        assert_eq!(policy_name(&got[1]).unwrap(), "default/b");
+
+        let bad = "metadata: {name: a}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - endPort: 90\n";
+        let err = format!("{:#}", parse_manifests(bad).unwrap_err());
+        assert!(err.contains("spec.ingress[0].ports[0]"), "{err}");
+        assert!(parse_manifests("kind: Pod\nmetadata: {name: a}\n").is_err());
+        assert!(parse_manifests("").is_err());
+    }
+}
