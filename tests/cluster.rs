@@ -243,3 +243,59 @@ fn reserved_subnets_go_to_their_nodes() {
     assert!(!["10.244.1.0/24", "10.244.3.0/24"].contains(&subnets["node2"].as_str()));
     full_mesh(&lab).unwrap();
 }
+
+#[test]
+fn spoofed_source_addresses_are_dropped() {
+    let lab = up(spec("spoof", 2, 1, Backend::Vxlan));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    // The pod claims a neighbour's address (and one outside the cluster) as its own.
+    let fake = Ipv4Addr::from(u32::from(a.ip) + 50);
+    for spoofed in [fake, Ipv4Addr::new(192, 0, 2, 7)] {
+        lab.exec_ok(
+            &a.name,
+            &["ip", "addr", "add", &format!("{spoofed}/32"), "dev", "eth0"],
+        )
+        .unwrap();
+        // Watch for it at the destination: replies could be lost on the way back anyway, so
+        // only the destination's view shows whether the packet was dropped at the source.
+        let watch = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &b.netns, "timeout", "4", "tcpdump", "-n", "-c", "1", "-i", "eth0",
+            ])
+            .arg(format!("icmp and src host {spoofed}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = lab.exec(
+            &a.name,
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "1",
+                "-I",
+                &spoofed.to_string(),
+                &b.ip.to_string(),
+            ],
+        );
+        let seen = watch.wait_with_output().unwrap();
+        let seen = String::from_utf8_lossy(&seen.stdout);
+        assert!(
+            !seen.contains(&spoofed.to_string()),
+            "a packet from {spoofed} got through: {seen}"
+        );
+    }
+    // Its own address still works.
+    ping(&lab, &a.name, b.ip).unwrap();
+    let rules = lab
+        .exec_ok("node1", &["nft", "list", "table", "ip", "fabric"])
+        .unwrap();
+    assert!(
+        rules.contains(&format!("ip saddr != {} drop", a.ip)),
+        "{rules}"
+    );
+}

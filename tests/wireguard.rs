@@ -292,6 +292,62 @@ fn restarted_daemon_keeps_its_key_and_tunnels_come_back() {
     eventually(Duration::from_secs(2), || ping(&lab, &a.name, b.ip)).unwrap();
     eventually(Duration::from_secs(2), || ping(&lab, &b.name, a.ip)).unwrap();
     assert!(start.elapsed() < Duration::from_secs(4));
+
+    // A transfer running across a restart resumes.
+    let server = Command::new("ip")
+        .args([
+            "netns", "exec", &b.netns, "timeout", "30", "iperf3", "-s", "-1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    std::thread::sleep(Duration::from_millis(500));
+    let client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.netns,
+            "timeout",
+            "30",
+            "iperf3",
+            "-c",
+            &b.ip.to_string(),
+            "-t",
+            "8",
+            "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
+    lab.start_fabricd("node2").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["error"].is_null(),
+        "iperf3 failed: {}",
+        report["error"]
+    );
+    let intervals = report["intervals"].as_array().unwrap();
+    let last = &intervals[intervals.len() - 1]["sum"]["bits_per_second"];
+    assert!(
+        last.as_f64().unwrap() > 1e6,
+        "traffic did not resume: {last}"
+    );
+}
+
+/// Kills a child process when dropped (test cleanup on failure too).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `fabricctl peers -o json` on `node`.

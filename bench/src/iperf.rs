@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use fabric_lab::demo::{parse_iperf, IperfSummary};
 use fabric_lab::process::{self, Cmd};
 
+use crate::report::Run;
+
 /// The server's port (inside the server's own namespace).
 const PORT: &str = "5201";
 
@@ -120,6 +122,27 @@ fn shorten(s: &str) -> String {
     let head: String = chars[..600].iter().collect();
     let tail: String = chars[chars.len() - 600..].iter().collect();
     format!("{head} [...] {tail}")
+}
+
+/// The figures of a summary the tables show: receiver Gbit/s, retransmits, and iperf3's own
+/// process CPU on both ends.
+pub fn to_run(summary: &IperfSummary) -> Run {
+    let cpu = &summary.report["end"]["cpu_utilization_percent"];
+    Run {
+        gbps: summary.gbps(),
+        retransmits: summary.retransmits,
+        sender_cpu: cpu["host_total"].as_f64().unwrap_or(f64::NAN),
+        receiver_cpu: cpu["remote_total"].as_f64().unwrap_or(f64::NAN),
+    }
+}
+
+/// Gbit the receiver got (`end.sum_received.bytes`), else Gbit/s × the sender's seconds.
+pub fn received_gbit(summary: &IperfSummary) -> f64 {
+    let end = &summary.report["end"];
+    match end["sum_received"]["bytes"].as_f64() {
+        Some(bytes) => bytes * 8.0 / 1e9,
+        None => summary.gbps() * end["sum_sent"]["seconds"].as_f64().unwrap_or(f64::NAN),
+    }
 }
 
 /// Runs [`run`] up to `attempts` times; returns the summary and the failed attempts' errors.

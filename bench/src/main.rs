@@ -6,15 +6,23 @@
 //!   path built by hand with `ip` in the same node namespaces ([`anchor`]), interleaved
 //!   repetitions, 1 and 4 streams ([`throughput`]).
 //! - `cni`: CNI ADD / CHECK / DEL latency percentiles over N pods ([`cni`]).
+//! - `wireguard`: fabric's wireguard backend beside the raw underlay, kernel VXLAN (hand-built
+//!   and fabric's) and userspace WireGuard (boringtun-cli, wireguard-go) in one interleaved
+//!   run on two labs, with a PNG bar chart ([`wireguard`], [`wg_anchor`], [`chart`]).
 //!
 //! Every lab namespace starts with the lab's name; if the process is killed before its guards
-//! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included).
+//! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included;
+//! `wireguard`'s labs are `NAMEx` and `NAMEw`, and their teardown also ends the userspace
+//! WireGuard daemons running in their namespaces).
 
 mod anchor;
+mod chart;
 mod cni;
 mod iperf;
 mod report;
 mod throughput;
+mod wg_anchor;
+mod wireguard;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +59,20 @@ enum Command {
         #[arg(long, default_value = "benchtp")]
         name: String,
     },
+    /// fabric wireguard vs raw underlay, kernel VXLAN, fabric vxlan, boringtun-cli and
+    /// wireguard-go (iperf3, two 2-node labs, one interleaved run); also writes a PNG chart
+    /// beside the results file.
+    Wireguard {
+        /// Interleaved repetitions (each: every path at P1, then every path at P4).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run (`-t`).
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Lab name prefix: the labs are NAMEx (vxlan) and NAMEw (wireguard).
+        #[arg(long, default_value = "benchwg")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -73,6 +95,21 @@ fn main() -> Result<()> {
             name,
             reps,
             seconds,
+        })?,
+        Command::Wireguard {
+            reps,
+            seconds,
+            name,
+        } => wireguard::run(&wireguard::Options {
+            name,
+            reps,
+            seconds,
+            chart: (!cli.no_save).then(|| {
+                (
+                    cli.results.with_file_name(wireguard::CHART_FILE),
+                    wireguard::CHART_FILE.to_string(),
+                )
+            }),
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
     };

@@ -201,6 +201,236 @@ pub fn verdicts(series: &[Series], target: f64) -> String {
     out
 }
 
+/// One run of the WireGuard comparison: iperf3's figures plus what the machine and the
+/// server node's UDP stack did meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// iperf3's figures.
+    pub run: Run,
+    /// Gbit the receiver got (iperf3's `sum_received.bytes`).
+    pub gbit: f64,
+    /// Busy CPU over the run's window, CPU-seconds, machine-wide (`/proc/stat`).
+    pub cpu_seconds: f64,
+    /// The same as a fraction of all CPUs (0..=1).
+    pub cpu_busy: f64,
+    /// UDP datagrams delivered in the server node's namespace during the run.
+    pub udp_in: u64,
+    /// UDP datagrams dropped there for a full socket receive buffer (`RcvbufErrors`).
+    pub udp_rcvbuf_errors: u64,
+}
+
+/// All samples of one path at one stream count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathSeries {
+    /// The path's label.
+    pub path: String,
+    /// iperf3 `-P`.
+    pub streams: u32,
+    /// The samples, in order.
+    pub samples: Vec<Sample>,
+}
+
+impl PathSeries {
+    fn field(&self, f: impl Fn(&Sample) -> f64) -> Vec<f64> {
+        self.samples.iter().map(f).collect()
+    }
+
+    /// Median throughput, Gbit/s.
+    pub fn median_gbps(&self) -> f64 {
+        median(&self.field(|s| s.run.gbps))
+    }
+
+    /// Median busy CPU-seconds per Gbit received.
+    pub fn cpu_seconds_per_gbit(&self) -> f64 {
+        median(&self.field(|s| s.cpu_seconds / s.gbit))
+    }
+
+    /// Dropped ÷ (delivered + dropped) UDP datagrams over all samples; `None` without any.
+    pub fn udp_drop_fraction(&self) -> Option<f64> {
+        let dropped: u64 = self.samples.iter().map(|s| s.udp_rcvbuf_errors).sum();
+        let total = dropped + self.samples.iter().map(|s| s.udp_in).sum::<u64>();
+        (total > 0).then(|| dropped as f64 / total as f64)
+    }
+}
+
+/// The paths the WireGuard comparison divides by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baselines {
+    /// The raw underlay (the limit).
+    pub raw: String,
+    /// The hand-built kernel VXLAN path.
+    pub kernel_vxlan: String,
+    /// The boringtun-cli variants; the best median at each stream count counts.
+    pub boringtun: Vec<String>,
+    /// wireguard-go.
+    pub wireguard_go: String,
+}
+
+/// The median of `path` at `streams`, if measured.
+pub fn path_median(series: &[PathSeries], path: &str, streams: u32) -> Option<f64> {
+    series
+        .iter()
+        .find(|s| s.path == path && s.streams == streams)
+        .map(PathSeries::median_gbps)
+}
+
+/// The best median among `paths` at `streams`, with its path.
+pub fn best_median<'a>(
+    series: &[PathSeries],
+    paths: &'a [String],
+    streams: u32,
+) -> Option<(&'a str, f64)> {
+    paths
+        .iter()
+        .filter_map(|p| Some((p.as_str(), path_median(series, p, streams)?)))
+        .filter(|(_, m)| !m.is_nan())
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// `a / b` with 3 decimals, `n/a` if either is missing or `b` is not positive.
+fn ratio_cell(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 && a.is_finite() => format!("{:.3}", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+/// The WireGuard comparison's table: per (path, streams) median/min/max Gbit/s, the median's
+/// ratio to the raw underlay, kernel VXLAN, the best boringtun-cli and wireguard-go at the same
+/// stream count, median retransmits, median machine CPU busy %, median CPU-seconds per Gbit,
+/// and the server node's UDP receive-buffer drops (median per run, % of datagrams).
+pub fn wireguard_table(series: &[PathSeries], base: &Baselines) -> String {
+    let rows: Vec<Vec<String>> = series
+        .iter()
+        .map(|s| {
+            let gbps = s.field(|x| x.run.gbps);
+            let m = s.median_gbps();
+            let p = s.streams;
+            vec![
+                s.path.clone(),
+                format!("P{p}"),
+                s.samples.len().to_string(),
+                format!("{m:.2}"),
+                format!("{:.2}", quantile(&gbps, 0.0)),
+                format!("{:.2}", quantile(&gbps, 1.0)),
+                ratio_cell(m, path_median(series, &base.raw, p)),
+                ratio_cell(m, path_median(series, &base.kernel_vxlan, p)),
+                ratio_cell(m, best_median(series, &base.boringtun, p).map(|b| b.1)),
+                ratio_cell(m, path_median(series, &base.wireguard_go, p)),
+                format!("{:.0}", median(&s.field(|x| x.run.retransmits as f64))),
+                format!("{:.0}", median(&s.field(|x| x.cpu_busy * 100.0))),
+                format!("{:.3}", s.cpu_seconds_per_gbit()),
+                format!("{:.0}", median(&s.field(|x| x.udp_rcvbuf_errors as f64))),
+                s.udp_drop_fraction()
+                    .map_or("n/a".into(), |f| format!("{:.1}", f * 100.0)),
+            ]
+        })
+        .collect();
+    markdown_table(
+        &[
+            "path",
+            "streams",
+            "runs",
+            "median Gbit/s",
+            "min",
+            "max",
+            "÷ raw",
+            "÷ kernel VXLAN",
+            "÷ best boringtun-cli",
+            "÷ wireguard-go",
+            "retransmits",
+            "CPU busy %",
+            "CPU-s/Gbit",
+            "UDP rcvbuf drops",
+            "drops % of datagrams",
+        ],
+        &rows,
+    )
+}
+
+/// A throughput target: `subject`'s median ≥ `ratio` × the best median among `baseline`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// How the baseline is named in the verdict, e.g. `best boringtun-cli`.
+    pub name: String,
+    /// The candidate paths (the best median counts).
+    pub baseline: Vec<String>,
+    /// The required ratio.
+    pub ratio: f64,
+    /// A stretch goal rather than a requirement.
+    pub stretch: bool,
+}
+
+/// One verdict line per stream count and target, e.g. `- P1: fabric wireguard 2.00 Gbit/s ÷
+/// best boringtun-cli (boringtun-cli --threads 1) 0.80 Gbit/s = 2.50× — meets the target ≥ 2×`.
+pub fn target_verdicts(
+    series: &[PathSeries],
+    subject: &str,
+    streams: &[u32],
+    targets: &[Target],
+) -> String {
+    let mut out = String::new();
+    for &p in streams {
+        let Some(m) = path_median(series, subject, p) else {
+            continue;
+        };
+        for t in targets {
+            let Some((best, b)) = best_median(series, &t.baseline, p) else {
+                continue;
+            };
+            let which = if t.baseline.len() > 1 {
+                format!(" ({best})")
+            } else {
+                String::new()
+            };
+            let ratio = m / b;
+            let verdict = if ratio >= t.ratio { "meets" } else { "MISSES" };
+            let kind = if t.stretch {
+                "stretch target"
+            } else {
+                "target"
+            };
+            let _ = writeln!(
+                out,
+                "- P{p}: {subject} {m:.2} Gbit/s ÷ {}{which} {b:.2} Gbit/s = {ratio:.2}× — \
+                 {verdict} the {kind} ≥ {}×",
+                t.name, t.ratio
+            );
+        }
+    }
+    out
+}
+
+/// Busy and total jiffies of the `cpu` line of `/proc/stat`. Busy is user + nice + system +
+/// irq + softirq (guest time is inside user); total adds idle, iowait and steal.
+pub fn cpu_jiffies(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy, busy + idle + iowait + steal))
+}
+
+/// `Udp: InDatagrams` and `Udp: RcvbufErrors` from `/proc/net/snmp` (a header line of names,
+/// then a line of values).
+pub fn udp_counters(snmp: &str) -> Option<(u64, u64)> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("InDatagrams")?, get("RcvbufErrors")?))
+}
+
 /// The latency table: per operation p50, p90, p99 and max in ms over `samples` (ms).
 pub fn latency_table(ops: &[(&str, &[f64])]) -> String {
     let rows: Vec<Vec<String>> = ops
@@ -409,6 +639,132 @@ mod tests {
         assert!(lines[0].starts_with("- P1: fabric 9.70 / 10.00 Gbit/s = 0.970× — meets"));
         assert!(lines[1].contains("0.800× — MISSES the target ≥ 0.97×"));
         assert!(verdicts(&series()[..1], 0.97).is_empty());
+    }
+
+    fn sample(gbps: f64, drops: u64) -> Sample {
+        Sample {
+            run: run(gbps),
+            gbit: gbps * 8.0,
+            cpu_seconds: 8.0,
+            cpu_busy: 0.5,
+            udp_in: 80,
+            udp_rcvbuf_errors: drops,
+        }
+    }
+
+    fn wg_series() -> (Vec<PathSeries>, Baselines) {
+        let s = |path: &str, streams, g: &[f64], drops: u64| PathSeries {
+            path: path.into(),
+            streams,
+            samples: g.iter().map(|&x| sample(x, drops)).collect(),
+        };
+        let series = vec![
+            s("raw", 1, &[40.0, 38.0, 42.0], 0),
+            s("kernel", 1, &[10.0, 10.0, 10.0], 0),
+            s("fabric wg", 1, &[3.0, 2.0, 4.0], 0),
+            s("bt", 1, &[1.0, 1.0, 1.0], 20),
+            s("bt1", 1, &[1.5, 1.4, 1.6], 20),
+            s("wggo", 1, &[0.5, 0.5, 0.5], 20),
+            s("fabric wg", 4, &[4.0], 0),
+            s("bt", 4, &[2.5], 0),
+            s("wggo", 4, &[1.0], 0),
+        ];
+        let base = Baselines {
+            raw: "raw".into(),
+            kernel_vxlan: "kernel".into(),
+            boringtun: vec!["bt".into(), "bt1".into()],
+            wireguard_go: "wggo".into(),
+        };
+        (series, base)
+    }
+
+    #[test]
+    fn wireguard_table_divides_by_every_baseline() {
+        let (series, base) = wg_series();
+        assert_eq!(best_median(&series, &base.boringtun, 1), Some(("bt1", 1.5)));
+        assert_eq!(best_median(&series, &base.boringtun, 4), Some(("bt", 2.5)));
+        assert_eq!(best_median(&series, &base.boringtun, 2), None);
+        let t = wireguard_table(&series, &base);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + series.len());
+        assert_eq!(
+            cells(lines[4]),
+            [
+                "fabric wg",
+                "P1",
+                "3",
+                "3.00",
+                "2.00",
+                "4.00",
+                "0.075",
+                "0.300",
+                "2.000",
+                "6.000",
+                "2",
+                "50",
+                "0.333",
+                "0",
+                "0.0"
+            ]
+        );
+        // bt1: 20 of 100 datagrams dropped per run.
+        assert_eq!(cells(lines[6])[13..], ["20", "20.0"]);
+        // P4 has no raw or kernel run: n/a, and the column stays right-aligned.
+        assert_eq!(cells(lines[8])[6..10], ["n/a", "n/a", "1.600", "4.000"]);
+        assert!(cells(lines[1])[6].ends_with(':'));
+    }
+
+    #[test]
+    fn target_verdicts_name_the_best_baseline() {
+        let (series, base) = wg_series();
+        let targets = [
+            Target {
+                name: "best boringtun-cli".into(),
+                baseline: base.boringtun.clone(),
+                ratio: 2.0,
+                stretch: false,
+            },
+            Target {
+                name: "wireguard-go".into(),
+                baseline: vec![base.wireguard_go.clone()],
+                ratio: 4.0,
+                stretch: false,
+            },
+            Target {
+                name: "kernel VXLAN".into(),
+                baseline: vec![base.kernel_vxlan.clone()],
+                ratio: 0.25,
+                stretch: true,
+            },
+        ];
+        let v = target_verdicts(&series, "fabric wg", &[1, 4], &targets);
+        let lines: Vec<&str> = v.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "- P1: fabric wg 3.00 Gbit/s ÷ best boringtun-cli (bt1) 1.50 Gbit/s = 2.00× — meets the target ≥ 2×",
+                "- P1: fabric wg 3.00 Gbit/s ÷ wireguard-go 0.50 Gbit/s = 6.00× — meets the target ≥ 4×",
+                "- P1: fabric wg 3.00 Gbit/s ÷ kernel VXLAN 10.00 Gbit/s = 0.30× — meets the stretch target ≥ 0.25×",
+                "- P4: fabric wg 4.00 Gbit/s ÷ best boringtun-cli (bt) 2.50 Gbit/s = 1.60× — MISSES the target ≥ 2×",
+                "- P4: fabric wg 4.00 Gbit/s ÷ wireguard-go 1.00 Gbit/s = 4.00× — meets the target ≥ 4×",
+            ]
+        );
+        assert!(target_verdicts(&series, "nothing", &[1], &targets).is_empty());
+    }
+
+    #[test]
+    fn proc_parsers() {
+        let stat = "cpu  100 5 50 1000 20 3 7 2 0 0\ncpu0 50 2 25 500 10 1 3 1 0 0\n";
+        assert_eq!(cpu_jiffies(stat), Some((165, 1187)));
+        assert_eq!(cpu_jiffies("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(cpu_jiffies("cpu  1 2 3\n"), None);
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\n\
+                    Udp: 1234 5 77 999 70 0 0 0 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\n\
+                    UdpLite: 0 0 0 0 0 0 0 0 0\n";
+        assert_eq!(udp_counters(snmp), Some((1234, 70)));
+        assert_eq!(udp_counters("Udp: InDatagrams\n"), None);
     }
 
     #[test]

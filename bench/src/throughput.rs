@@ -185,14 +185,7 @@ fn iperf(
         seconds,
         log,
     )?;
-    let cpu = &r.report["end"]["cpu_utilization_percent"];
-    let run = Run {
-        gbps: r.gbps(),
-        retransmits: r.retransmits,
-        sender_cpu: cpu["host_total"].as_f64().unwrap_or(f64::NAN),
-        receiver_cpu: cpu["remote_total"].as_f64().unwrap_or(f64::NAN),
-    };
-    Ok((run, failures))
+    Ok((crate::iperf::to_run(&r), failures))
 }
 
 /// Flags MTUs on fabric's side that differ from the anchor's (they would skew the comparison).

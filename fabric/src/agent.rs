@@ -11,7 +11,6 @@ use ipam::{Lease, LeaseRequest, Leases, PodPool, Renewal, Store, StoreError};
 use tokio::sync::watch;
 use tunnel::{Backend, Netlink, Underlay};
 
-use crate::nft;
 use crate::pods::{PodNetwork, Registry};
 use crate::state::StateDir;
 
@@ -87,6 +86,7 @@ impl Agent {
         };
         let pods = PodNetwork::new(
             lease.subnet,
+            self.cluster,
             self.backend.mtu(),
             self.netlink.clone(),
             pool,
@@ -113,8 +113,9 @@ impl Agent {
             }
             Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next pass"),
         }
-        if let Err(e) = nft::apply(&nft::ruleset(self.cluster)) {
-            tracing::error!(error = %e, "cannot install the masquerade rules");
+        let pods = self.pods.borrow().clone();
+        if let Some(pods) = pods {
+            pods.sync_firewall().await;
         }
     }
 

@@ -1,21 +1,34 @@
 //! fabric's own nftables table (`ip fabric`), replaced atomically as a whole through `nft -f -`
-//! (the way knftables drives nftables): masquerade for pod traffic leaving the cluster network.
+//! (the way knftables drives nftables): anti-spoofing on every pod's host veth, and masquerade
+//! for pod traffic leaving the cluster network.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 /// The table's name; everything fabric puts in netfilter lives in it.
 pub const TABLE: &str = "fabric";
 
-/// The ruleset for a node whose pods live in `cluster`: traffic from pods to anywhere outside
-/// the cluster network (and not multicast) leaves with the node's address.
-pub fn ruleset(cluster: Ipv4Net) -> String {
+/// The ruleset for a node whose pods live in `cluster`, with `pods` its local pods' host veths
+/// and addresses: a packet entering from a pod's veth with any other source address is
+/// dropped, whatever the policy; traffic from pods to anywhere outside the cluster network
+/// (and not multicast) leaves with the node's address.
+pub fn ruleset(cluster: Ipv4Net, pods: &[(String, Ipv4Addr)]) -> String {
+    let mut antispoof = String::new();
+    for (veth, ip) in pods {
+        antispoof.push_str(&format!("\t\tiifname \"{veth}\" ip saddr != {ip} drop\n"));
+    }
     format!(
         "table ip {TABLE}\n\
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
+         \tchain antispoof {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         {antispoof}\
+         \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {cluster} ip daddr {cluster} return\n\
@@ -68,7 +81,11 @@ mod tests {
 
     #[test]
     fn masquerades_only_traffic_leaving_the_cluster() {
-        let rules = ruleset("10.244.0.0/16".parse().unwrap());
+        let rules = ruleset(
+            "10.244.0.0/16".parse().unwrap(),
+            &[("fab0123456789a".into(), "10.244.1.5".parse().unwrap())],
+        );
+        assert!(rules.contains("iifname \"fab0123456789a\" ip saddr != 10.244.1.5 drop"));
         assert!(rules.starts_with("table ip fabric\ndelete table ip fabric\n"));
         let ret = rules.find("ip daddr 10.244.0.0/16 return").unwrap();
         let masq = rules.find("masquerade").unwrap();

@@ -21,6 +21,8 @@ use tokio::sync::Mutex;
 use tunnel::netlink::{Link, Netlink, Route};
 use tunnel::{sysctl, Mac};
 
+use crate::nft;
+
 /// The link-local gateway every pod routes through (answered by the host veth's proxy ARP).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
@@ -70,6 +72,7 @@ pub struct Registry {
 /// The pod network of a node that holds a subnet.
 pub struct PodNetwork {
     subnet: Ipv4Net,
+    cluster: Ipv4Net,
     mtu: u32,
     netlink: Netlink,
     pool: Mutex<PodPool>,
@@ -77,10 +80,11 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Pods in `subnet` with interfaces of `mtu`, addresses recorded in `pool`, identities in
-    /// `registry`.
+    /// Pods in `subnet` (of the cluster network `cluster`) with interfaces of `mtu`, addresses
+    /// recorded in `pool`, identities in `registry`.
     pub fn new(
         subnet: Ipv4Net,
+        cluster: Ipv4Net,
         mtu: u32,
         netlink: Netlink,
         pool: PodPool,
@@ -88,6 +92,7 @@ impl PodNetwork {
     ) -> Self {
         Self {
             subnet,
+            cluster,
             mtu,
             netlink,
             pool: Mutex::new(pool),
@@ -141,6 +146,7 @@ impl PodNetwork {
             })?;
         match self.wire(att, &netns, netns_path, addr).await {
             Ok(result) => {
+                self.apply_firewall(&pool);
                 self.register(att, addr).await;
                 Ok(result)
             }
@@ -291,6 +297,30 @@ impl PodNetwork {
         })
     }
 
+    /// Installs the node's nftables table for the pods in `pool`: anti-spoofing per host veth,
+    /// masquerade. Failures are logged; the next reconcile pass tries again.
+    fn apply_firewall(&self, pool: &PodPool) {
+        let pods: Vec<(String, Ipv4Addr)> = pool
+            .allocations()
+            .iter()
+            .map(|(ip, o)| {
+                let key = AttachmentKey {
+                    container_id: o.container_id.clone(),
+                    ifname: o.ifname.clone(),
+                };
+                (host_veth_name(&key), ip)
+            })
+            .collect();
+        if let Err(e) = nft::apply(&nft::ruleset(self.cluster, &pods)) {
+            tracing::error!(error = %e, "cannot install the node's nftables rules");
+        }
+    }
+
+    /// Re-installs the node's nftables table (a reconcile pass: heals hand-made damage).
+    pub async fn sync_firewall(&self) {
+        self.apply_firewall(&*self.pool.lock().await);
+    }
+
     /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
     /// and policy treats an unknown address like any address outside the cluster.
     async fn register(&self, att: &Attachment, ip: Ipv4Addr) {
@@ -333,6 +363,7 @@ impl PodNetwork {
             .map_err(|e| internal("cannot record the released address", e))?;
         if let Some(addr) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
+            self.apply_firewall(&pool);
             if let Err(e) = self
                 .registry
                 .store
