@@ -70,6 +70,10 @@ pub trait Backend: Send + Sync {
     /// Converges the kernel to reach every lease in `leases` other than `local`. Idempotent.
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError>;
 
+    /// Releases what the backend holds outside the kernel's namespaces (the WireGuard control
+    /// socket) when the daemon stops.
+    fn shutdown(&self) {}
+
     /// The data path's live state for operators (`fabricctl peers`); kernel backends have
     /// nothing beyond what `ip` shows.
     fn dataplane(&self) -> serde_json::Value {

@@ -89,6 +89,18 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
         }
     }
 
+    // The WireGuard control sockets the nodes' devices had (shared by every namespace, so
+    // a killed fabricd leaves them behind).
+    let node_prefix = format!("{name}-node");
+    let is_node = |ns: &&String| {
+        ns.strip_prefix(&node_prefix)
+            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for ns in namespaces.iter().filter(is_node) {
+        let socket = format!("/var/run/wireguard/{}.sock", crate::node::wg_iface(ns));
+        let _ = std::fs::remove_file(socket);
+    }
+
     // 3. The namespaces, pods first and the switch last.
     for ns in namespaces.iter().rev() {
         if !netns::exists(ns) {

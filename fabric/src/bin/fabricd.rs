@@ -78,7 +78,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
 
     let agent = Agent {
         store,
-        backend,
+        backend: backend.clone(),
         underlay,
         netlink,
         state,
@@ -94,6 +94,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         _ = shutdown() => {
             // The lease stays: a restarted daemon picks its subnet up again.
             tracing::info!("shutting down; the subnet lease stays until its TTL runs out");
+            backend.shutdown();
             Ok(())
         }
     }

@@ -138,6 +138,10 @@ impl Backend for WireGuard {
         .expect("json")
     }
 
+    fn shutdown(&self) {
+        let _ = std::fs::remove_file(uapi::socket_path(&self.iface));
+    }
+
     fn dataplane(&self) -> serde_json::Value {
         let table = self
             .plane
