@@ -108,4 +108,18 @@ mod tests {
         assert!(parse_manifests("kind: Pod\nmetadata: {name: a}\n").is_err());
         assert!(parse_manifests("").is_err());
     }
+
+    #[test]
+    fn shipped_example_policies_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let policies =
+                parse_manifests(&text).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            seen += policies.len();
+        }
+        assert!(seen >= 4, "{seen} example policies");
+    }
 }
