@@ -419,3 +419,95 @@ fn junk_datagrams_are_dropped_counted_and_harmless() {
     );
     assert!(peer["rx_bytes"].as_u64().unwrap() > 0, "{peer}");
 }
+
+/// UDP payloads of the packets in a pcap file (Ethernet, IPv4, UDP).
+fn udp_payloads(pcap: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        if frame.len() < 14 + 20 + 8 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        out.push(frame[14 + ihl + 8..].to_vec());
+    }
+    out
+}
+
+#[test]
+fn replayed_datagrams_are_refused_and_counted() {
+    let lab = up(spec("wgreplay", 2, 1, Backend::Wireguard));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let (n1, n2) = (lab.nodes()[0].underlay_ip, lab.nodes()[1].underlay_ip);
+    let pcap = lab.state_dir().join("replay.pcap");
+    let capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns("sw").unwrap(),
+            "timeout",
+            "10",
+            "tcpdump",
+            "-i",
+            "br0",
+            "-c",
+            "5",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg(format!(
+            "udp and src host {n1} and dst host {n2} and dst port 51820 and greater 300"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let capture = KillOnDrop(capture);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.exec_ok(
+        &a.name,
+        &[
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-s",
+            "400",
+            &b.ip.to_string(),
+        ],
+    )
+    .unwrap();
+    drop(capture);
+    let datagrams = udp_payloads(&std::fs::read(&pcap).unwrap());
+    let data = datagrams
+        .iter()
+        .find(|d| d.first() == Some(&4))
+        .expect("a captured WireGuard data message");
+    let before = peers_report(&lab, "node2").unwrap()["dropped"]["rejected"]
+        .as_u64()
+        .unwrap();
+    let replay = lab.state_dir().join("replay.bin");
+    std::fs::write(&replay, data).unwrap();
+    for _ in 0..3 {
+        let send = format!("nc -u -w 0 {n2} 51820 < {}", replay.display());
+        lab.exec_ok("node1", &["sh", "-c", &send]).unwrap();
+    }
+    eventually(Duration::from_secs(5), || {
+        let now = peers_report(&lab, "node2")?["dropped"]["rejected"]
+            .as_u64()
+            .unwrap_or(0);
+        ensure!(
+            now >= before + 3,
+            "replays not refused yet: {before} -> {now}"
+        );
+        Ok(())
+    })
+    .unwrap();
+    ping(&lab, &a.name, b.ip).unwrap();
+}

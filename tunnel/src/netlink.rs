@@ -479,12 +479,11 @@ impl Netlink {
             .into_iter()
             .filter(|m| m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                let mac = lladdr(&m)?;
-                Some(Neighbour { ifindex, ip, mac })
+                Some(Neighbour {
+                    ifindex,
+                    ip: destination(&m)?,
+                    mac: lladdr(&m)?,
+                })
             })
             .collect())
     }
@@ -523,16 +522,11 @@ impl Netlink {
             .into_iter()
             .filter(|m| m.header.ifindex == ifindex)
             .filter_map(|m| {
-                // In AF_BRIDGE messages the parser cannot tell the address family of NDA_DST.
-                let dst = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-                    }
-                    _ => None,
-                })?;
-                let mac = lladdr(&m)?;
-                Some(FdbEntry { ifindex, mac, dst })
+                Some(FdbEntry {
+                    ifindex,
+                    mac: lladdr(&m)?,
+                    dst: destination(&m)?,
+                })
             })
             .collect())
     }
@@ -590,6 +584,18 @@ fn ignore_missing(res: Result<()>) -> Result<()> {
         Err(e) if e.is(libc::ENOENT) || e.is(libc::ESRCH) => Ok(()),
         other => other,
     }
+}
+
+/// A neighbour's or FDB entry's IPv4 destination. In AF_BRIDGE messages the parser cannot
+/// tell the address family of NDA_DST and leaves the raw bytes.
+fn destination(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
 }
 
 fn lladdr(m: &NeighbourMessage) -> Option<Mac> {

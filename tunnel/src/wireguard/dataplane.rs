@@ -76,7 +76,8 @@ pub struct Plane {
     pub drops: Drops,
 }
 
-fn snapshot(table: &Shared) -> Arc<Table<Tunn>> {
+/// The current peer table (a cheap `Arc` clone).
+pub fn snapshot(table: &Shared) -> Arc<Table<Tunn>> {
     table.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 

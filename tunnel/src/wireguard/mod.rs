@@ -143,12 +143,7 @@ impl Backend for WireGuard {
     }
 
     fn dataplane(&self) -> serde_json::Value {
-        let table = self
-            .plane
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let table = dataplane::snapshot(&self.plane.table);
         let mut peers: Vec<serde_json::Value> = table
             .peers()
             .map(|p| {
@@ -215,12 +210,7 @@ impl Backend for WireGuard {
             *shared = Arc::new(table);
             changes
         };
-        let table = self
-            .plane
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let table = dataplane::snapshot(&self.plane.table);
         for peer in table.peers().filter(|p| changes.added.contains(&p.node)) {
             self.plane.initiate(peer);
         }
