@@ -105,3 +105,104 @@ fn policies_apply_list_and_explain_against_registered_pods() {
         1
     );
 }
+
+#[test]
+fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use fabric_lab::Signal;
+    use fabric_tests::{eventually, ping, tcp_connect, Listeners};
+
+    let mut lab = up(spec("polenf", 2, 0, Backend::Vxlan));
+    let a = lab
+        .add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
+        .unwrap();
+    let b = lab
+        .add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
+        .unwrap();
+    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
+    let _l80 = Listeners::start(&lab, &["b"], 80).unwrap();
+    let _l81 = Listeners::start(&lab, &["b"], 81).unwrap();
+    // Not isolated: everything goes.
+    tcp_connect(&lab, "a", b.ip, 80).unwrap();
+    tcp_connect(&lab, "a", b.ip, 81).unwrap();
+    ping(&lab, "a", b.ip).unwrap();
+
+    // A long transfer that the policies below will cut.
+    let server = Command::new("ip")
+        .args([
+            "netns", "exec", &b.netns, "timeout", "30", "iperf3", "-s", "-1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let client = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.netns,
+            "timeout",
+            "30",
+            "iperf3",
+            "-c",
+            &b.ip.to_string(),
+            "-t",
+            "8",
+            "-J",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let file = write(&lab, "policies.yaml", POLICIES);
+    lab.fabricctl(&["policy", "apply", "-f", &file]).unwrap();
+    eventually(Duration::from_secs(5), || {
+        anyhow::ensure!(
+            tcp_connect(&lab, "a", b.ip, 81).is_err(),
+            "port 81 still open"
+        );
+        Ok(())
+    })
+    .unwrap();
+    tcp_connect(&lab, "a", b.ip, 80).unwrap();
+    assert!(
+        ping(&lab, "a", b.ip).is_err(),
+        "ICMP is not in the allowed ports"
+    );
+    assert!(
+        tcp_connect(&lab, "node1", b.ip, 80).is_err(),
+        "node1 is not x/a"
+    );
+
+    // The running transfer (to 5201, now denied) was cut.
+    let out = client.wait_with_output().unwrap();
+    let mut server = server;
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let intervals = report["intervals"].as_array().cloned().unwrap_or_default();
+    let tail: f64 = intervals
+        .iter()
+        .rev()
+        .take(3)
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert!(
+        tail < 1e6,
+        "the denied transfer kept flowing: {tail} bit/s in its last seconds"
+    );
+
+    // With the daemon of the destination down, new connections fail closed.
+    lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
+    assert!(
+        tcp_connect(&lab, "a", b.ip, 80).is_err(),
+        "fail closed while fabricd is down"
+    );
+    lab.start_fabricd("node2").unwrap();
+    eventually(Duration::from_secs(5), || tcp_connect(&lab, "a", b.ip, 80)).unwrap();
+}

@@ -68,6 +68,14 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_WG_IFACE", default_value = "fabric.wg")]
     pub wg_iface: String,
 
+    /// Enforce NetworkPolicy: new forwarded connections are judged by the daemon (NFQUEUE).
+    #[arg(long, env = "FABRIC_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
+
+    /// While fabricd is down, let new connections through instead of dropping them.
+    #[arg(long, env = "FABRIC_POLICY_FAIL_OPEN")]
+    pub policy_fail_open: bool,
+
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub resync_interval: Duration,

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod enforce;
 pub mod flags;
 pub mod health;
 pub mod nft;

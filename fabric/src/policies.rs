@@ -2,6 +2,8 @@
 //! (multi-document YAML), and the [`policy::Cluster`] built from the pods, namespaces and
 //! policies stored under the prefix.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use ipam::etcd::EtcdStore;
 use ipam::objects::Kind;
@@ -55,12 +57,62 @@ pub fn policy_name(np: &NetworkPolicy) -> Result<String> {
 
 /// Builds the policy view from the datastore.
 pub async fn load(store: &EtcdStore) -> Result<Cluster> {
+    let listed = list(store).await?;
+    Ok(build(&listed))
+}
+
+/// The raw objects the view is built from: namespaces, pods, policies.
+type Listed = [BTreeMap<String, serde_json::Value>; 3];
+
+async fn list(store: &EtcdStore) -> Result<Listed> {
+    Ok([
+        store.list_objects(Kind::Namespaces).await?,
+        store.list_objects(Kind::Pods).await?,
+        store.list_objects(Kind::Policies).await?,
+    ])
+}
+
+/// Keeps `view` current: re-reads the datastore every `every` and rebuilds the view when
+/// anything changed; after a change, the allowed connections inside `cluster_net` are sent
+/// back to be judged again, so those no longer allowed are cut. Runs until the process ends.
+pub async fn follow(
+    store: EtcdStore,
+    view: crate::enforce::View,
+    cluster_net: ipnet::Ipv4Net,
+    every: std::time::Duration,
+) {
+    let mut last: Option<Listed> = None;
+    loop {
+        match list(&store).await {
+            Ok(listed) if last.as_ref() != Some(&listed) => {
+                let cluster = build(&listed);
+                tracing::info!(
+                    namespaces = listed[0].len(),
+                    pods = listed[1].len(),
+                    policies = listed[2].len(),
+                    "policy view updated"
+                );
+                *view.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(cluster);
+                if last.replace(listed).is_some() {
+                    crate::enforce::rejudge(cluster_net);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the policy objects; keeping the previous view")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn build([namespaces, pods, policies]: &Listed) -> Cluster {
     let mut cluster = Cluster::new();
-    for (name, value) in store.list_objects(Kind::Namespaces).await? {
+    for (name, value) in namespaces.clone() {
         let record: NamespaceRecord = serde_json::from_value(value).unwrap_or_default();
         cluster.upsert_namespace(&name, record.labels);
     }
-    for (key, value) in store.list_objects(Kind::Pods).await? {
+    for (key, value) in pods.clone() {
         let Ok(pod) = serde_json::from_value::<PodRecord>(value) else {
             tracing::warn!(%key, "skipping an unreadable pod record");
             continue;
@@ -75,7 +127,7 @@ pub async fn load(store: &EtcdStore) -> Result<Cluster> {
             ports: Vec::new(),
         });
     }
-    for (key, value) in store.list_objects(Kind::Policies).await? {
+    for (key, value) in policies.clone() {
         let np: NetworkPolicy = match serde_json::from_value(value) {
             Ok(np) => np,
             Err(e) => {
@@ -87,7 +139,7 @@ pub async fn load(store: &EtcdStore) -> Result<Cluster> {
             tracing::warn!(%key, error = %e, "skipping an invalid policy");
         }
     }
-    Ok(cluster)
+    cluster
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use fabric::agent::{retry, Agent};
 use fabric::flags::DaemonFlags;
 use fabric::state::StateDir;
-use fabric::{api, health};
+use fabric::{api, enforce, health, policies};
 use ipam::etcd::EtcdStore;
 use ipam::Store;
 use tokio::sync::watch;
@@ -51,13 +52,34 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let underlay = Underlay::detect(&netlink, flags.iface.as_deref(), flags.public_ip).await?;
     tracing::info!(%node, iface = %underlay.iface, ip = %underlay.ip(), mtu = underlay.mtu, "underlay");
 
-    let store: Arc<dyn Store> = Arc::new(
-        retry("connecting to etcd", || async {
-            EtcdStore::connect(&flags.etcd_endpoints, &flags.etcd_prefix).await
+    let etcd = retry("connecting to etcd", || async {
+        EtcdStore::connect(&flags.etcd_endpoints, &flags.etcd_prefix).await
+    })
+    .await;
+    let config = retry("reading the network config", || etcd.network_config()).await;
+    if flags.network_policy {
+        // The first view before the queue opens: no connection is judged against nothing.
+        let first = retry("reading the policy objects", || async {
+            policies::load(&etcd)
+                .await
+                .map_err(|e| ipam::StoreError::Unavailable(format!("{e:#}")))
         })
-        .await,
-    );
-    let config = retry("reading the network config", || store.network_config()).await;
+        .await;
+        let view: enforce::View = Arc::new(std::sync::RwLock::new(Arc::new(first)));
+        tokio::spawn(policies::follow(
+            etcd.clone(),
+            view.clone(),
+            config.network,
+            Duration::from_secs(1),
+        ));
+        enforce::install_rules(flags.policy_fail_open).context("installing the policy rules")?;
+        enforce::serve(view).context("serving the policy queue")?;
+        tracing::info!(
+            fail_open = flags.policy_fail_open,
+            "NetworkPolicy enforced on new connections"
+        );
+    }
+    let store: Arc<dyn Store> = Arc::new(etcd);
     let mut backend_config = config.backend.clone();
     if let Some(kind) = flags.backend.filter(|k| *k != config.backend.kind) {
         tracing::info!(flag = %kind, config = %config.backend.kind, "--backend overrides the network config's Backend.Type");

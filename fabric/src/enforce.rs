@@ -1,0 +1,301 @@
+//! NetworkPolicy on the packet path: the first packet of every new forwarded connection goes
+//! to NFQUEUE; the daemon judges it against the compiled policy and accepts (marking the
+//! packet, whose mark the rules save into the connection's conntrack mark, so the rest of the
+//! connection stays in the kernel) or drops it. Replies to accepted connections pass as
+//! ESTABLISHED.
+//!
+//! This kernel has nft's `queue` expression off, so the rules go through iptables (the
+//! xtables NFQUEUE target, via iptables-nft), in a chain of fabric's own.
+//!
+//! [`Flow::parse`] and [`judge`] are pure; [`install_rules`] and [`serve`] are the shell.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{bail, Context, Result};
+use policy::{Cluster, Protocol};
+
+/// The queue new connections wait in.
+pub const QUEUE: u16 = 0;
+
+/// The packet and connection mark bit meaning "policy allowed this connection".
+pub const ALLOWED: u32 = 0x0004_0000;
+
+/// fabric's iptables chain.
+pub const CHAIN: &str = "FABRIC-POLICY";
+
+/// The parts of a connection's first packet that policy looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Transport: a port-carrying protocol with its destination port, or something else
+    /// (ICMP, ...).
+    pub transport: Transport,
+}
+
+/// A flow's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP, UDP or SCTP to this destination port.
+    Port(Protocol, u16),
+    /// Any other IP protocol (ICMP, ...): only rules without a port list admit it.
+    Other(u8),
+}
+
+impl Flow {
+    /// Reads an IPv4 packet's addresses, protocol and destination port. `None` for what is
+    /// not IPv4 or too short to say.
+    pub fn parse(packet: &[u8]) -> Option<Self> {
+        if packet.len() < 20 || packet[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        let proto = packet[9];
+        let protocol = match proto {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            _ => None,
+        };
+        let transport = match protocol {
+            Some(p) => {
+                let port = packet.get(ihl + 2..ihl + 4)?;
+                Transport::Port(p, u16::from_be_bytes([port[0], port[1]]))
+            }
+            None => Transport::Other(proto),
+        };
+        Some(Self {
+            src,
+            dst,
+            transport,
+        })
+    }
+}
+
+/// Whether policy lets `flow` start: egress allowed at the source and ingress at the
+/// destination. A protocol without ports is admitted only by rules without a port list,
+/// which is what deciding "TCP to port 0" asks (no port list ever names port 0).
+pub fn judge(cluster: &Cluster, flow: &Flow) -> bool {
+    let (protocol, port) = match flow.transport {
+        Transport::Port(p, port) => (p, port),
+        Transport::Other(_) => (Protocol::Tcp, 0),
+    };
+    cluster
+        .decide(
+            cluster.endpoint(flow.src),
+            cluster.endpoint(flow.dst),
+            protocol,
+            port,
+        )
+        .allowed
+}
+
+/// The rules, for `iptables-restore --noflush`: established and already-allowed connections
+/// pass; a packet the daemon marked allowed gets its mark saved on the connection; every
+/// other new forwarded connection waits in the queue. With `fail_open`, the queue lets
+/// packets through while no daemon listens; otherwise they are dropped.
+pub fn rules(fail_open: bool) -> String {
+    let bypass = if fail_open { " --queue-bypass" } else { "" };
+    format!(
+        "*filter\n\
+         :{CHAIN} - [0:0]\n\
+         -A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
+         -A {CHAIN} -m connmark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
+         -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j CONNMARK --save-mark --mask {ALLOWED:#x}\n\
+         -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
+         -A {CHAIN} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {QUEUE}{bypass}\n\
+         COMMIT\n"
+    )
+}
+
+fn iptables(args: &[&str]) -> Result<bool> {
+    let status = Command::new("iptables")
+        .args(["-w"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run iptables (install the iptables package)")?;
+    Ok(status.success())
+}
+
+/// Installs the chain (replacing its rules) and hooks it first into FORWARD.
+pub fn install_rules(fail_open: bool) -> Result<()> {
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run iptables-restore (install the iptables package)")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules(fail_open).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore refused the policy chain: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if !iptables(&["-C", "FORWARD", "-j", CHAIN])?
+        && !iptables(&["-I", "FORWARD", "1", "-j", CHAIN])?
+    {
+        bail!("cannot hook {CHAIN} into FORWARD");
+    }
+    Ok(())
+}
+
+/// Forgets the conntrack state of every allowed connection inside `cluster`: the next packet
+/// of each is a new connection again (TCP is picked up mid-stream) and goes back to the queue,
+/// where what policy no longer allows is dropped. Flows leaving the cluster (masqueraded)
+/// keep their state.
+pub fn rejudge(cluster: ipnet::Ipv4Net) {
+    let out = Command::new("conntrack")
+        .args(["-D", "-m", &format!("{ALLOWED:#x}/{ALLOWED:#x}")])
+        .args([
+            "-d",
+            &cluster.network().to_string(),
+            "--mask-dst",
+            &cluster.netmask().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match out {
+        // Exit status 1 with "0 flow entries" just means nothing matched.
+        Ok(o)
+            if o.status.success()
+                || String::from_utf8_lossy(&o.stderr).contains("0 flow entries") => {}
+        Ok(o) => {
+            tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "conntrack refused to forget flows")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run conntrack (install the conntrack package)")
+        }
+    }
+}
+
+/// The policy view the queue judges against, replaced whole when the datastore changes.
+pub type View = Arc<RwLock<Arc<Cluster>>>;
+
+/// Serves the queue on a thread of its own until the process ends.
+pub fn serve(view: View) -> Result<()> {
+    let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
+    queue.bind(QUEUE).context("binding NFQUEUE 0")?;
+    // Only the headers are needed.
+    queue
+        .set_copy_range(QUEUE, 64)
+        .context("setting the NFQUEUE copy range")?;
+    std::thread::Builder::new()
+        .name("policy-queue".into())
+        .spawn(move || loop {
+            let mut msg = match queue.recv() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "NFQUEUE receive failed");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let cluster = view.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let allowed = Flow::parse(msg.get_payload()).is_none_or(|flow| {
+                let ok = judge(&cluster, &flow);
+                if !ok {
+                    tracing::debug!(?flow, "denied by policy");
+                }
+                ok
+            });
+            if allowed {
+                msg.set_nfmark(msg.get_nfmark() | ALLOWED);
+                msg.set_verdict(nfq::Verdict::Repeat);
+            } else {
+                msg.set_verdict(nfq::Verdict::Drop);
+            }
+            if let Err(e) = queue.verdict(msg) {
+                tracing::error!(error = %e, "NFQUEUE verdict failed");
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::{NetworkPolicy, Pod, PodKey};
+
+    fn packet(proto: u8, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 244, 1, 10]);
+        p[16..20].copy_from_slice(&[10, 244, 2, 10]);
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn parses_ports_and_other_protocols() {
+        let f = Flow::parse(&packet(6, 80)).unwrap();
+        assert_eq!(f.transport, Transport::Port(Protocol::Tcp, 80));
+        assert_eq!(f.dst, Ipv4Addr::new(10, 244, 2, 10));
+        assert_eq!(
+            Flow::parse(&packet(132, 81)).unwrap().transport,
+            Transport::Port(Protocol::Sctp, 81)
+        );
+        assert_eq!(
+            Flow::parse(&packet(1, 0)).unwrap().transport,
+            Transport::Other(1)
+        );
+        assert_eq!(Flow::parse(&packet(6, 80)[..21]), None);
+        assert_eq!(Flow::parse(&[0x60; 40]), None);
+    }
+
+    #[test]
+    fn judges_ports_and_icmp_like_the_rules_say() {
+        let mut c = Cluster::new();
+        c.upsert_namespace("x", Default::default());
+        c.upsert_namespace("y", Default::default());
+        for (ns, ip) in [("x", [10, 244, 1, 10]), ("y", [10, 244, 2, 10])] {
+            c.upsert_pod(Pod {
+                key: PodKey::new(ns, "p"),
+                labels: Default::default(),
+                ip: ip.into(),
+                ports: vec![],
+            });
+        }
+        let tcp80 = |icmp| if icmp { packet(1, 0) } else { packet(6, 80) };
+        assert!(
+            judge(&c, &Flow::parse(&tcp80(false)).unwrap()),
+            "not isolated"
+        );
+        let np: NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: web, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{port: 80}]\n",
+        )
+        .unwrap();
+        c.upsert_policy(&np).unwrap();
+        assert!(judge(&c, &Flow::parse(&packet(6, 80)).unwrap()));
+        assert!(!judge(&c, &Flow::parse(&packet(6, 81)).unwrap()));
+        assert!(
+            !judge(&c, &Flow::parse(&packet(1, 0)).unwrap()),
+            "a port rule does not admit ICMP"
+        );
+        let all: NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: all, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - {}\n",
+        )
+        .unwrap();
+        c.upsert_policy(&all).unwrap();
+        assert!(
+            judge(&c, &Flow::parse(&packet(1, 0)).unwrap()),
+            "a rule without ports admits ICMP"
+        );
+    }
+}
