@@ -150,7 +150,7 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
             "-c",
             &b.ip.to_string(),
             "-t",
-            "8",
+            "12",
             "-J",
         ])
         .stdout(Stdio::piped())
@@ -194,7 +194,12 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
         .sum();
     assert!(
         tail < 1e6,
-        "the denied transfer kept flowing: {tail} bit/s in its last seconds"
+        "the denied transfer kept flowing: {tail} bit/s in its last seconds: {:?}\n{}",
+        intervals
+            .iter()
+            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) as u64)
+            .collect::<Vec<_>>(),
+        lab.log_tail("node2")
     );
 
     // With the daemon of the destination down, new connections fail closed.

@@ -98,7 +98,8 @@ pub fn judge(cluster: &Cluster, flow: &Flow) -> bool {
 }
 
 /// The rules, for `iptables-restore --noflush`: established and already-allowed connections
-/// pass; a packet the daemon marked allowed gets its mark saved on the connection; every
+/// pass; a packet the daemon marked allowed gets its mark saved on the connection; packets
+/// conntrack cannot place (INVALID, e.g. the middle of a cut connection) are dropped; every
 /// other new forwarded connection waits in the queue. With `fail_open`, the queue lets
 /// packets through while no daemon listens; otherwise they are dropped.
 pub fn rules(fail_open: bool) -> String {
@@ -110,6 +111,7 @@ pub fn rules(fail_open: bool) -> String {
          -A {CHAIN} -m connmark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
          -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j CONNMARK --save-mark --mask {ALLOWED:#x}\n\
          -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
+         -A {CHAIN} -m conntrack --ctstate INVALID -j DROP\n\
          -A {CHAIN} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {QUEUE}{bypass}\n\
          COMMIT\n"
     )
@@ -154,34 +156,104 @@ pub fn install_rules(fail_open: bool) -> Result<()> {
     Ok(())
 }
 
-/// Forgets the conntrack state of every allowed connection inside `cluster`: the next packet
-/// of each is a new connection again (TCP is picked up mid-stream) and goes back to the queue,
-/// where what policy no longer allows is dropped. Flows leaving the cluster (masqueraded)
-/// keep their state.
-pub fn rejudge(cluster: ipnet::Ipv4Net) {
+/// An allowed connection as conntrack lists it: its original direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracked {
+    /// The flow as first seen.
+    pub flow: Flow,
+    /// Its source port (to name the conntrack entry), if it has ports.
+    pub sport: Option<u16>,
+}
+
+/// Reads one line of `conntrack -L` (original direction first).
+pub fn parse_tracked(line: &str) -> Option<Tracked> {
+    let mut words = line.split_whitespace();
+    let proto: u8 = words.nth(1)?.parse().ok()?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    };
+    let src = field("src")?.parse().ok()?;
+    let dst = field("dst")?.parse().ok()?;
+    let port = |name| field(name).and_then(|p: &str| p.parse::<u16>().ok());
+    let transport = match proto {
+        6 => Transport::Port(Protocol::Tcp, port("dport")?),
+        17 => Transport::Port(Protocol::Udp, port("dport")?),
+        132 => Transport::Port(Protocol::Sctp, port("dport")?),
+        other => Transport::Other(other),
+    };
+    Some(Tracked {
+        flow: Flow {
+            src,
+            dst,
+            transport,
+        },
+        sport: port("sport"),
+    })
+}
+
+fn conntrack(args: &[String]) -> Result<String> {
     let out = Command::new("conntrack")
-        .args(["-D", "-m", &format!("{ALLOWED:#x}/{ALLOWED:#x}")])
-        .args([
-            "-d",
-            &cluster.network().to_string(),
-            "--mask-dst",
-            &cluster.netmask().to_string(),
-        ])
-        .stdout(Stdio::null())
+        .args(args)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output();
-    match out {
-        // Exit status 1 with "0 flow entries" just means nothing matched.
-        Ok(o)
-            if o.status.success()
-                || String::from_utf8_lossy(&o.stderr).contains("0 flow entries") => {}
-        Ok(o) => {
-            tracing::warn!(stderr = %String::from_utf8_lossy(&o.stderr).trim(), "conntrack refused to forget flows")
+        .output()
+        .context("cannot run conntrack (install the conntrack package)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Re-judges every allowed connection inside `cluster` against `view` and cuts those policy no
+/// longer allows: their conntrack entries go, and their next packets arrive mid-stream, which
+/// the queue drops (see [`judge_packet`]). Allowed connections are left alone.
+pub fn rejudge(cluster: &Cluster, cluster_net: ipnet::Ipv4Net) -> Result<usize> {
+    let mark = format!("{ALLOWED:#x}/{ALLOWED:#x}");
+    let listed = conntrack(&["-L".into(), "-m".into(), mark.clone()])?;
+    let mut cut = 0;
+    for tracked in listed.lines().filter_map(parse_tracked) {
+        let f = &tracked.flow;
+        if !cluster_net.contains(&f.dst) || judge(cluster, f) {
+            continue;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot run conntrack (install the conntrack package)")
+        let mut args: Vec<String> = vec!["-D".into(), "-m".into(), mark.clone()];
+        args.extend([
+            "-s".into(),
+            f.src.to_string(),
+            "-d".into(),
+            f.dst.to_string(),
+        ]);
+        match (f.transport, tracked.sport) {
+            (Transport::Port(p, dport), Some(sport)) => args.extend([
+                "-p".into(),
+                p.as_str().to_lowercase(),
+                "--sport".into(),
+                sport.to_string(),
+                "--dport".into(),
+                dport.to_string(),
+            ]),
+            (Transport::Other(proto), _) => args.extend(["-p".into(), proto.to_string()]),
+            _ => continue,
+        }
+        conntrack(&args)?;
+        cut += 1;
+    }
+    Ok(cut)
+}
+
+/// Judges a queued packet. A TCP packet without SYN is the middle of a connection conntrack
+/// does not know (its entry was cut, or it never was allowed): it is dropped rather than
+/// judged, because its direction need not be the connection's.
+pub fn judge_packet(cluster: &Cluster, packet: &[u8]) -> bool {
+    let Some(flow) = Flow::parse(packet) else {
+        return true;
+    };
+    if let Transport::Port(Protocol::Tcp, _) = flow.transport {
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        let syn = packet.get(ihl + 13).is_some_and(|flags| flags & 0x02 != 0);
+        if !syn {
+            return false;
         }
     }
+    judge(cluster, &flow)
 }
 
 /// The policy view the queue judges against, replaced whole when the datastore changes.
@@ -240,6 +312,32 @@ mod tests {
         p[16..20].copy_from_slice(&[10, 244, 2, 10]);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn reads_conntrack_listings() {
+        let t = parse_tracked("tcp      6 431998 ESTABLISHED src=10.244.44.1 dst=10.244.29.1 sport=59140 dport=5201 src=10.244.29.1 dst=10.244.44.1 sport=5201 dport=59140 [ASSURED] mark=262144 use=1").unwrap();
+        assert_eq!(t.flow.src, Ipv4Addr::new(10, 244, 44, 1));
+        assert_eq!(t.flow.transport, Transport::Port(Protocol::Tcp, 5201));
+        assert_eq!(t.sport, Some(59140));
+        let icmp = parse_tracked("icmp     1 18 src=10.244.44.1 dst=10.244.29.1 type=8 code=0 id=12114 src=10.244.29.1 dst=10.244.44.1 type=0 code=0 id=12114 mark=262144 use=1").unwrap();
+        assert_eq!(icmp.flow.transport, Transport::Other(1));
+        assert_eq!(
+            parse_tracked("conntrack v1.4.7 (conntrack-tools): 2 flow entries have been shown."),
+            None
+        );
+    }
+
+    #[test]
+    fn mid_stream_tcp_is_dropped_syn_is_judged() {
+        let c = Cluster::new();
+        let mut syn = packet(6, 80);
+        syn.resize(40, 0);
+        syn[33] = 0x02;
+        assert!(judge_packet(&c, &syn));
+        syn[33] = 0x10;
+        assert!(!judge_packet(&c, &syn));
+        assert!(judge_packet(&c, &packet(17, 53)));
     }
 
     #[test]

@@ -73,8 +73,8 @@ async fn list(store: &EtcdStore) -> Result<Listed> {
 }
 
 /// Keeps `view` current: re-reads the datastore every `every` and rebuilds the view when
-/// anything changed; after a change, the allowed connections inside `cluster_net` are sent
-/// back to be judged again, so those no longer allowed are cut. Runs until the process ends.
+/// anything changed; after a change, the allowed connections inside `cluster_net` are judged
+/// again and those no longer allowed are cut. Runs until the process ends.
 pub async fn follow(
     store: EtcdStore,
     view: crate::enforce::View,
@@ -92,9 +92,16 @@ pub async fn follow(
                     policies = listed[2].len(),
                     "policy view updated"
                 );
-                *view.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(cluster);
+                let cluster = std::sync::Arc::new(cluster);
+                *view.write().unwrap_or_else(|e| e.into_inner()) = cluster.clone();
                 if last.replace(listed).is_some() {
-                    crate::enforce::rejudge(cluster_net);
+                    match crate::enforce::rejudge(&cluster, cluster_net) {
+                        Ok(0) => {}
+                        Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot re-judge existing connections")
+                        }
+                    }
                 }
             }
             Ok(_) => {}
