@@ -108,11 +108,10 @@ fn policies_apply_list_and_explain_against_registered_pods() {
 
 #[test]
 fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
-    use std::process::{Command, Stdio};
     use std::time::Duration;
 
     use fabric_lab::Signal;
-    use fabric_tests::{eventually, ping, tcp_connect, Listeners};
+    use fabric_tests::{eventually, ping, tcp_connect, Listeners, Transfer};
 
     let mut lab = up(spec("polenf", 2, 0, Backend::Vxlan));
     let a = lab
@@ -130,33 +129,7 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     ping(&lab, "a", b.ip).unwrap();
 
     // A long transfer that the policies below will cut.
-    let server = Command::new("ip")
-        .args([
-            "netns", "exec", &b.netns, "timeout", "30", "iperf3", "-s", "-1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let client = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a.netns,
-            "timeout",
-            "30",
-            "iperf3",
-            "-c",
-            &b.ip.to_string(),
-            "-t",
-            "12",
-            "-J",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let transfer = Transfer::start(&b.netns, b.ip, &a.netns, 12).unwrap();
     std::thread::sleep(Duration::from_secs(2));
 
     let file = write(&lab, "policies.yaml", POLICIES);
@@ -180,26 +153,12 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     );
 
     // The running transfer (to 5201, now denied) was cut.
-    let out = client.wait_with_output().unwrap();
-    let mut server = server;
-    let _ = server.kill();
-    let _ = server.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let intervals = report["intervals"].as_array().cloned().unwrap_or_default();
-    let tail: f64 = intervals
-        .iter()
-        .rev()
-        .take(3)
-        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
-        .sum();
+    let report = transfer.finish().unwrap();
+    let tail: f64 = report.intervals.iter().rev().take(3).sum();
     assert!(
         tail < 1e6,
-        "the denied transfer kept flowing: {tail} bit/s in its last seconds: {:?}\n{}",
-        intervals
-            .iter()
-            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) as u64)
-            .collect::<Vec<_>>(),
-        lab.log_tail("node2")
+        "the denied transfer kept flowing: {:?}",
+        report.intervals
     );
 
     // With the daemon of the destination down, new connections fail closed.

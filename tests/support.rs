@@ -170,3 +170,99 @@ pub fn kernel_state(lab: &Lab, node: &str) -> Result<KernelState> {
 pub fn subnets(lab: &Lab) -> Result<std::collections::BTreeMap<String, String>> {
     lab.subnets()
 }
+
+/// A bounded iperf3 TCP transfer between two lab namespaces running in the background (for
+/// tests that change something while traffic flows). Both processes end when dropped.
+pub struct Transfer {
+    server: Child,
+    client: Option<Child>,
+}
+
+/// What a finished [`Transfer`] reported.
+#[derive(Debug, Clone)]
+pub struct TransferReport {
+    /// iperf3's error, if it gave one.
+    pub error: Option<String>,
+    /// Receiver-side bits per second of each one-second interval.
+    pub intervals: Vec<f64>,
+}
+
+impl Transfer {
+    /// Starts `iperf3 -s -1` in `server_netns` and a `seconds`-long client to `server_ip`
+    /// in `client_netns` (each bounded by `timeout`).
+    pub fn start(
+        server_netns: &str,
+        server_ip: Ipv4Addr,
+        client_netns: &str,
+        seconds: u32,
+    ) -> Result<Self> {
+        let bound = (seconds + 20).to_string();
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                server_netns,
+                "timeout",
+                &bound,
+                "iperf3",
+                "-s",
+                "-1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(500));
+        let client = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                client_netns,
+                "timeout",
+                &bound,
+                "iperf3",
+                "-J",
+                "-c",
+            ])
+            .arg(server_ip.to_string())
+            .args(["-t", &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            server,
+            client: Some(client),
+        })
+    }
+
+    /// Waits for the client and reads its report.
+    pub fn finish(mut self) -> Result<TransferReport> {
+        let client = self.client.take().expect("started");
+        let out = client.wait_with_output()?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let intervals = report["intervals"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TransferReport {
+            error: report["error"].as_str().map(String::from),
+            intervals,
+        })
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        for child in self
+            .client
+            .iter_mut()
+            .chain(std::iter::once(&mut self.server))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use fabric_lab::{Backend, Lab, Signal};
-use fabric_tests::{eventually, ping, spec, tcp_connect, up, Listeners};
+use fabric_tests::{eventually, ping, spec, tcp_connect, up, Listeners, Transfer};
 use serde_json::Value;
 
 /// The WireGuard device the lab gave `node`.
@@ -294,50 +294,14 @@ fn restarted_daemon_keeps_its_key_and_tunnels_come_back() {
     assert!(start.elapsed() < Duration::from_secs(4));
 
     // A transfer running across a restart resumes.
-    let server = Command::new("ip")
-        .args([
-            "netns", "exec", &b.netns, "timeout", "30", "iperf3", "-s", "-1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = KillOnDrop(server);
-    std::thread::sleep(Duration::from_millis(500));
-    let client = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a.netns,
-            "timeout",
-            "30",
-            "iperf3",
-            "-c",
-            &b.ip.to_string(),
-            "-t",
-            "8",
-            "-J",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let transfer = Transfer::start(&b.netns, b.ip, &a.netns, 8).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
     lab.start_fabricd("node2").unwrap();
-    let out = client.wait_with_output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["error"].is_null(),
-        "iperf3 failed: {}",
-        report["error"]
-    );
-    let intervals = report["intervals"].as_array().unwrap();
-    let last = &intervals[intervals.len() - 1]["sum"]["bits_per_second"];
-    assert!(
-        last.as_f64().unwrap() > 1e6,
-        "traffic did not resume: {last}"
-    );
+    let report = transfer.finish().unwrap();
+    assert!(report.error.is_none(), "iperf3 failed: {:?}", report.error);
+    let last = report.intervals.last().copied().unwrap_or(0.0);
+    assert!(last > 1e6, "traffic did not resume: {:?}", report.intervals);
 }
 
 /// Kills a child process when dropped (test cleanup on failure too).

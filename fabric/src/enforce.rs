@@ -279,13 +279,7 @@ pub fn serve(view: View) -> Result<()> {
                 }
             };
             let cluster = view.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let allowed = Flow::parse(msg.get_payload()).is_none_or(|flow| {
-                let ok = judge(&cluster, &flow);
-                if !ok {
-                    tracing::debug!(?flow, "denied by policy");
-                }
-                ok
-            });
+            let allowed = judge_packet(&cluster, msg.get_payload());
             if allowed {
                 msg.set_nfmark(msg.get_nfmark() | ALLOWED);
                 msg.set_verdict(nfq::Verdict::Repeat);
