@@ -67,6 +67,15 @@ impl EtcdStore {
         format!("{}/{rest}", self.prefix)
     }
 
+    /// Everything under `prefix`, with the revision it was read at.
+    async fn get_prefix(&self, prefix: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        self.client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)
+    }
+
     fn subnets_prefix(&self) -> String {
         self.key("subnets/")
     }
@@ -152,12 +161,7 @@ impl EtcdStore {
         kind: Kind,
     ) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
         let prefix = self.key(kind.segment());
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
+        let resp = self.get_prefix(&prefix).await?;
         let mut out = BTreeMap::new();
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key());
@@ -191,12 +195,7 @@ impl EtcdStore {
     /// Every reservation.
     pub async fn reservations(&self) -> Result<BTreeMap<Ipv4Net, String>, StoreError> {
         let prefix = self.key("reservations/");
-        let resp = self
-            .client
-            .clone()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
+        let resp = self.get_prefix(&prefix).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -239,12 +238,7 @@ impl EtcdStore {
     /// Every lease record and the revision they were read at; undecodable records are
     /// skipped with a warning (one bad record must not take the cluster down).
     async fn snapshot(&self) -> Result<(BTreeMap<Ipv4Net, (Lease, i64)>, i64), StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(unavailable)?;
+        let resp = self.get_prefix(&self.subnets_prefix()).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut leases = BTreeMap::new();
         for kv in resp.kvs() {
