@@ -208,27 +208,35 @@ fn segment_tcpv4(
 mod tests {
     use super::*;
 
-    /// An IPv4/TCP packet with `payload`, valid checksums, given flags.
-    fn tcp_packet(payload: &[u8], flags: u8) -> Vec<u8> {
+    /// An IPv4/TCP packet 10.244.1.1:5000 -> 10.244.2.1:80 with sequence number `seq`,
+    /// `payload` and `flags`, and valid checksums (shared by the coalescing tests).
+    pub(super) fn tcp(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
         let mut p = vec![0u8; 40 + payload.len()];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
         p[4..6].copy_from_slice(&0x1000u16.to_be_bytes());
+        p[6] = 0x40;
         p[8] = 64;
         p[9] = 6;
         p[12..16].copy_from_slice(&[10, 244, 1, 1]);
         p[16..20].copy_from_slice(&[10, 244, 2, 1]);
         p[20..22].copy_from_slice(&5000u16.to_be_bytes());
         p[22..24].copy_from_slice(&80u16.to_be_bytes());
-        p[24..28].copy_from_slice(&1000u32.to_be_bytes());
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[28..32].copy_from_slice(&77u32.to_be_bytes());
         p[32] = 5 << 4;
         p[33] = flags;
+        p[34..36].copy_from_slice(&500u16.to_be_bytes());
         p[40..].copy_from_slice(payload);
         let ip = ipv4_checksum(&p[..20]);
         p[10..12].copy_from_slice(&ip.to_be_bytes());
         let tcp = l4_checksum([10, 244, 1, 1], [10, 244, 2, 1], 6, &p[20..]);
         p[36..38].copy_from_slice(&tcp.to_be_bytes());
         p
+    }
+
+    fn tcp_packet(payload: &[u8], flags: u8) -> Vec<u8> {
+        tcp(1000, payload, flags)
     }
 
     fn valid(p: &[u8]) -> bool {
@@ -515,23 +523,7 @@ mod coalesce_tests {
     use super::*;
 
     fn seg(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 40 + payload.len()];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 244, 1, 1]);
-        p[16..20].copy_from_slice(&[10, 244, 2, 1]);
-        p[20..22].copy_from_slice(&5000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&80u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&77u32.to_be_bytes());
-        p[32] = 5 << 4;
-        p[33] = flags;
-        p[34..36].copy_from_slice(&500u16.to_be_bytes());
-        p[40..].copy_from_slice(payload);
-        p
+        super::tests::tcp(seq, payload, flags)
     }
 
     #[test]
