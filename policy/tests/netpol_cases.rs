@@ -1,4 +1,4 @@
-//! Evaluates the project's own reachability cases (`tests/netpol/*.yaml`: upstream e2e
+//! Evaluates the project's own reachability cases (`tests/netpol/*.yaml` at the workspace root: upstream e2e
 //! translations and cyclonus-style generated cases) through the classifier, and checks that
 //! every case probes the full source x destination matrix for each port/protocol it probes.
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use policy::cases::CaseFile;
 
 fn case_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/netpol");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/netpol");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())

@@ -14,7 +14,7 @@ shared/netpol/sample-cases.yaml):
 Every upstream truth table is also checked against `reference_allowed` (loopback probes
 excepted, as upstream ignores them), so each expectation is derived twice.
 
-Run from anywhere: python3 policy/tests/netpol/generate.py (needs PyYAML).
+Run from anywhere: python3 tests/netpol/generate.py (needs PyYAML).
 """
 
 import ipaddress
