@@ -6,6 +6,8 @@
 //!   path built by hand with `ip` in the same node namespaces ([`anchor`]), interleaved
 //!   repetitions, 1 and 4 streams ([`throughput`]).
 //! - `cni`: CNI ADD / CHECK / DEL latency percentiles over N pods ([`cni`]).
+//! - `policy`: NetworkPolicy enforcement's cost, iperf3 and new connections/s with enforcement
+//!   off, on with no policies and on with 1,000 policies ([`enforcement`]).
 //! - `wireguard`: fabric's wireguard backend beside the raw underlay, kernel VXLAN (hand-built
 //!   and fabric's) and userspace WireGuard (boringtun-cli, wireguard-go) in one interleaved
 //!   run on two labs, with a PNG bar chart ([`wireguard`], [`wg_anchor`], [`chart`]).
@@ -18,6 +20,7 @@
 mod anchor;
 mod chart;
 mod cni;
+mod enforcement;
 mod iperf;
 mod report;
 mod throughput;
@@ -73,6 +76,22 @@ enum Command {
         #[arg(long, default_value = "benchwg")]
         name: String,
     },
+    /// NetworkPolicy enforcement's cost: iperf3 and new connections/s with enforcement off,
+    /// on with no policies, and on with N policies (two nodes, interleaved).
+    Policy {
+        /// Interleaved repetitions (each: the three conditions in rotating order).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run and per connection-rate run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// NetworkPolicies in etcd for the "N policies" condition.
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchnp")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -112,6 +131,17 @@ fn main() -> Result<()> {
             }),
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
+        Command::Policy {
+            reps,
+            seconds,
+            policies,
+            name,
+        } => enforcement::run(&enforcement::Options {
+            name,
+            reps,
+            seconds,
+            policies,
+        })?,
     };
     let text = section.render();
     println!("{text}");

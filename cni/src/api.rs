@@ -32,6 +32,9 @@ pub enum Request {
     },
     /// The data path's state: peers, handshakes, bytes, drops (for `fabricctl peers`).
     Dataplane,
+    /// The policy view's state: whether NetworkPolicy is enforced, the etcd revision the view
+    /// reflects, what it holds (for `fabricctl policy sync`).
+    Policy,
 }
 
 /// What identifies one attachment: the runtime's container id and interface name.
@@ -57,6 +60,10 @@ pub struct Attachment {
     /// Pod labels passed through the `labels` capability (runtimeConfig).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The pod's declared container ports, passed through the `containerPorts` capability
+    /// (runtimeConfig); absent from older clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
     /// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
     #[serde(default)]
     pub pod_namespace: Option<String>,
@@ -81,6 +88,151 @@ pub enum Response {
         /// Backend-specific JSON (for WireGuard: peers and drop counters).
         report: serde_json::Value,
     },
+    /// The answer to [`Request::Policy`].
+    Policy(PolicyStatus),
+}
+
+/// The state of fabricd's policy view (the answer to [`Request::Policy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Whether fabricd enforces NetworkPolicy (`--network-policy`); everything else is zero
+    /// when it does not.
+    pub enforcing: bool,
+    /// The etcd revision the view reflects: every change to pods, namespaces and policies up
+    /// to it is in the view.
+    pub revision: i64,
+    /// NetworkPolicies in the view.
+    pub policies: usize,
+    /// Pods in the view.
+    pub pods: usize,
+    /// Namespaces in the view (labeled ones and those of its pods).
+    pub namespaces: usize,
+}
+
+/// A port a pod's container declares, in the shape of Kubernetes' `ContainerPort` (the
+/// `containerPorts` capability): what NetworkPolicy named ports resolve against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// The port's name, an IANA service name such as `serve-80-tcp` (see [`check_port_name`]);
+    /// policy can name only named ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port number (1..=65535).
+    pub container_port: u16,
+    /// The port's protocol.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// The protocol of a [`ContainerPort`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PortProtocol {
+    /// TCP, the default.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl PortProtocol {
+    /// The API spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "TCP",
+            PortProtocol::Udp => "UDP",
+            PortProtocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parses the API spelling; like the API server, case-sensitive.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(PortProtocol::Tcp),
+            "UDP" => Some(PortProtocol::Udp),
+            "SCTP" => Some(PortProtocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ContainerPort {
+    /// `serve-80-tcp:80/TCP`, or `80/TCP` for an unnamed port.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(name) = &self.name {
+            write!(f, "{name}:")?;
+        }
+        write!(f, "{}/{}", self.container_port, self.protocol)
+    }
+}
+
+/// Checks a container port name the way the API server does (an `IANA_SVC_NAME`): at most 15
+/// characters of `a-z`, `0-9` and `-`, at least one letter, no leading, trailing or doubled
+/// `-`. The error says what is wrong.
+pub fn check_port_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Err("must be 1 to 15 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("must contain only lowercase letters (a-z), digits (0-9) and hyphens (-)");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err("must not begin or end with a hyphen");
+    }
+    if name.contains("--") {
+        return Err("must not contain consecutive hyphens");
+    }
+    Ok(())
+}
+
+/// Checks a pod's declared ports as the API server checks a pod's container ports: port
+/// numbers 1..=65535, names valid ([`check_port_name`]) and unique. The error (code 7, invalid
+/// network config) names the offending `runtimeConfig.containerPorts` entry.
+pub fn check_ports(ports: &[ContainerPort]) -> Result<(), CniError> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("runtimeConfig.containerPorts[{i}]");
+        if port.container_port == 0 {
+            return Err(CniError::new(
+                codes::INVALID_CONFIG,
+                format!("{at}.containerPort 0 is out of range"),
+                "a container port is 1 to 65535",
+            ));
+        }
+        let Some(name) = &port.name else { continue };
+        if let Err(why) = check_port_name(name) {
+            return Err(CniError::new(
+                codes::INVALID_CONFIG,
+                format!("{at}.name {name:?} is not a valid port name"),
+                format!("a port name is an IANA service name (e.g. serve-80-tcp): it {why}"),
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(CniError::new(
+                codes::INVALID_CONFIG,
+                format!("{at}.name {name:?} is declared twice"),
+                "port names must be unique within a pod",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The result of ADD, in the CNI 1.x result shape.
@@ -244,14 +396,84 @@ mod tests {
             netns: Some("/var/run/netns/p".into()),
             ips: vec![Ipv4Addr::new(10, 244, 1, 10)],
             labels: BTreeMap::from([("pod".into(), "a".into())]),
+            ports: vec![ContainerPort {
+                name: Some("serve-80-tcp".into()),
+                container_port: 80,
+                protocol: PortProtocol::Udp,
+            }],
             pod_namespace: Some("x".into()),
             pod_name: Some("a".into()),
         });
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(json["op"], "add");
         assert_eq!(json["container_id"], "c1");
+        assert_eq!(
+            json["ports"],
+            serde_json::json!([{"name": "serve-80-tcp", "containerPort": 80, "protocol": "UDP"}])
+        );
         let back: Request = serde_json::from_value(json).unwrap();
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn attachments_from_older_clients_have_no_ports() {
+        let old = r#"{"op":"add","container_id":"c1","ifname":"eth0","netns":null}"#;
+        let Request::Add(att) = serde_json::from_str(old).unwrap() else {
+            panic!("not an ADD");
+        };
+        assert!(att.ports.is_empty() && att.labels.is_empty());
+        let port: ContainerPort = serde_json::from_str(r#"{"containerPort": 53}"#).unwrap();
+        assert_eq!((port.name, port.protocol), (None, PortProtocol::Tcp));
+    }
+
+    #[test]
+    fn port_names_are_iana_service_names() {
+        for ok in ["http", "serve-80-tcp", "a", "a1-b2-c3", "x23456789012345"] {
+            assert_eq!(check_port_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "x234567890123456",
+            "80",
+            "Web",
+            "we_b",
+            "-a",
+            "a-",
+            "a--b",
+            "a b",
+        ] {
+            assert!(check_port_name(bad).is_err(), "{bad:?}");
+        }
+        let port = |container_port, name: &str| ContainerPort {
+            name: Some(name.into()),
+            container_port,
+            protocol: PortProtocol::Tcp,
+        };
+        assert_eq!(check_ports(&[port(80, "a"), port(81, "b")]), Ok(()));
+        let dup = check_ports(&[port(80, "a"), port(81, "a")]).unwrap_err();
+        assert_eq!(dup.code, codes::INVALID_CONFIG);
+        assert!(dup.msg.contains("containerPorts[1]"), "{dup}");
+        assert_eq!(
+            check_ports(&[port(0, "a")]).unwrap_err().code,
+            codes::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn policy_status_is_tagged() {
+        let resp = Response::Policy(PolicyStatus {
+            enforcing: true,
+            revision: 42,
+            policies: 1,
+            pods: 2,
+            namespaces: 3,
+        });
+        let json = serde_json::to_value(&resp).unwrap();
+        assert_eq!(json["status"], "policy");
+        assert_eq!(json["revision"], 42);
+        assert_eq!(serde_json::from_value::<Response>(json).unwrap(), resp);
+        let req = serde_json::to_value(Request::Policy).unwrap();
+        assert_eq!(req["op"], "policy");
     }
 
     #[test]

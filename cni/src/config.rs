@@ -14,7 +14,7 @@ use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::api::{codes, AttachmentKey, CniError};
+use crate::api::{check_ports, codes, AttachmentKey, CniError, ContainerPort, PortProtocol};
 use crate::result::ResultDoc;
 use crate::version::Version;
 
@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub ips: Vec<Ipv4Addr>,
     /// `labels`: the pod's labels.
     pub labels: BTreeMap<String, String>,
+    /// `containerPorts`: the ports the pod's containers declare (what NetworkPolicy named
+    /// ports resolve against), validated as the API server validates them.
+    pub container_ports: Vec<ContainerPort>,
 }
 
 impl NetConf {
@@ -150,6 +153,50 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Strict<T> {
 struct RawRuntimeConfig {
     ips: Option<Vec<String>>,
     labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "containerPorts")]
+    container_ports: Option<Vec<Strict<RawContainerPort>>>,
+}
+
+/// One `containerPorts` entry as Kubernetes writes a `ContainerPort`; keys fabric does not
+/// use (`hostPort`, `hostIP`) are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawContainerPort {
+    name: Option<String>,
+    container_port: i64,
+    protocol: Option<String>,
+}
+
+impl RawContainerPort {
+    fn validate(self, i: usize) -> Result<ContainerPort, CniError> {
+        let at = format!("runtimeConfig.containerPorts[{i}]");
+        let container_port = u16::try_from(self.container_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                CniError::new(
+                    codes::INVALID_CONFIG,
+                    format!("{at}.containerPort {} is out of range", self.container_port),
+                    "a container port is 1 to 65535",
+                )
+            })?;
+        let protocol = match self.protocol.as_deref() {
+            None | Some("") => PortProtocol::default(),
+            Some(p) => PortProtocol::parse(p).ok_or_else(|| {
+                CniError::new(
+                    codes::INVALID_CONFIG,
+                    format!("{at}.protocol {p:?} is not supported"),
+                    "the protocol is TCP (the default), UDP or SCTP, in capitals",
+                )
+            })?,
+        };
+        Ok(ContainerPort {
+            // As in the API, an empty name is no name.
+            name: self.name.filter(|n| !n.is_empty()),
+            container_port,
+            protocol,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,6 +255,14 @@ impl RawRuntimeConfig {
                 .map(|ip| parse_ip(ip))
                 .collect::<Result<_, _>>()?,
             labels: self.labels.unwrap_or_default(),
+            container_ports: self.container_ports.map_or(Ok(Vec::new()), |ports| {
+                let ports = ports
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, Strict(raw))| raw.validate(i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                check_ports(&ports).map(|()| ports)
+            })?,
         })
     }
 }
@@ -370,6 +425,123 @@ mod tests {
         }
         let bad = json!({"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"ips": ["10.0.0.1", "x"]}});
         assert_eq!(code(bad), codes::INVALID_CONFIG);
+    }
+
+    fn with_ports(ports: serde_json::Value) -> Result<NetConf, CniError> {
+        parse(
+            json!({"cniVersion": "1.1.0", "name": "n", "runtimeConfig": {"containerPorts": ports}}),
+        )
+    }
+
+    #[test]
+    fn container_ports_mirror_kubernetes() {
+        let conf = with_ports(json!([
+            {"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+            {"containerPort": 81},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP", "hostPort": 5353},
+            {"name": "", "containerPort": 9, "protocol": "SCTP"},
+            {"name": "x", "containerPort": 65535, "protocol": ""},
+        ]))
+        .unwrap();
+        let port = |name: Option<&str>, container_port, protocol| ContainerPort {
+            name: name.map(str::to_owned),
+            container_port,
+            protocol,
+        };
+        assert_eq!(
+            conf.runtime.container_ports,
+            [
+                port(Some("serve-80-tcp"), 80, PortProtocol::Tcp),
+                port(None, 81, PortProtocol::Tcp),
+                port(Some("dns"), 53, PortProtocol::Udp),
+                port(None, 9, PortProtocol::Sctp),
+                port(Some("x"), 65535, PortProtocol::Tcp),
+            ]
+        );
+        assert!(with_ports(json!([]))
+            .unwrap()
+            .runtime
+            .container_ports
+            .is_empty());
+        assert!(with_ports(json!(null))
+            .unwrap()
+            .runtime
+            .container_ports
+            .is_empty());
+    }
+
+    #[test]
+    fn invalid_container_ports_are_refused_with_the_entry_named() {
+        for (ports, says) in [
+            (
+                json!([{"containerPort": 0}]),
+                "containerPorts[0].containerPort 0 is out of range",
+            ),
+            (
+                json!([{"containerPort": 80}, {"containerPort": 65536}]),
+                "containerPorts[1].containerPort 65536",
+            ),
+            (
+                json!([{"containerPort": -1}]),
+                "containerPort -1 is out of range",
+            ),
+            (
+                json!([{"containerPort": 80, "protocol": "ICMP"}]),
+                "protocol \"ICMP\" is not supported",
+            ),
+            (
+                json!([{"containerPort": 80, "protocol": "tcp"}]),
+                "protocol \"tcp\"",
+            ),
+            (
+                json!([{"name": "Serve", "containerPort": 80}]),
+                "name \"Serve\" is not a valid port name",
+            ),
+            (
+                json!([{"name": "serve-80-tcp-long", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "8080", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "-web", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "web-", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "we--b", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "we_b", "containerPort": 80}]),
+                "not a valid port name",
+            ),
+            (
+                json!([{"name": "web", "containerPort": 80}, {"name": "web", "containerPort": 81}]),
+                "containerPorts[1].name \"web\" is declared twice",
+            ),
+        ] {
+            let err = with_ports(ports.clone()).unwrap_err();
+            assert_eq!(err.code, codes::INVALID_CONFIG, "{ports}");
+            assert!(err.msg.contains(says), "{ports}: {err}");
+        }
+        for wrong_type in [
+            json!({"containerPort": 80}),
+            json!([80]),
+            json!([{"name": "web"}]),
+            json!([{"containerPort": "80"}]),
+            json!([{"containerPort": 80, "name": 1}]),
+            json!([{"containerPort": 80, "protocol": 6}]),
+            json!([[80, "TCP"]]),
+        ] {
+            let err = with_ports(wrong_type.clone()).unwrap_err();
+            assert_eq!(err.code, codes::DECODE_FAILURE, "{wrong_type}");
+        }
     }
 
     #[test]

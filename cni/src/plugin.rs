@@ -175,6 +175,7 @@ fn attachment(conf: &NetConf, container: Container) -> Attachment {
         netns: container.netns,
         ips: conf.runtime.ips.clone(),
         labels: conf.runtime.labels.clone(),
+        ports: conf.runtime.container_ports.clone(),
         pod_namespace: container.args.pod_namespace,
         pod_name: container.args.pod_name,
     }
@@ -190,7 +191,7 @@ fn ask(
     match call(&conf.socket, request, conf.timeout) {
         Ok(Response::Ok { result }) => Ok(result),
         Ok(Response::Error(error)) => Err(error),
-        Ok(Response::Dataplane { .. }) => Err(CniError::new(
+        Ok(Response::Dataplane { .. } | Response::Policy(_)) => Err(CniError::new(
             codes::PLUGIN_SPECIFIC,
             "fabricd answered with something other than a CNI result",
             "",
@@ -271,7 +272,11 @@ mod tests {
             "type": "fabric-cni",
             "socket": "/run/test.sock",
             "timeoutSeconds": 3,
-            "runtimeConfig": {"ips": ["10.244.1.9/24"], "labels": {"app": "web"}},
+            "runtimeConfig": {
+                "ips": ["10.244.1.9/24"],
+                "labels": {"app": "web"},
+                "containerPorts": [{"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"}],
+            },
             "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
         })
         .to_string()
@@ -341,6 +346,14 @@ mod tests {
         assert_eq!(attachment.netns.as_deref(), Some("/var/run/netns/p1"));
         assert_eq!(attachment.ips, [Ipv4Addr::new(10, 244, 1, 9)]);
         assert_eq!(attachment.labels["app"], "web");
+        assert_eq!(
+            attachment.ports,
+            [crate::api::ContainerPort {
+                name: Some("serve-80-tcp".into()),
+                container_port: 80,
+                protocol: crate::api::PortProtocol::Tcp,
+            }]
+        );
         assert_eq!(attachment.pod_namespace.as_deref(), Some("ns"));
         assert_eq!(attachment.pod_name.as_deref(), Some("pod"));
     }
@@ -511,6 +524,28 @@ mod tests {
             assert_eq!(outcome.exit_code, 1);
             assert_eq!(json_of(&outcome)["code"], code, "{stdin}");
         }
+    }
+
+    #[test]
+    fn invalid_container_ports_never_reach_the_daemon() {
+        let mut stdin: Value = serde_json::from_str(&conf("1.1.0")).unwrap();
+        stdin["runtimeConfig"]["containerPorts"] = json!([{"name": "Web", "containerPort": 80}]);
+        let outcome = run(
+            &env("ADD"),
+            stdin.to_string().as_bytes(),
+            |_, _, _| unreachable!(),
+        );
+        assert_eq!(outcome.exit_code, 1);
+        let doc = json_of(&outcome);
+        assert_eq!(doc["code"], codes::INVALID_CONFIG);
+        assert_eq!(
+            doc["msg"],
+            "runtimeConfig.containerPorts[0].name \"Web\" is not a valid port name"
+        );
+        assert!(
+            doc["details"].as_str().unwrap().contains("lowercase"),
+            "{doc}"
+        );
     }
 
     #[test]

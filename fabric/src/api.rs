@@ -1,11 +1,12 @@
 //! The local API server: one JSON request per connection on a unix socket (root only, 0600),
-//! answered from the node's [`PodNetwork`]. The protocol is `fabric_cni::api`.
+//! answered from the node's [`PodNetwork`], its backend and its policy view. The protocol is
+//! `fabric_cni::api`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use fabric_cni::api::{codes, CniError, Request, Response};
+use fabric_cni::api::{codes, CniError, PolicyStatus, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 use tunnel::Backend;
 
 use crate::pods::PodNetwork;
+use crate::policies;
 
 /// The largest request accepted, in bytes.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -25,6 +27,9 @@ pub struct Serving {
     pub pods: watch::Receiver<Option<Arc<PodNetwork>>>,
     /// The backend, once created.
     pub backend: Arc<OnceLock<Arc<dyn Backend>>>,
+    /// The policy view, once read; `None` when fabricd does not enforce NetworkPolicy
+    /// (`--network-policy=false`).
+    pub policy: Option<Arc<OnceLock<policies::Handle>>>,
 }
 
 /// Binds the socket at `path` (replacing a stale one) and serves until the process ends.
@@ -89,6 +94,9 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
             )),
         };
     }
+    if let Request::Policy = request {
+        return policy_status(serving);
+    }
     let pods = serving.pods.borrow().clone();
     let Some(pods) = pods else {
         let not_ready = |code| {
@@ -116,7 +124,56 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
         },
         Request::Del(att) => done(pods.del(&att.key).await),
         Request::Check(att) => done(pods.check(&att).await),
-        Request::Status | Request::Dataplane => Response::Ok { result: None },
+        Request::Status | Request::Dataplane | Request::Policy => Response::Ok { result: None },
         Request::Gc { valid } => done(pods.gc(&valid).await),
+    }
+}
+
+/// The answer to [`Request::Policy`]: the view's revision and size, or that enforcement is off.
+fn policy_status(serving: &Serving) -> Response {
+    let Some(slot) = &serving.policy else {
+        return Response::Policy(PolicyStatus {
+            enforcing: false,
+            ..PolicyStatus::default()
+        });
+    };
+    match slot.get() {
+        Some(handle) => Response::Policy(handle.status()),
+        None => Response::Error(CniError::new(
+            codes::TRY_AGAIN_LATER,
+            "fabricd has not read its policy view yet",
+            "is etcd reachable? check the fabricd log",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving(policy: Option<Arc<OnceLock<policies::Handle>>>) -> Serving {
+        Serving {
+            pods: watch::channel(None).1,
+            backend: Arc::new(OnceLock::new()),
+            policy,
+        }
+    }
+
+    #[tokio::test]
+    async fn policy_status_says_whether_enforcement_is_on() {
+        let off = dispatch(Request::Policy, &serving(None)).await;
+        assert_eq!(
+            off,
+            Response::Policy(PolicyStatus {
+                enforcing: false,
+                ..PolicyStatus::default()
+            })
+        );
+        // On, but the view not read yet (no pod network either): try again later.
+        let loading = dispatch(Request::Policy, &serving(Some(Arc::default()))).await;
+        let Response::Error(e) = loading else {
+            panic!("expected an error, got {loading:?}");
+        };
+        assert_eq!(e.code, codes::TRY_AGAIN_LATER);
     }
 }

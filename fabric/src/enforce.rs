@@ -156,6 +156,20 @@ pub fn install_rules(fail_open: bool) -> Result<()> {
     Ok(())
 }
 
+/// Removes what [`install_rules`] installed, if anything: the FORWARD hook, then the chain.
+/// fabricd calls it when it starts with enforcement off, so that a queue rule left by an
+/// earlier run does not hold new connections for a daemon that no longer answers.
+pub fn remove_rules() -> Result<bool> {
+    let mut removed = false;
+    while iptables(&["-D", "FORWARD", "-j", CHAIN])? {
+        removed = true;
+    }
+    if iptables(&["-F", CHAIN])? {
+        removed |= iptables(&["-X", CHAIN])?;
+    }
+    Ok(removed)
+}
+
 /// An allowed connection as conntrack lists it: its original direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracked {
@@ -256,8 +270,10 @@ pub fn judge_packet(cluster: &Cluster, packet: &[u8]) -> bool {
     judge(cluster, &flow)
 }
 
-/// The policy view the queue judges against, replaced whole when the datastore changes.
-pub type View = Arc<RwLock<Arc<Cluster>>>;
+/// The policy view the queue judges against, replaced whole when the datastore changes; each
+/// [`crate::policies::Snapshot`] derefs to its [`Cluster`] and carries the etcd revision it
+/// reflects.
+pub type View = Arc<RwLock<Arc<crate::policies::Snapshot>>>;
 
 /// Serves the queue on a thread of its own until the process ends.
 pub fn serve(view: View) -> Result<()> {

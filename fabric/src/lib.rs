@@ -3,14 +3,16 @@
 //! `fabricd` leases the node's pod subnet through a [`ipam::Store`], keeps the data path to
 //! every other node converged through a [`tunnel::Backend`], wires pods in for the CNI
 //! plugin over a local unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
-//! cluster ([`nft`]) and reports health ([`health`]). [`policies`] reads the policy view
-//! (pods, namespaces, NetworkPolicies) out of the datastore.
+//! cluster ([`nft`]) and reports health ([`health`]). [`policies`] follows the policy view
+//! (pods, namespaces, NetworkPolicies) in the datastore, [`enforce`] judges connections with
+//! it, and [`labels`] checks the label edits `fabricctl` makes.
 
 pub mod agent;
 pub mod api;
 pub mod enforce;
 pub mod flags;
 pub mod health;
+pub mod labels;
 pub mod nft;
 pub mod pods;
 pub mod policies;

@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use fabric_cni::api::{
-    codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig, Route as CniRoute,
+    check_ports, codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig,
+    Route as CniRoute,
 };
 use std::sync::Arc;
 
@@ -117,6 +118,8 @@ impl PodNetwork {
                 e,
             )
         })?;
+        // The plugin checked them already; other clients of the socket may not have.
+        check_ports(&att.ports)?;
         if att.ips.len() > 1 {
             return Err(CniError::new(
                 codes::INVALID_CONFIG,
@@ -323,6 +326,10 @@ impl PodNetwork {
 
     /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
     /// and policy treats an unknown address like any address outside the cluster.
+    ///
+    /// This is the only write of a pod record: once per ADD of a new container (an ADD of an
+    /// attached container fails before it gets here), never on restart or resync. So labels
+    /// changed later with `fabricctl pod label` stay until DEL or GC removes the record.
     async fn register(&self, att: &Attachment, ip: Ipv4Addr) {
         let record = PodRecord {
             namespace: att
@@ -337,6 +344,7 @@ impl PodNetwork {
             container_id: att.key.container_id.clone(),
             ip,
             labels: att.labels.clone(),
+            ports: att.ports.clone(),
         };
         if let Err(e) = self.registry.store.register_pod(&record).await {
             tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy");

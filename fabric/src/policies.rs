@@ -1,15 +1,28 @@
 //! The cluster's policy view in etcd mode: NetworkPolicy manifests as operators write them
 //! (multi-document YAML), and the [`policy::Cluster`] built from the pods, namespaces and
-//! policies stored under the prefix.
+//! policies stored under the prefix, kept in step with etcd by a watch.
+//!
+//! The parts: [`Objects`] mirrors what etcd holds and turns each stored object into
+//! [`Changes`] to the cluster (pure); [`Publisher`] makes the next [`Snapshot`] by applying
+//! changes to a spare cluster rather than rebuilding one (pure); [`Follower`] is the shell
+//! that lists, watches, batches and publishes; [`Handle`] is what the local API asks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ipam::etcd::EtcdStore;
-use ipam::objects::Kind;
-use ipam::{NamespaceRecord, PodRecord};
-use policy::{Cluster, NetworkPolicy, Pod, PodKey, Policy};
+use fabric_cni::api::{PolicyStatus, PortProtocol};
+use ipam::etcd::{EtcdStore, ProgressHandle, RangeFollower, RangeUpdate};
+use ipam::objects::{Kind, StoredObject};
+use ipam::{NamespaceRecord, PodRecord, StoreError};
+use policy::{
+    Cluster, ContainerPort, Labels, NetworkPolicy, Pod, PodKey, Policy, PolicyKey, Protocol,
+};
 use serde::Deserialize;
+
+use crate::enforce::View;
 
 /// Parses a manifest file: one or more YAML documents, each a NetworkPolicy (empty documents
 /// are skipped). Every policy is validated; any error refuses the whole file, naming the
@@ -55,103 +68,914 @@ pub fn policy_name(np: &NetworkPolicy) -> Result<String> {
     Ok(format!("{ns}/{name}"))
 }
 
-/// Builds the policy view from the datastore.
+/// Builds the policy view from the datastore, once (for `fabricctl policy explain`).
 pub async fn load(store: &EtcdStore) -> Result<Cluster> {
-    let listed = list(store).await?;
-    Ok(build(&listed))
+    let (revision, objects) = store.list_all_objects().await?;
+    Ok(Objects::listed(revision, objects).build())
 }
 
-/// The raw objects the view is built from: namespaces, pods, policies.
-type Listed = [BTreeMap<String, serde_json::Value>; 3];
+/// How long the follower waits for more events after one arrived before it publishes: events
+/// that arrive together (one `fabricctl policy apply` of many policies) make one new view.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
-async fn list(store: &EtcdStore) -> Result<Listed> {
-    Ok([
-        store.list_objects(Kind::Namespaces).await?,
-        store.list_objects(Kind::Pods).await?,
-        store.list_objects(Kind::Policies).await?,
-    ])
+/// The longest a batch of events is held back while events keep arriving.
+pub const MAX_BATCH: Duration = Duration::from_millis(500);
+
+/// Records stored under their etcd names, each naming a logical object (a pod, a policy);
+/// when several records name the same object (a stale record beside its successor), the
+/// newest write counts.
+#[derive(Debug)]
+struct Aliased<K, V> {
+    records: BTreeMap<String, (K, V, i64)>,
+    by_key: BTreeMap<K, BTreeSet<(i64, String)>>,
 }
 
-/// Keeps `view` current: re-reads the datastore every `every` and rebuilds the view when
-/// anything changed; after a change, the allowed connections inside `cluster_net` are judged
-/// again and those no longer allowed are cut. Runs until the process ends.
-pub async fn follow(
-    store: EtcdStore,
-    view: crate::enforce::View,
-    cluster_net: ipnet::Ipv4Net,
-    every: std::time::Duration,
-) {
-    let mut last: Option<Listed> = None;
-    loop {
-        match list(&store).await {
-            Ok(listed) if last.as_ref() != Some(&listed) => {
-                let cluster = build(&listed);
-                tracing::info!(
-                    namespaces = listed[0].len(),
-                    pods = listed[1].len(),
-                    policies = listed[2].len(),
-                    "policy view updated"
-                );
-                let cluster = std::sync::Arc::new(cluster);
-                *view.write().unwrap_or_else(|e| e.into_inner()) = cluster.clone();
-                if last.replace(listed).is_some() {
-                    match crate::enforce::rejudge(&cluster, cluster_net) {
-                        Ok(0) => {}
-                        Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot re-judge existing connections")
-                        }
-                    }
+impl<K, V> Default for Aliased<K, V> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Aliased<K, V> {
+    /// The value object `key` has: that of its newest record.
+    fn effective(&self, key: &K) -> Option<&V> {
+        let (_, name) = self.by_key.get(key)?.last()?;
+        self.records.get(name).map(|(_, v, _)| v)
+    }
+
+    /// Every object with its value, in key order.
+    fn objects(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.by_key
+            .keys()
+            .filter_map(|k| Some((k, self.effective(k)?)))
+    }
+
+    /// How many objects there are.
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Sets record `name` (written at `revision`) to `record`, or removes it; every object
+    /// whose value changed goes into `out` with its new value (`None`: gone).
+    fn set(
+        &mut self,
+        name: &str,
+        record: Option<(K, V)>,
+        revision: i64,
+        out: &mut BTreeMap<K, Option<V>>,
+    ) {
+        let mut affected: Vec<K> = Vec::with_capacity(2);
+        affected.extend(self.records.get(name).map(|(k, _, _)| k.clone()));
+        if let Some((k, _)) = &record {
+            if !affected.contains(k) {
+                affected.push(k.clone());
+            }
+        }
+        let before: Vec<Option<V>> = affected
+            .iter()
+            .map(|k| self.effective(k).cloned())
+            .collect();
+        if let Some((k, _, rev)) = self.records.remove(name) {
+            if let Some(names) = self.by_key.get_mut(&k) {
+                names.remove(&(rev, name.to_owned()));
+                if names.is_empty() {
+                    self.by_key.remove(&k);
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the policy objects; keeping the previous view")
+        }
+        if let Some((k, v)) = record {
+            self.by_key
+                .entry(k.clone())
+                .or_default()
+                .insert((revision, name.to_owned()));
+            self.records.insert(name.to_owned(), (k, v, revision));
+        }
+        for (k, before) in affected.into_iter().zip(before) {
+            let after = self.effective(&k).cloned();
+            if after != before {
+                out.insert(k, after);
             }
         }
-        tokio::time::sleep(every).await;
     }
 }
 
-fn build([namespaces, pods, policies]: &Listed) -> Cluster {
-    let mut cluster = Cluster::new();
-    for (name, value) in namespaces.clone() {
-        let record: NamespaceRecord = serde_json::from_value(value).unwrap_or_default();
-        cluster.upsert_namespace(&name, record.labels);
+/// What changed in the view: per object its new state (`None`: removed), later changes
+/// replacing earlier ones.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    namespaces: BTreeMap<String, Option<Labels>>,
+    pods: BTreeMap<PodKey, Option<Pod>>,
+    policies: BTreeMap<PolicyKey, Option<Policy>>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
-    for (key, value) in pods.clone() {
-        let Ok(pod) = serde_json::from_value::<PodRecord>(value) else {
-            tracing::warn!(%key, "skipping an unreadable pod record");
-            continue;
-        };
-        if cluster.namespace_labels(&pod.namespace).is_none() {
-            cluster.upsert_namespace(&pod.namespace, Default::default());
+
+    /// How many objects changed.
+    pub fn len(&self) -> usize {
+        self.namespaces.len() + self.pods.len() + self.policies.len()
+    }
+
+    /// Applies the changes to `cluster` through its incremental updates.
+    pub fn apply(&self, cluster: &mut Cluster) {
+        for (name, labels) in &self.namespaces {
+            match labels {
+                Some(labels) => cluster.upsert_namespace(name, labels.clone()),
+                None => {
+                    cluster.remove_namespace(name);
+                }
+            }
         }
-        cluster.upsert_pod(Pod {
-            key: PodKey::new(pod.namespace, pod.name),
-            labels: pod.labels,
-            ip: pod.ip,
-            ports: Vec::new(),
-        });
+        for (key, pod) in &self.pods {
+            match pod {
+                Some(pod) => {
+                    cluster.upsert_pod(pod.clone());
+                }
+                None => {
+                    cluster.remove_pod(key);
+                }
+            }
+        }
+        for (key, policy) in &self.policies {
+            match policy {
+                Some(policy) => {
+                    cluster.upsert_validated_policy(policy.clone());
+                }
+                None => {
+                    cluster.remove_policy(key);
+                }
+            }
+        }
     }
-    for (key, value) in policies.clone() {
-        let np: NetworkPolicy = match serde_json::from_value(value) {
-            Ok(np) => np,
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "skipping an unreadable policy");
-                continue;
+}
+
+/// The policy objects as etcd holds them, decoded, and the etcd revision they reflect.
+/// Unreadable records are skipped with a warning (an invalid policy is left out, it does not
+/// take the view down).
+#[derive(Debug, Default)]
+pub struct Objects {
+    revision: i64,
+    namespaces: Aliased<String, Labels>,
+    pods: Aliased<PodKey, Pod>,
+    policies: Aliased<PolicyKey, Policy>,
+}
+
+/// The pod policy sees in a pod record.
+fn pod_of(record: PodRecord) -> Pod {
+    Pod {
+        key: PodKey::new(record.namespace, record.name),
+        labels: record.labels,
+        ip: record.ip,
+        ports: record
+            .ports
+            .into_iter()
+            .map(|p| ContainerPort {
+                name: p.name,
+                port: p.container_port,
+                protocol: match p.protocol {
+                    PortProtocol::Tcp => Protocol::Tcp,
+                    PortProtocol::Udp => Protocol::Udp,
+                    PortProtocol::Sctp => Protocol::Sctp,
+                },
+            })
+            .collect(),
+    }
+}
+
+impl Objects {
+    /// The objects of a listing read at `revision`.
+    pub fn listed(revision: i64, objects: impl IntoIterator<Item = StoredObject>) -> Self {
+        let mut out = Self::default();
+        let mut ignored = Changes::default();
+        for object in objects {
+            out.apply(object, &mut ignored);
+        }
+        out.revision = revision;
+        out
+    }
+
+    /// The etcd revision the objects reflect.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Notes that nothing changed up to `revision`.
+    pub fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Applies one stored object (as written or deleted), noting in `changes` what that
+    /// changes in the view. Does not move the revision (see [`Self::advance`]).
+    pub fn apply(&mut self, object: StoredObject, changes: &mut Changes) {
+        let StoredObject {
+            kind,
+            name,
+            value,
+            mod_revision,
+        } = object;
+        match kind {
+            Kind::Namespaces => {
+                let labels = value.map(|v| match serde_json::from_slice::<NamespaceRecord>(&v) {
+                    Ok(record) => record.labels,
+                    Err(e) => {
+                        tracing::warn!(namespace = %name, error = %e, "unreadable namespace record; taking it as unlabeled");
+                        Labels::new()
+                    }
+                });
+                let record = labels.map(|l| (name.clone(), l));
+                self.namespaces
+                    .set(&name, record, mod_revision, &mut changes.namespaces);
+            }
+            Kind::Pods => {
+                let record = value.and_then(|v| match serde_json::from_slice::<PodRecord>(&v) {
+                    Ok(record) => {
+                        let pod = pod_of(record);
+                        Some((pod.key.clone(), pod))
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %name, error = %e, "skipping an unreadable pod record");
+                        None
+                    }
+                });
+                self.pods
+                    .set(&name, record, mod_revision, &mut changes.pods);
+            }
+            Kind::Policies => {
+                let record = value.and_then(|v| {
+                    let np: NetworkPolicy = match serde_json::from_slice(&v) {
+                        Ok(np) => np,
+                        Err(e) => {
+                            tracing::warn!(key = %name, error = %e, "skipping an unreadable policy");
+                            return None;
+                        }
+                    };
+                    match Policy::from_k8s(&np) {
+                        Ok(policy) => Some((policy.key.clone(), policy)),
+                        Err(e) => {
+                            tracing::warn!(key = %name, error = %e, "skipping an invalid policy");
+                            None
+                        }
+                    }
+                });
+                self.policies
+                    .set(&name, record, mod_revision, &mut changes.policies);
+            }
+        }
+    }
+
+    /// Replaces everything with a fresh listing read at `revision` (after the watch broke),
+    /// noting in `changes` what differs from before.
+    pub fn relist(&mut self, revision: i64, objects: Vec<StoredObject>, changes: &mut Changes) {
+        let listed: BTreeSet<(Kind, &str)> =
+            objects.iter().map(|o| (o.kind, o.name.as_str())).collect();
+        let gone = |kind: Kind, names: Vec<String>| {
+            names
+                .into_iter()
+                .filter(|n| !listed.contains(&(kind, n.as_str())))
+                .map(move |name| StoredObject {
+                    kind,
+                    name,
+                    value: None,
+                    mod_revision: revision,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut removed = gone(
+            Kind::Namespaces,
+            self.namespaces.records.keys().cloned().collect(),
+        );
+        removed.extend(gone(
+            Kind::Pods,
+            self.pods.records.keys().cloned().collect(),
+        ));
+        removed.extend(gone(
+            Kind::Policies,
+            self.policies.records.keys().cloned().collect(),
+        ));
+        for object in removed.into_iter().chain(objects) {
+            self.apply(object, changes);
+        }
+        self.advance(revision);
+    }
+
+    /// The whole view, built from scratch.
+    pub fn build(&self) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (name, labels) in self.namespaces.objects() {
+            cluster.upsert_namespace(name, labels.clone());
+        }
+        for (_, pod) in self.pods.objects() {
+            cluster.upsert_pod(pod.clone());
+        }
+        for (_, policy) in self.policies.objects() {
+            cluster.upsert_validated_policy(policy.clone());
+        }
+        cluster
+    }
+
+    /// What the view holds: (policies, pods, namespaces); namespaces are the labeled ones and
+    /// those of pods.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut namespaces: BTreeSet<&str> =
+            self.namespaces.by_key.keys().map(String::as_str).collect();
+        namespaces.extend(self.pods.by_key.keys().map(|k| k.namespace.as_str()));
+        (self.policies.len(), self.pods.len(), namespaces.len())
+    }
+}
+
+/// One published policy view: the compiled cluster and the etcd revision it reflects. It
+/// derefs to the [`Cluster`] the packet path judges with.
+#[derive(Debug)]
+pub struct Snapshot {
+    cluster: Cluster,
+    /// Raised in place when etcd reports that nothing changed up to a later revision.
+    revision: AtomicI64,
+    policies: usize,
+    pods: usize,
+    namespaces: usize,
+}
+
+impl Snapshot {
+    /// `cluster`, as built from `objects`.
+    pub fn new(cluster: Cluster, objects: &Objects) -> Self {
+        let (policies, pods, namespaces) = objects.counts();
+        Self {
+            cluster,
+            revision: AtomicI64::new(objects.revision()),
+            policies,
+            pods,
+            namespaces,
+        }
+    }
+
+    /// The etcd revision the view reflects: every change to pods, namespaces and policies up
+    /// to it is in it.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Notes that nothing the view depends on changed up to `revision`.
+    pub fn advance(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// The view's state as the local API reports it.
+    pub fn status(&self) -> PolicyStatus {
+        PolicyStatus {
+            enforcing: true,
+            revision: self.revision(),
+            policies: self.policies,
+            pods: self.pods,
+            namespaces: self.namespaces,
+        }
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+/// Makes each next [`Snapshot`] without rebuilding the cluster: the snapshot the last publish
+/// replaced comes back as a spare, lagging one batch of changes behind; the next publish
+/// brings it up to date with that batch and the new one. A [`Cluster`] cannot be cloned,
+/// and the published one is shared with the packet path, so two take turns. Only when the
+/// spare is still in use (or there is none yet) is the cluster built whole.
+#[derive(Debug, Default)]
+pub struct Publisher {
+    spare: Option<Arc<Snapshot>>,
+    lag: Changes,
+    /// How many snapshots were built whole rather than updated.
+    pub rebuilds: u64,
+}
+
+impl Publisher {
+    /// The next snapshot: `objects` after `changes`.
+    pub fn next(&mut self, objects: &Objects, changes: Changes) -> Snapshot {
+        let cluster = match self.spare.take().map(Arc::try_unwrap) {
+            Some(Ok(spare)) => {
+                let mut cluster = spare.cluster;
+                self.lag.apply(&mut cluster);
+                changes.apply(&mut cluster);
+                cluster
+            }
+            Some(Err(_)) | None => {
+                self.rebuilds += 1;
+                objects.build()
             }
         };
-        if let Err(e) = cluster.upsert_policy(&np) {
-            tracing::warn!(%key, error = %e, "skipping an invalid policy");
+        self.lag = changes;
+        Snapshot::new(cluster, objects)
+    }
+
+    /// Takes back the snapshot the one from [`Self::next`] replaced.
+    pub fn retire(&mut self, old: Arc<Snapshot>) {
+        self.spare = Some(old);
+    }
+}
+
+/// What the local API needs of the policy view.
+#[derive(Clone)]
+pub struct Handle {
+    view: View,
+    progress: ProgressHandle,
+}
+
+impl Handle {
+    /// The view the packet path judges with.
+    pub fn view(&self) -> View {
+        self.view.clone()
+    }
+
+    /// The view's state. Also asks etcd to report the watch's progress, so that a view with
+    /// nothing new to apply still catches up with writes elsewhere in etcd (the answer raises
+    /// the revision shortly after; `fabricctl policy sync` asks again).
+    pub fn status(&self) -> PolicyStatus {
+        self.progress.request();
+        current(&self.view).status()
+    }
+}
+
+fn current(view: &View) -> Arc<Snapshot> {
+    view.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Keeps the policy view in step with etcd: an initial listing, then the watch of the policy
+/// objects from the revision after it. Events that arrive together (within [`DEBOUNCE`] of
+/// each other, for at most [`MAX_BATCH`]) are applied as one batch: the view is updated
+/// incrementally, published whole, and the allowed connections inside the cluster network
+/// are judged again, those no longer allowed cut. When the watch breaks or falls behind a
+/// compaction, the objects are listed again and the difference applied the same way.
+pub struct Follower {
+    store: EtcdStore,
+    range: RangeFollower,
+    objects: Objects,
+    publisher: Publisher,
+    view: View,
+    cluster_net: ipnet::Ipv4Net,
+}
+
+impl Follower {
+    /// Lists the policy objects and builds the first view; fails if etcd cannot be read.
+    pub async fn start(
+        store: EtcdStore,
+        cluster_net: ipnet::Ipv4Net,
+    ) -> Result<(Self, Handle), StoreError> {
+        let mut range = store.follow_objects().await?;
+        let Some(RangeUpdate::Listed { revision, keys }) = range.next().await else {
+            return Err(StoreError::Unavailable(
+                "the policy object follower did not list".into(),
+            ));
+        };
+        let objects = Objects::listed(revision, keys.into_iter().filter_map(|k| store.object(k)));
+        let (policies, pods, namespaces) = objects.counts();
+        tracing::info!(revision, policies, pods, namespaces, "policy view loaded");
+        let first = Snapshot::new(objects.build(), &objects);
+        let view: View = Arc::new(RwLock::new(Arc::new(first)));
+        let handle = Handle {
+            view: view.clone(),
+            progress: range.progress(),
+        };
+        let follower = Self {
+            store,
+            range,
+            objects,
+            publisher: Publisher::default(),
+            view,
+            cluster_net,
+        };
+        Ok((follower, handle))
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(mut self) {
+        loop {
+            let Some(first) = self.range.next().await else {
+                tracing::warn!("the policy object watch ended; following again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match self.store.follow_objects().await {
+                    Ok(range) => self.range = range,
+                    Err(e) => tracing::warn!(error = %e, "cannot follow the policy objects"),
+                }
+                continue;
+            };
+            let batch = self.gather(first).await;
+            self.apply(batch);
         }
     }
-    cluster
+
+    /// `first` and whatever follows it closely.
+    async fn gather(&mut self, first: RangeUpdate) -> Vec<RangeUpdate> {
+        let mut batch = vec![first];
+        if matches!(batch[0], RangeUpdate::Progress { .. }) {
+            // Nothing to debounce: a revision to note.
+            return batch;
+        }
+        let deadline = Instant::now() + MAX_BATCH;
+        loop {
+            let quiet = DEBOUNCE.min(deadline.saturating_duration_since(Instant::now()));
+            match tokio::time::timeout(quiet, self.range.next()).await {
+                Ok(Some(update)) => batch.push(update),
+                Ok(None) | Err(_) => return batch,
+            }
+        }
+    }
+
+    fn apply(&mut self, batch: Vec<RangeUpdate>) {
+        let mut changes = Changes::default();
+        let updates = batch.len();
+        for update in batch {
+            match update {
+                RangeUpdate::Listed { revision, keys } => {
+                    let objects = keys
+                        .into_iter()
+                        .filter_map(|k| self.store.object(k))
+                        .collect();
+                    self.objects.relist(revision, objects, &mut changes);
+                }
+                RangeUpdate::Changed { revision, keys } => {
+                    for object in keys.into_iter().filter_map(|k| self.store.object(k)) {
+                        self.objects.apply(object, &mut changes);
+                    }
+                    self.objects.advance(revision);
+                }
+                RangeUpdate::Progress { revision } => self.objects.advance(revision),
+            }
+        }
+        let revision = self.objects.revision();
+        if changes.is_empty() {
+            current(&self.view).advance(revision);
+            return;
+        }
+        let started = Instant::now();
+        let changed = changes.len();
+        let rebuilds = self.publisher.rebuilds;
+        let next = Arc::new(self.publisher.next(&self.objects, changes));
+        let old = std::mem::replace(
+            &mut *self.view.write().unwrap_or_else(|e| e.into_inner()),
+            next.clone(),
+        );
+        self.publisher.retire(old);
+        let (policies, pods, namespaces) = self.objects.counts();
+        tracing::info!(
+            revision,
+            changed,
+            updates,
+            policies,
+            pods,
+            namespaces,
+            rebuilt = self.publisher.rebuilds > rebuilds,
+            took_ms = started.elapsed().as_millis() as u64,
+            "policy view updated"
+        );
+        match crate::enforce::rejudge(&next, self.cluster_net) {
+            Ok(0) => {}
+            Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
+            Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fabric_cni::api::ContainerPort as CniPort;
+    use serde_json::json;
+    use std::net::Ipv4Addr;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, 1, last)
+    }
+
+    fn stored(kind: Kind, name: &str, value: Option<serde_json::Value>, rev: i64) -> StoredObject {
+        StoredObject {
+            kind,
+            name: name.into(),
+            value: value.map(|v| v.to_string().into_bytes()),
+            mod_revision: rev,
+        }
+    }
+
+    /// A pod record as fabricd registers it, stored at `rev`.
+    fn pod(
+        container: &str,
+        ns_name: &str,
+        last: u8,
+        labels: &[(&str, &str)],
+        ports: &[(Option<&str>, u16, PortProtocol)],
+        rev: i64,
+    ) -> StoredObject {
+        let (namespace, name) = ns_name.split_once('/').unwrap();
+        let record = PodRecord {
+            namespace: namespace.into(),
+            name: name.into(),
+            node: "n1".into(),
+            container_id: container.into(),
+            ip: ip(last),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: ports
+                .iter()
+                .map(|(name, port, protocol)| CniPort {
+                    name: name.map(str::to_owned),
+                    container_port: *port,
+                    protocol: *protocol,
+                })
+                .collect(),
+        };
+        let value = serde_json::to_value(record).unwrap();
+        stored(Kind::Pods, &format!("n1/{container}"), Some(value), rev)
+    }
+
+    fn namespace(name: &str, labels: serde_json::Value, rev: i64) -> StoredObject {
+        stored(
+            Kind::Namespaces,
+            name,
+            Some(json!({ "labels": labels })),
+            rev,
+        )
+    }
+
+    fn policy_object(yaml: &str, rev: i64) -> StoredObject {
+        let np = &parse_manifests(yaml).unwrap()[0];
+        let name = policy_name(np).unwrap();
+        stored(
+            Kind::Policies,
+            &name,
+            Some(serde_json::to_value(np).unwrap()),
+            rev,
+        )
+    }
+
+    fn deleted(kind: Kind, name: &str, rev: i64) -> StoredObject {
+        stored(kind, name, None, rev)
+    }
+
+    fn allowed(cluster: &Cluster, from: u8, to: u8, protocol: Protocol, port: u16) -> bool {
+        let endpoint = |last| cluster.endpoint(ip(last));
+        cluster
+            .decide(endpoint(from), endpoint(to), protocol, port)
+            .allowed
+    }
+
+    /// Every decision between the pods at .10 to .13 on a few ports, for comparing views.
+    fn decisions(cluster: &Cluster) -> Vec<bool> {
+        let mut out = Vec::new();
+        for from in 10..14 {
+            for to in 10..14 {
+                for protocol in Protocol::ALL {
+                    for port in [80, 81, 443] {
+                        out.push(allowed(cluster, from, to, protocol, port));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    const NAMED_PORT: &str = "metadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: serve-80-tcp}]\n";
+
+    #[test]
+    fn named_port_policy_allows_the_named_port_only() {
+        let objects = Objects::listed(
+            7,
+            [
+                namespace("x", json!({"ns": "x"}), 1),
+                pod(
+                    "c-web",
+                    "x/web",
+                    10,
+                    &[("app", "web")],
+                    &[
+                        (Some("serve-80-tcp"), 80, PortProtocol::Tcp),
+                        (Some("serve-81-udp"), 81, PortProtocol::Udp),
+                        (None, 443, PortProtocol::Tcp),
+                    ],
+                    2,
+                ),
+                pod("c-client", "x/client", 11, &[("app", "client")], &[], 3),
+                policy_object(NAMED_PORT, 4),
+            ],
+        );
+        assert_eq!(objects.revision(), 7);
+        assert_eq!(objects.counts(), (1, 2, 1));
+        let cluster = objects.build();
+        assert!(allowed(&cluster, 11, 10, Protocol::Tcp, 80));
+        assert!(!allowed(&cluster, 11, 10, Protocol::Tcp, 81));
+        assert!(!allowed(&cluster, 11, 10, Protocol::Tcp, 443));
+        assert!(!allowed(&cluster, 11, 10, Protocol::Udp, 80));
+        // The other pod is not isolated.
+        assert!(allowed(&cluster, 10, 11, Protocol::Tcp, 81));
+        let web = cluster.pod(&PodKey::new("x", "web")).unwrap();
+        assert_eq!(web.ports.len(), 3);
+        assert_eq!(web.ports[1].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn port_name_rules_agree_with_the_policy_model() {
+        for name in [
+            "serve-80-tcp",
+            "a",
+            "80",
+            "Web",
+            "-a",
+            "a-",
+            "a--b",
+            "a_b",
+            "x234567890123456",
+            "",
+            "x23456789012345",
+            "1a",
+        ] {
+            assert_eq!(
+                fabric_cni::api::check_port_name(name).is_ok(),
+                policy::PortName::new(name).is_ok(),
+                "{name:?}"
+            );
+        }
+    }
+
+    /// Publishes `changes` the way the follower does; returns the new view.
+    fn publish(
+        publisher: &mut Publisher,
+        view: &mut Arc<Snapshot>,
+        objects: &Objects,
+        changes: Changes,
+    ) -> Arc<Snapshot> {
+        let next = Arc::new(publisher.next(objects, changes));
+        publisher.retire(std::mem::replace(view, next.clone()));
+        next
+    }
+
+    #[test]
+    fn incremental_views_match_full_builds() {
+        let mut objects = Objects::listed(
+            4,
+            [
+                namespace("x", json!({"ns": "x"}), 1),
+                pod(
+                    "c10",
+                    "x/web",
+                    10,
+                    &[("app", "web")],
+                    &[(Some("serve-80-tcp"), 80, PortProtocol::Tcp)],
+                    2,
+                ),
+                pod("c11", "x/client", 11, &[("app", "client")], &[], 3),
+                pod("c12", "y/other", 12, &[("app", "client")], &[], 4),
+            ],
+        );
+        let mut publisher = Publisher::default();
+        let mut view = Arc::new(Snapshot::new(objects.build(), &objects));
+        let steps: Vec<Vec<StoredObject>> = vec![
+            vec![policy_object(NAMED_PORT, 5)],
+            // A relabel: the client is no longer one.
+            vec![pod("c11", "x/client", 11, &[("app", "nobody")], &[], 6)],
+            // A namespace-scoped rule and a new pod at once.
+            vec![
+                policy_object("metadata: {name: from-ns, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: a}}}]\n", 7),
+                pod("c13", "x/new", 13, &[("app", "web")], &[], 7),
+            ],
+            vec![namespace("y", json!({"team": "a"}), 8)],
+            vec![deleted(Kind::Namespaces, "y", 9), deleted(Kind::Pods, "n1/c10", 9)],
+            vec![deleted(Kind::Policies, "x/web", 10)],
+            vec![],
+            vec![pod("c10", "x/web", 10, &[("app", "web")], &[], 11)],
+        ];
+        let mut rev = 4;
+        for (i, step) in steps.into_iter().enumerate() {
+            let mut changes = Changes::default();
+            for object in step {
+                rev = object.mod_revision;
+                objects.apply(object, &mut changes);
+            }
+            objects.advance(rev);
+            let next = publish(&mut publisher, &mut view, &objects, changes);
+            assert_eq!(decisions(&next), decisions(&objects.build()), "step {i}");
+            let client_to_web = allowed(&next, 11, 10, Protocol::Tcp, 80);
+            match i {
+                0 => assert!(client_to_web && !allowed(&next, 11, 10, Protocol::Tcp, 81)),
+                1 => assert!(!client_to_web, "relabeled: no longer a client"),
+                3 => assert!(allowed(&next, 12, 13, Protocol::Tcp, 443), "y is team a"),
+                4 => assert!(!allowed(&next, 12, 13, Protocol::Tcp, 443), "y unlabeled"),
+                _ => {}
+            }
+            assert_eq!(next.revision(), rev);
+        }
+        // Only the first publish had no spare to update.
+        assert_eq!(publisher.rebuilds, 1);
+
+        // A spare still in use (the packet path holding it) is not touched: built whole.
+        let held = view.clone();
+        let mut changes = Changes::default();
+        objects.apply(deleted(Kind::Policies, "x/from-ns", 12), &mut changes);
+        objects.advance(12);
+        publish(&mut publisher, &mut view, &objects, changes);
+        let mut changes = Changes::default();
+        objects.apply(namespace("x", json!({"team": "b"}), 13), &mut changes);
+        objects.advance(13);
+        let next = publish(&mut publisher, &mut view, &objects, changes);
+        assert_eq!(publisher.rebuilds, 2);
+        assert_eq!(decisions(&next), decisions(&objects.build()));
+        drop(held);
+    }
+
+    #[test]
+    fn changes_say_only_what_changed() {
+        let mut objects = Objects::listed(1, [namespace("x", json!({"a": "1"}), 1)]);
+        let mut changes = Changes::default();
+        objects.apply(namespace("x", json!({"a": "1"}), 2), &mut changes);
+        assert!(changes.is_empty(), "same labels: {changes:?}");
+        objects.apply(namespace("x", json!({"a": "2"}), 3), &mut changes);
+        objects.apply(pod("c1", "x/a", 10, &[], &[], 3), &mut changes);
+        assert_eq!(changes.len(), 2);
+
+        // An invalid policy replacing a valid one removes it.
+        let mut changes = Changes::default();
+        objects.apply(policy_object(NAMED_PORT, 4), &mut changes);
+        let bad = json!({"metadata": {"name": "web", "namespace": "x"}, "spec": {"policyTypes": ["Sideways"]}});
+        let mut changes = Changes::default();
+        objects.apply(stored(Kind::Policies, "x/web", Some(bad), 5), &mut changes);
+        assert_eq!(
+            changes.policies.get(&PolicyKey::new("x", "web")),
+            Some(&None)
+        );
+        assert_eq!(objects.counts().0, 0);
+    }
+
+    #[test]
+    fn the_newest_record_of_a_pod_counts() {
+        // A restarted pod: a new container's record beside the old one, not yet deleted.
+        let mut objects = Objects::listed(
+            2,
+            [
+                pod("old", "x/a", 10, &[("v", "1")], &[], 1),
+                pod("new", "x/a", 11, &[("v", "2")], &[], 2),
+            ],
+        );
+        let key = PodKey::new("x", "a");
+        assert_eq!(objects.counts().1, 1);
+        assert_eq!(objects.build().pod(&key).unwrap().ip, ip(11));
+        let mut changes = Changes::default();
+        objects.apply(deleted(Kind::Pods, "n1/new", 3), &mut changes);
+        let back = changes.pods[&key].as_ref().unwrap();
+        assert_eq!(back.ip, ip(10));
+        let mut changes = Changes::default();
+        objects.apply(deleted(Kind::Pods, "n1/old", 4), &mut changes);
+        assert_eq!(changes.pods[&key], None);
+        assert_eq!(objects.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_relisting_applies_the_difference() {
+        let mut objects = Objects::listed(
+            3,
+            [
+                namespace("x", json!({}), 1),
+                pod("c1", "x/a", 10, &[], &[], 2),
+                policy_object(NAMED_PORT, 3),
+            ],
+        );
+        let mut changes = Changes::default();
+        objects.relist(
+            9,
+            vec![
+                namespace("x", json!({}), 1),
+                pod("c2", "x/b", 11, &[], &[], 8),
+                policy_object(NAMED_PORT, 3),
+            ],
+            &mut changes,
+        );
+        assert_eq!(objects.revision(), 9);
+        assert!(changes.namespaces.is_empty() && changes.policies.is_empty());
+        assert_eq!(changes.pods.len(), 2);
+        assert_eq!(changes.pods[&PodKey::new("x", "a")], None);
+        assert!(changes.pods[&PodKey::new("x", "b")].is_some());
+        // A view's revision only goes up, in place.
+        let snapshot = Snapshot::new(objects.build(), &objects);
+        snapshot.advance(12);
+        snapshot.advance(10);
+        assert_eq!(snapshot.status().revision, 12);
+        assert_eq!(
+            (
+                snapshot.status().policies,
+                snapshot.status().pods,
+                snapshot.status().namespaces
+            ),
+            (1, 1, 1)
+        );
+    }
 
     #[test]
     fn multi_document_manifests_are_validated_whole() {

@@ -2,7 +2,13 @@
 //!
 //! Keys under the prefix (default `/fabric`): `config` (the network config),
 //! `subnets/<a.b.c.d-len>` (one lease record per node, bound to an etcd lease so it expires
-//! with the node), `reservations/<a.b.c.d-len>` (a subnet pinned to a node name).
+//! with the node), `reservations/<a.b.c.d-len>` (a subnet pinned to a node name), and the
+//! policy objects of [`crate::objects`] (`namespaces/`, `pods/`, `policies/`).
+//!
+//! One read path serves every listing ([`EtcdStore::list_range`]: paginated, one revision)
+//! and one watch path every follower ([`EtcdStore::follow_range`]: a listing, then events from
+//! the revision after it, and a fresh listing whenever the watch breaks or falls behind a
+//! compaction). The lease watch and fabricd's policy view are both built on it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,22 +16,145 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use ipnet::Ipv4Net;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::NetworkConfig;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseRecord, LeaseRequest, Leases};
-use crate::objects::{Kind, PodRecord};
+use crate::objects::{Kind, PodRecord, StoredObject, Versioned};
 use crate::store::{Renewal, Store, StoreError};
 use crate::subnet::{choose, Choice, Occupancy};
 
 /// How many times one acquire call retries after losing a race for a subnet.
 const ACQUIRE_ATTEMPTS: usize = 16;
+
+/// Keys per page of a listing (pages keep each answer well under gRPC's 4 MiB message limit).
+const LIST_PAGE: i64 = 512;
+
+/// Operations per transaction (etcd's default `--max-txn-ops` is 128).
+const TXN_OPS: usize = 128;
+
+/// Bytes of values per transaction (etcd's default `--max-request-bytes` is 1.5 MiB).
+const TXN_BYTES: usize = 1 << 20;
+
+/// How long a follower waits before listing again after its watch broke.
+const RELIST_DELAY: Duration = Duration::from_millis(500);
+
+/// Updates a follower may queue before its watch waits for the consumer.
+const FOLLOW_QUEUE: usize = 256;
+
+/// A range of keys: `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// The first key.
+    pub start: String,
+    /// The first key past the range.
+    pub end: String,
+}
+
+impl KeyRange {
+    /// Every key that starts with `prefix` (non-empty).
+    pub fn prefix(prefix: &str) -> Self {
+        let mut end = prefix.as_bytes().to_vec();
+        // Keys here are ASCII: the last byte is below 0xff and can be raised.
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        Self {
+            start: prefix.to_owned(),
+            end: String::from_utf8_lossy(&end).into_owned(),
+        }
+    }
+}
+
+/// One key of a range as it stands after a listing or a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The full key.
+    pub key: String,
+    /// Its value; `None` once deleted.
+    pub value: Option<Vec<u8>>,
+    /// The etcd lease it is bound to (0 for none).
+    pub lease: i64,
+    /// The revision of its last write (or of its deletion).
+    pub mod_revision: i64,
+}
+
+impl KeyState {
+    fn stored(kv: &KeyValue) -> Self {
+        Self {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: Some(kv.value().to_vec()),
+            lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
+/// What the follower of a key range reports, in etcd's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeUpdate {
+    /// Every key in the range, read at `revision`. The first update, and again whenever the
+    /// watch broke (lost connection, cancellation, compaction): it replaces what came before.
+    Listed {
+        /// The revision of the read.
+        revision: i64,
+        /// The keys.
+        keys: Vec<KeyState>,
+    },
+    /// Keys that changed, in order, up to `revision` (the last change's).
+    Changed {
+        /// The revision of the last change.
+        revision: i64,
+        /// The changed keys, deletions with no value.
+        keys: Vec<KeyState>,
+    },
+    /// Nothing in the range changed up to `revision` (etcd's answer to
+    /// [`ProgressHandle::request`], sent once the watch has caught up).
+    Progress {
+        /// The store's revision when etcd answered.
+        revision: i64,
+    },
+}
+
+/// Asks a follower's watch to report how far it has got; etcd answers with a
+/// [`RangeUpdate::Progress`] once the watch has delivered everything up to its current
+/// revision. Requests made while one is pending are merged.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressHandle(Arc<Notify>);
+
+impl ProgressHandle {
+    /// Requests a progress report.
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A key range followed by a task of its own (see [`EtcdStore::follow_range`]); dropping it
+/// stops the task.
+#[derive(Debug)]
+pub struct RangeFollower {
+    updates: mpsc::Receiver<RangeUpdate>,
+    progress: ProgressHandle,
+}
+
+impl RangeFollower {
+    /// The next update; the first is always a [`RangeUpdate::Listed`]. `None` only if the
+    /// following task died.
+    pub async fn next(&mut self) -> Option<RangeUpdate> {
+        self.updates.recv().await
+    }
+
+    /// Asks for a progress report (see [`ProgressHandle`]).
+    pub fn progress(&self) -> ProgressHandle {
+        self.progress.clone()
+    }
+}
 
 /// A reservation record: the node a subnet is pinned to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,13 +196,52 @@ impl EtcdStore {
         format!("{}/{rest}", self.prefix)
     }
 
-    /// Everything under `prefix`, with the revision it was read at.
-    async fn get_prefix(&self, prefix: &str) -> Result<etcd_client::GetResponse, StoreError> {
-        self.client
+    /// Every key in `range` and the revision they were read at: one consistent read, in
+    /// pages of [`LIST_PAGE`] keys all taken at the first page's revision.
+    pub async fn list_range(&self, range: &KeyRange) -> Result<(i64, Vec<KeyState>), StoreError> {
+        let mut client = self.client.clone();
+        let mut keys = Vec::new();
+        let mut start = range.start.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(range.end.as_str())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = client
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(unavailable)?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            keys.extend(resp.kvs().iter().map(KeyState::stored));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((revision, keys)),
+            }
+        }
+    }
+
+    /// The store's current revision.
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        let resp = self
+            .client
             .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .get(
+                self.key("config"),
+                Some(GetOptions::new().with_count_only()),
+            )
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        resp.header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".into()))
     }
 
     fn subnets_prefix(&self) -> String {
@@ -136,6 +304,113 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Writes every object in `objects` (name, JSON value) of `kind`, in as few transactions
+    /// as etcd takes ([`TXN_OPS`] operations, [`TXN_BYTES`] bytes each), so that a follower sees
+    /// a large apply as a few revisions rather than one per object. A name given twice is
+    /// written once, with its last value (etcd refuses a key twice in one transaction).
+    pub async fn put_objects(
+        &self,
+        kind: Kind,
+        objects: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        let mut last: BTreeMap<&str, &serde_json::Value> = BTreeMap::new();
+        for (name, value) in objects {
+            last.insert(name, value);
+        }
+        let ops: Vec<(TxnOp, usize)> = objects
+            .iter()
+            .filter_map(|(name, _)| Some((name, last.remove(name.as_str())?)))
+            .map(|(name, value)| {
+                let value = value.to_string();
+                let size = value.len();
+                let key = self.key(&format!("{}{name}", kind.segment()));
+                (TxnOp::put(key, value, None), size)
+            })
+            .collect();
+        self.in_transactions(ops).await.map(drop)
+    }
+
+    /// Deletes objects `names` of `kind` in as few transactions as etcd takes; returns, per
+    /// name, whether it existed.
+    pub async fn delete_objects(
+        &self,
+        kind: Kind,
+        names: &[String],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut unique: Vec<&str> = names.iter().map(String::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let ops = unique
+            .iter()
+            .map(|name| {
+                let key = self.key(&format!("{}{name}", kind.segment()));
+                (TxnOp::delete(key, None), 0)
+            })
+            .collect();
+        let responses = self.in_transactions(ops).await?;
+        let existed: BTreeMap<&str, bool> = unique
+            .into_iter()
+            .zip(
+                responses
+                    .iter()
+                    .map(|r| matches!(r, TxnOpResponse::Delete(d) if d.deleted() > 0)),
+            )
+            .collect();
+        Ok(names.iter().map(|n| existed[n.as_str()]).collect())
+    }
+
+    /// Runs `ops` (each with the bytes it writes) in unconditional transactions, chunked to
+    /// etcd's limits; returns the operations' responses in order.
+    async fn in_transactions(
+        &self,
+        ops: Vec<(TxnOp, usize)>,
+    ) -> Result<Vec<TxnOpResponse>, StoreError> {
+        let mut client = self.client.clone();
+        let mut responses = Vec::with_capacity(ops.len());
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        let mut ops = ops.into_iter().peekable();
+        while let Some((op, size)) = ops.next() {
+            chunk.push(op);
+            bytes += size;
+            let full = ops
+                .peek()
+                .is_none_or(|(_, next)| chunk.len() == TXN_OPS || bytes + next > TXN_BYTES);
+            if full {
+                let txn = Txn::new().and_then(std::mem::take(&mut chunk));
+                let resp = client.txn(txn).await.map_err(unavailable)?;
+                responses.extend(resp.op_responses());
+                bytes = 0;
+            }
+        }
+        Ok(responses)
+    }
+
+    /// Writes object `name` of `kind` only if it is unchanged since it was read at
+    /// `mod_revision` (0: only if it does not exist); returns whether it was written. The
+    /// guard of a read-modify-write, so that a relabel never resurrects a deleted pod.
+    pub async fn put_object_if(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &serde_json::Value,
+        mod_revision: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&format!("{}{name}", kind.segment()));
+        let compare = if mod_revision == 0 {
+            Compare::version(key.as_str(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_revision)
+        };
+        let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+            key.as_str(),
+            value.to_string(),
+            None,
+        )]);
+        let resp = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        Ok(resp.succeeded())
+    }
+
     /// Deletes object `name` of `kind` (with `prefix`, every object under `name/`); returns
     /// how many went.
     pub async fn delete_object(
@@ -144,7 +419,7 @@ impl EtcdStore {
         name: &str,
         prefix: bool,
     ) -> Result<i64, StoreError> {
-        let options = prefix.then(|| etcd_client::DeleteOptions::new().with_prefix());
+        let options = prefix.then(|| DeleteOptions::new().with_prefix());
         let resp = self
             .client
             .clone()
@@ -154,28 +429,74 @@ impl EtcdStore {
         Ok(resp.deleted())
     }
 
-    /// Every object of `kind`, by name (the key below the kind's segment); records that are
-    /// not JSON are skipped with a warning.
+    /// Every object of `kind`, by name (the key below the kind's segment), with the revision
+    /// of its last write; records that are not JSON are skipped with a warning.
     pub async fn list_objects(
         &self,
         kind: Kind,
-    ) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+    ) -> Result<BTreeMap<String, Versioned>, StoreError> {
         let prefix = self.key(kind.segment());
-        let resp = self.get_prefix(&prefix).await?;
+        let (_, keys) = self.list_range(&KeyRange::prefix(&prefix)).await?;
         let mut out = BTreeMap::new();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_owned();
-            match serde_json::from_slice(kv.value()) {
-                Ok(v) => {
-                    out.insert(name, v);
+        for state in keys {
+            let name = state.key.strip_prefix(&prefix).unwrap_or(&state.key);
+            let value = state.value.as_deref().unwrap_or_default();
+            match serde_json::from_slice(value) {
+                Ok(value) => {
+                    out.insert(
+                        name.to_owned(),
+                        Versioned {
+                            value,
+                            mod_revision: state.mod_revision,
+                        },
+                    );
                 }
                 Err(e) => {
-                    tracing::warn!(key = %key, error = %e, "skipping a record that is not JSON")
+                    tracing::warn!(key = %state.key, error = %e, "skipping a record that is not JSON")
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The keys holding the policy objects: from `namespaces/` to the end of `policies/`
+    /// (`pods/` lies between; nothing else fabric writes does).
+    fn objects_range(&self) -> KeyRange {
+        KeyRange {
+            start: self.key(Kind::Namespaces.segment()),
+            end: KeyRange::prefix(&self.key(Kind::Policies.segment())).end,
+        }
+    }
+
+    /// The policy object a key of [`Self::follow_objects`] or [`Self::list_all_objects`]
+    /// holds; `None` for other keys in the range.
+    pub fn object(&self, state: KeyState) -> Option<StoredObject> {
+        let (kind, name) = state
+            .key
+            .strip_prefix(&self.prefix)
+            .and_then(|k| k.strip_prefix('/'))
+            .and_then(Kind::parse)?;
+        Some(StoredObject {
+            kind,
+            name: name.to_owned(),
+            value: state.value,
+            mod_revision: state.mod_revision,
+        })
+    }
+
+    /// Every namespace, pod and policy, read at one revision (returned with them).
+    pub async fn list_all_objects(&self) -> Result<(i64, Vec<StoredObject>), StoreError> {
+        let (revision, keys) = self.list_range(&self.objects_range()).await?;
+        Ok((
+            revision,
+            keys.into_iter().filter_map(|k| self.object(k)).collect(),
+        ))
+    }
+
+    /// Follows every namespace, pod and policy (see [`Self::follow_range`]); turn its keys into
+    /// objects with [`Self::object`].
+    pub async fn follow_objects(&self) -> Result<RangeFollower, StoreError> {
+        self.follow_range(self.objects_range()).await
     }
 
     /// Removes the reservation on `subnet`; returns whether there was one.
@@ -195,14 +516,13 @@ impl EtcdStore {
     /// Every reservation.
     pub async fn reservations(&self) -> Result<BTreeMap<Ipv4Net, String>, StoreError> {
         let prefix = self.key("reservations/");
-        let resp = self.get_prefix(&prefix).await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                let (subnet, value) = self.decode(&prefix, kv)?;
+        let (_, keys) = self.list_range(&KeyRange::prefix(&prefix)).await?;
+        keys.iter()
+            .map(|state| {
+                let (subnet, value) = decode(&prefix, state)?;
                 let r: Reservation =
                     serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        key: state.key.clone(),
                         reason: e.to_string(),
                     })?;
                 Ok((subnet, r.node))
@@ -210,41 +530,27 @@ impl EtcdStore {
             .collect()
     }
 
-    fn decode<'a>(
-        &self,
-        prefix: &str,
-        kv: &'a KeyValue,
-    ) -> Result<(Ipv4Net, &'a [u8]), StoreError> {
-        let key = String::from_utf8_lossy(kv.key());
-        key.strip_prefix(prefix)
-            .and_then(parse_subnet_key)
-            .map(|s| (s, kv.value()))
-            .ok_or_else(|| StoreError::BadRecord {
-                key: key.into_owned(),
-                reason: "key is not a subnet (a.b.c.d-len)".into(),
-            })
-    }
-
-    fn decode_lease(&self, kv: &KeyValue) -> Result<Lease, StoreError> {
-        let (subnet, value) = self.decode(&self.subnets_prefix(), kv)?;
+    fn decode_lease(&self, state: &KeyState) -> Result<Lease, StoreError> {
+        let (subnet, value) = decode(&self.subnets_prefix(), state)?;
         let record: LeaseRecord =
             serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                key: state.key.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Lease::from_record(subnet, record, kv.lease()))
+        Ok(Lease::from_record(subnet, record, state.lease))
     }
 
     /// Every lease record and the revision they were read at; undecodable records are
     /// skipped with a warning (one bad record must not take the cluster down).
     async fn snapshot(&self) -> Result<(BTreeMap<Ipv4Net, (Lease, i64)>, i64), StoreError> {
-        let resp = self.get_prefix(&self.subnets_prefix()).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
+        let (revision, keys) = self
+            .list_range(&KeyRange::prefix(&self.subnets_prefix()))
+            .await?;
         let mut leases = BTreeMap::new();
-        for kv in resp.kvs() {
-            match self.decode_lease(kv) {
+        for state in &keys {
+            match self.decode_lease(state) {
                 Ok(lease) => {
-                    leases.insert(lease.subnet, (lease, kv.mod_revision()));
+                    leases.insert(lease.subnet, (lease, state.mod_revision));
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping lease record"),
             }
@@ -395,95 +701,205 @@ impl Store for EtcdStore {
     }
 
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError> {
-        let (leases, revision) = self.snapshot().await?;
-        let (tx, rx) = watch::channel(to_leases(&leases));
+        let mut follower = self
+            .follow_range(KeyRange::prefix(&self.subnets_prefix()))
+            .await?;
+        let mut leases = BTreeMap::new();
+        if let Some(listed) = follower.next().await {
+            self.apply_lease_update(&mut leases, listed);
+        }
+        let (tx, rx) = watch::channel(Arc::new(leases.clone()));
         let store = self.clone();
-        tokio::spawn(async move { store.follow(tx, leases, revision).await });
+        tokio::spawn(async move {
+            loop {
+                let update = tokio::select! {
+                    _ = tx.closed() => return,
+                    update = follower.next() => update,
+                };
+                let Some(update) = update else {
+                    tracing::warn!("the lease follower ended");
+                    return;
+                };
+                if store.apply_lease_update(&mut leases, update)
+                    && tx.send(Arc::new(leases.clone())).is_err()
+                {
+                    return;
+                }
+            }
+        });
         Ok(rx)
     }
 }
 
-fn to_leases(map: &BTreeMap<Ipv4Net, (Lease, i64)>) -> Leases {
-    Arc::new(map.iter().map(|(s, (l, _))| (*s, l.clone())).collect())
+/// Splits a key under `prefix` into its subnet and value.
+fn decode<'a>(prefix: &str, state: &'a KeyState) -> Result<(Ipv4Net, &'a [u8]), StoreError> {
+    state
+        .key
+        .strip_prefix(prefix)
+        .and_then(parse_subnet_key)
+        .map(|s| (s, state.value.as_deref().unwrap_or_default()))
+        .ok_or_else(|| StoreError::BadRecord {
+            key: state.key.clone(),
+            reason: "key is not a subnet (a.b.c.d-len)".into(),
+        })
 }
 
 impl EtcdStore {
-    /// Keeps `tx` current until every receiver is gone: watch from `revision`, re-list after
-    /// compaction, cancellation or a broken connection.
+    /// Applies a lease follower's update to `leases`; returns whether they may have changed
+    /// (a listing always may).
+    /// Undecodable records are skipped with a warning.
+    fn apply_lease_update(
+        &self,
+        leases: &mut BTreeMap<Ipv4Net, Lease>,
+        update: RangeUpdate,
+    ) -> bool {
+        let (keys, listed) = match update {
+            RangeUpdate::Progress { .. } => return false,
+            RangeUpdate::Listed { keys, .. } => {
+                leases.clear();
+                (keys, true)
+            }
+            RangeUpdate::Changed { keys, .. } => (keys, false),
+        };
+        let mut changed = listed;
+        for state in &keys {
+            let Ok((subnet, _)) = decode(&self.subnets_prefix(), state) else {
+                continue;
+            };
+            changed = true;
+            leases.remove(&subnet);
+            if state.value.is_some() {
+                match self.decode_lease(state) {
+                    Ok(lease) => {
+                        leases.insert(subnet, lease);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping lease record"),
+                }
+            }
+        }
+        changed
+    }
+
+    /// Follows every key in `range` on a task of its own: first a listing, then the watch's
+    /// changes from the revision after it, in order. When the watch breaks (lost connection,
+    /// cancellation, a compaction it fell behind), the task waits [`RELIST_DELAY`], lists
+    /// again and watches on from there; it ends when the follower is dropped. Fails only if
+    /// the first listing does.
+    pub async fn follow_range(&self, range: KeyRange) -> Result<RangeFollower, StoreError> {
+        let (revision, keys) = self.list_range(&range).await?;
+        let (tx, updates) = mpsc::channel(FOLLOW_QUEUE);
+        tx.try_send(RangeUpdate::Listed { revision, keys })
+            .map_err(|_| StoreError::Unavailable("follower queue refused the listing".into()))?;
+        let progress = ProgressHandle::default();
+        let store = self.clone();
+        let asked = progress.clone();
+        tokio::spawn(async move { store.follow(range, revision, tx, asked).await });
+        Ok(RangeFollower { updates, progress })
+    }
+
     async fn follow(
         self,
-        tx: watch::Sender<Leases>,
-        mut leases: BTreeMap<Ipv4Net, (Lease, i64)>,
+        range: KeyRange,
         mut revision: i64,
+        tx: mpsc::Sender<RangeUpdate>,
+        progress: ProgressHandle,
     ) {
-        while !tx.is_closed() {
-            if let Err(e) = self.follow_from(&tx, &mut leases, revision).await {
-                tracing::warn!(error = %e, "lease watch broke; re-listing");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            match self.snapshot().await {
-                Ok((fresh, rev)) => {
-                    leases = fresh;
-                    revision = rev;
-                    tx.send_replace(to_leases(&leases));
+        loop {
+            match self.watch_from(&range, revision, &tx, &progress).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(range = %range.start, error = %e, "watch broke; listing again")
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list leases"),
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(RELIST_DELAY) => {}
+                }
+                match self.list_range(&range).await {
+                    Ok((rev, keys)) => {
+                        revision = rev;
+                        let listed = RangeUpdate::Listed { revision, keys };
+                        if tx.send(listed).await.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    Err(e) => tracing::warn!(range = %range.start, error = %e, "cannot list"),
+                }
             }
         }
     }
 
-    async fn follow_from(
+    /// Watches `range` from `revision + 1`, sending what happens to `tx` and asking etcd for
+    /// progress reports when `progress` is poked. `Ok` once nobody listens; an error when
+    /// the watch broke.
+    async fn watch_from(
         &self,
-        tx: &watch::Sender<Leases>,
-        leases: &mut BTreeMap<Ipv4Net, (Lease, i64)>,
+        range: &KeyRange,
         revision: i64,
+        tx: &mpsc::Sender<RangeUpdate>,
+        progress: &ProgressHandle,
     ) -> Result<(), StoreError> {
         let options = WatchOptions::new()
-            .with_prefix()
+            .with_range(range.end.as_str())
             .with_start_revision(revision + 1);
-        let (_watcher, mut stream) = self
+        let (mut watcher, mut stream) = self
             .client
             .clone()
-            .watch(self.subnets_prefix(), Some(options))
+            .watch(range.start.as_str(), Some(options))
             .await
             .map_err(unavailable)?;
-        while let Some(resp) = stream.message().await.map_err(unavailable)? {
-            if resp.canceled() || resp.compact_revision() > 0 {
+        loop {
+            let resp = tokio::select! {
+                _ = tx.closed() => return Ok(()),
+                _ = progress.0.notified() => {
+                    watcher.request_progress().await.map_err(unavailable)?;
+                    continue;
+                }
+                resp = stream.message() => resp.map_err(unavailable)?,
+            };
+            let Some(resp) = resp else {
+                return Err(StoreError::Unavailable("watch stream ended".into()));
+            };
+            if resp.compact_revision() > 0 {
                 return Err(StoreError::Unavailable(format!(
-                    "watch cancelled (compacted at revision {})",
+                    "the watch fell behind a compaction at revision {}",
                     resp.compact_revision()
                 )));
             }
-            let mut changed = false;
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let Some(subnet) = key
-                    .strip_prefix(&self.subnets_prefix())
-                    .and_then(parse_subnet_key)
-                else {
-                    continue;
-                };
-                changed = true;
-                match event.event_type() {
-                    EventType::Delete => {
-                        leases.remove(&subnet);
-                    }
-                    EventType::Put => match self.decode_lease(kv) {
-                        Ok(lease) => {
-                            leases.insert(subnet, (lease, kv.mod_revision()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "skipping lease record");
-                            leases.remove(&subnet);
-                        }
-                    },
-                }
+            if resp.canceled() {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                )));
             }
-            if changed && tx.send(to_leases(leases)).is_err() {
+            if resp.created() {
+                // Its header says where the store is, not how far the watch has got.
+                continue;
+            }
+            let keys: Vec<KeyState> = resp
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    let mut state = KeyState::stored(kv);
+                    if event.event_type() == EventType::Delete {
+                        state.value = None;
+                    }
+                    Some(state)
+                })
+                .collect();
+            let update = match keys.iter().map(|k| k.mod_revision).max() {
+                Some(revision) => RangeUpdate::Changed { revision, keys },
+                // No events: a progress report, sent only once the watch has caught up.
+                None => RangeUpdate::Progress {
+                    revision: resp.header().map_or(0, |h| h.revision()),
+                },
+            };
+            if tx.send(update).await.is_err() {
                 return Ok(());
             }
         }
-        Err(StoreError::Unavailable("watch stream ended".into()))
     }
 }

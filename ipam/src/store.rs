@@ -75,7 +75,9 @@ pub trait Store: Send + Sync {
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError>;
 
     /// Records a pod this node attached, for policy enforcement (a no-op where the datastore
-    /// already knows its pods, as the Kubernetes API does).
+    /// already knows its pods, as the Kubernetes API does). Called once per CNI ADD of a new
+    /// container, never again for it (not on restart, not on resync), so what operators
+    /// change in the record later (`fabricctl pod label`) is not undone.
     async fn register_pod(&self, pod: &PodRecord) -> Result<(), StoreError>;
 
     /// Forgets the pod attached as `container_id` on `node`.

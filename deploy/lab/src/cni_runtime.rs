@@ -164,12 +164,13 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl Conflist {
-    /// The lab's default: one `fabric-cni` plugin with the `ips` and `labels` capabilities,
-    /// talking to fabricd at `socket` (or, with `None`, wherever the list is later pointed).
+    /// The lab's default: one `fabric-cni` plugin with the `ips`, `labels` and `containerPorts`
+    /// capabilities, talking to fabricd at `socket` (or, with `None`, wherever the list is
+    /// later pointed).
     pub fn fabric_default(socket: Option<&Path>) -> Self {
         let mut plugin = json!({
             "type": "fabric-cni",
-            "capabilities": { "ips": true, "labels": true },
+            "capabilities": { "ips": true, "labels": true, "containerPorts": true },
         });
         if let Some(socket) = socket {
             plugin["socket"] = json!(socket);

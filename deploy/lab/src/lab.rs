@@ -373,6 +373,7 @@ impl Lab {
             log: self.layout.log(&name),
             subnet: None,
             fabricd: None,
+            fabricd_flags: Vec::new(),
         });
         self.save()?;
         Ok(name)
@@ -394,6 +395,17 @@ impl Lab {
     pub fn start_fabricd(&mut self, node: &str) -> Result<()> {
         self.spawn_fabricd(node)?;
         self.wait_ready(node)
+    }
+
+    /// Restarts fabricd on `node` (SIGTERM, then start and wait until ready) with `flags` after
+    /// the lab's own, e.g. `--network-policy=false`; an empty list restores the defaults.
+    pub fn restart_fabricd_with(&mut self, node: &str, flags: &[&str]) -> Result<()> {
+        if self.node(node)?.fabricd.is_some() {
+            self.stop_fabricd(node, Signal::SIGTERM)?;
+        }
+        self.node_mut(node)?.fabricd_flags = flags.iter().map(|f| f.to_string()).collect();
+        self.save()?;
+        self.start_fabricd(node)
     }
 
     /// Waits (up to 30 s) until fabricd on `node` answers `Status` with `Ok`.

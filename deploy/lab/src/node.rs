@@ -47,6 +47,7 @@ pub fn fabricd_args(node: &Node, backend: Backend, lease_ttl: Duration) -> Vec<S
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
+    .chain(node.fabricd_flags.iter().cloned())
     .collect()
 }
 
@@ -125,6 +126,7 @@ mod tests {
             log: layout.log("node2"),
             subnet: None,
             fabricd: None,
+            fabricd_flags: Vec::new(),
         };
         let args = fabricd_args(&node, Backend::HostGw, Duration::from_secs(30));
         assert_eq!(

@@ -147,6 +147,9 @@ pub struct Node {
     /// fabricd, while the lab has it running.
     #[serde(default)]
     pub fabricd: Option<Daemon>,
+    /// Flags fabricd gets after the lab's own (e.g. `--network-policy=false`).
+    #[serde(default)]
+    pub fabricd_flags: Vec<String>,
 }
 
 impl Node {
@@ -331,6 +334,7 @@ mod tests {
                 log: layout.log("node1"),
                 subnet: Some("10.244.1.0/24".into()),
                 fabricd: None,
+                fabricd_flags: Vec::new(),
             }],
             pods: vec![
                 pod("a", "x", "t-x-a"),

@@ -1,18 +1,27 @@
 //! `fabricctl`: the operator's tool. See `fabricctl --help`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fabric::labels;
 use fabric::policies::{parse_manifests, policy_name};
+use fabric_cni::api::{call, codes, Request, Response};
 use ipam::etcd::EtcdStore;
 use ipam::objects::Kind;
-use ipam::{NamespaceRecord, NetworkConfig, Store};
+use ipam::{NamespaceRecord, NetworkConfig, PodRecord, Store};
 use ipnet::Ipv4Net;
 
+/// How often `policy sync` asks fabricd.
+const SYNC_POLL: Duration = Duration::from_millis(20);
+
+/// How many times a label edit re-reads a record that changed under it.
+const LABEL_ATTEMPTS: usize = 10;
+
 /// Operate a fabric cluster: network config, subnet leases, reservations, NetworkPolicies,
-/// namespace labels, and this node's data path.
+/// namespace and pod labels, and this node's data path.
 #[derive(Debug, Parser)]
 #[command(name = "fabricctl", version, about)]
 struct Cli {
@@ -76,20 +85,32 @@ enum Command {
         #[command(subcommand)]
         action: NamespaceAction,
     },
+    /// Registered pods and their labels (what podSelectors match).
+    Pod {
+        #[command(subcommand)]
+        action: PodAction,
+    },
     /// Show this node's data path peers: endpoint, subnet, latest handshake, bytes, drops
     /// (asks the local fabricd).
     Peers {
-        /// fabricd's local API socket.
-        #[arg(
-            long,
-            env = "FABRIC_SOCKET",
-            default_value = "/run/fabric/fabricd.sock"
-        )]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: SocketArg,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+/// Where the local fabricd listens.
+#[derive(Debug, Clone, Args)]
+struct SocketArg {
+    /// fabricd's local API socket.
+    #[arg(
+        long,
+        env = "FABRIC_SOCKET",
+        default_value = "/run/fabric/fabricd.sock"
+    )]
+    socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +167,15 @@ enum PolicyAction {
         #[arg(long)]
         cases: PathBuf,
     },
+    /// Wait until the local fabricd's policy view has caught up with etcd (its revision at
+    /// least etcd's current one); exits non-zero after --timeout.
+    Sync {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// How long to wait (e.g. 10s, 500ms).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,11 +185,35 @@ enum NamespaceAction {
         /// The namespace.
         namespace: String,
         /// Labels to set (k=v) or remove (k-).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "replace")]
         labels: Vec<String>,
+        /// Make the given k=v labels the namespace's only ones.
+        #[arg(long)]
+        replace: bool,
     },
     /// List namespaces and their labels.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PodAction {
+    /// Set labels (k=v) or remove them (k-) on pod NAMESPACE/NAME, as fabricd registered it.
+    Label {
+        /// The pod, as namespace/name.
+        pod: String,
+        /// Labels to set (k=v) or remove (k-).
+        #[arg(required_unless_present = "replace")]
+        labels: Vec<String>,
+        /// Make the given k=v labels the pod's only ones.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List registered pods: name, node, IP, labels, container ports.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,12 +236,32 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Config {
             action: ConfigAction::Set { file },
         } => Some(read_config(file)?),
+        Command::Namespace {
+            action: NamespaceAction::Label {
+                labels, replace, ..
+            },
+        } => {
+            labels::parse(labels, *replace)?;
+            None
+        }
+        Command::Pod {
+            action:
+                PodAction::Label {
+                    pod,
+                    labels,
+                    replace,
+                },
+        } => {
+            pod_key(pod)?;
+            labels::parse(labels, *replace)?;
+            None
+        }
         _ => None,
     };
     let mut out = std::io::stdout().lock();
     // What needs no datastore.
     match &cli.command {
-        Command::Peers { socket, output } => return peers(&mut out, socket, *output),
+        Command::Peers { socket, output } => return peers(&mut out, &socket.socket, *output),
         Command::Policy {
             action: PolicyAction::Eval { cases },
         } => {
@@ -262,6 +336,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Policy { action } => policy_command(&mut out, &store, action).await?,
         Command::Namespace { action } => namespace_command(&mut out, &store, action).await?,
+        Command::Pod { action } => pod_command(&mut out, &store, action).await?,
         Command::Peers { .. } => unreachable!("answered above"),
         Command::Reservations => {
             let rows = store
@@ -283,11 +358,13 @@ async fn policy_command(
     match action {
         PolicyAction::Apply { file } => {
             let policies = parse_manifests(&read_text(&file)?)?;
-            for np in &policies {
-                let name = policy_name(np)?;
-                store
-                    .put_object(Kind::Policies, &name, &serde_json::to_value(np)?)
-                    .await?;
+            let objects = policies
+                .iter()
+                .map(|np| Ok((policy_name(np)?, serde_json::to_value(np)?)))
+                .collect::<Result<Vec<_>>>()?;
+            // A few transactions, so that fabricd sees the file as one change.
+            store.put_objects(Kind::Policies, &objects).await?;
+            for (name, _) in &objects {
                 writeln!(out, "networkpolicy {name} applied")?;
             }
         }
@@ -302,18 +379,25 @@ async fn policy_command(
                 !names.is_empty(),
                 "name policies as namespace/name, or pass -f FILE"
             );
-            for name in names {
+            for name in &names {
                 anyhow::ensure!(name.contains('/'), "{name}: write namespace/name");
-                let gone = store.delete_object(Kind::Policies, &name, false).await?;
+            }
+            let gone = store.delete_objects(Kind::Policies, &names).await?;
+            for (name, gone) in names.iter().zip(gone) {
                 writeln!(
                     out,
                     "networkpolicy {name} {}",
-                    if gone > 0 { "deleted" } else { "not found" }
+                    if gone { "deleted" } else { "not found" }
                 )?;
             }
         }
         PolicyAction::List { output } => {
-            let all = store.list_objects(Kind::Policies).await?;
+            let all: std::collections::BTreeMap<String, serde_json::Value> = store
+                .list_objects(Kind::Policies)
+                .await?
+                .into_iter()
+                .map(|(name, v)| (name, v.value))
+                .collect();
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?,
                 Output::Table => {
@@ -365,9 +449,188 @@ async fn policy_command(
             );
             write!(out, "{explanation}")?;
         }
+        PolicyAction::Sync { socket, timeout } => {
+            policy_sync(out, store, &socket.socket, timeout).await?
+        }
         PolicyAction::Eval { .. } => unreachable!("answered before connecting"),
     }
     Ok(())
+}
+
+/// Waits until fabricd at `socket` reports a policy view at etcd's current revision or later.
+async fn policy_sync(
+    out: &mut impl Write,
+    store: &EtcdStore,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let target = store
+        .current_revision()
+        .await
+        .context("asking etcd for its revision")?;
+    // The view revisions fabricd reported (first and latest), and the latest failure.
+    let mut seen: Option<(i64, i64)> = None;
+    let mut failure: Option<String>;
+    loop {
+        match call(socket, &Request::Policy, Duration::from_secs(1)) {
+            Ok(Response::Policy(status)) if !status.enforcing => bail!(
+                "fabricd at {} does not enforce NetworkPolicy (it runs with \
+                 --network-policy=false): there is no policy view to sync",
+                socket.display()
+            ),
+            Ok(Response::Policy(status)) if status.revision >= target => {
+                writeln!(
+                    out,
+                    "policy view in sync at revision {} ({} policies, {} pods, {} namespaces)",
+                    status.revision, status.policies, status.pods, status.namespaces
+                )?;
+                return Ok(());
+            }
+            Ok(Response::Policy(status)) => {
+                let first = seen.map_or(status.revision, |(first, _)| first);
+                seen = Some((first, status.revision));
+                failure = None;
+            }
+            Ok(Response::Error(e)) if e.code == codes::DECODE_FAILURE => bail!(
+                "fabricd at {} does not understand the policy request: is it older than \
+                 this fabricctl? ({e})",
+                socket.display()
+            ),
+            Ok(Response::Error(e)) => failure = Some(format!("fabricd: {e}")),
+            Ok(other) => bail!("fabricd answered {other:?} to the policy request"),
+            Err(e) => {
+                failure = Some(format!(
+                    "asking fabricd at {} (--socket): {e}",
+                    socket.display()
+                ))
+            }
+        }
+        if Instant::now() >= deadline {
+            let view = match seen {
+                Some((first, last)) if first == last => {
+                    format!("fabricd's policy view stayed at revision {last}")
+                }
+                Some((first, last)) => {
+                    format!("fabricd's policy view went from revision {first} to {last}")
+                }
+                None => "fabricd never reported its policy view".into(),
+            };
+            let failure = failure
+                .map(|f| format!("; last error: {f}"))
+                .unwrap_or_default();
+            bail!(
+                "policy view not in sync after {}: etcd is at revision {target}, {view}{failure}",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(SYNC_POLL).await;
+    }
+}
+
+/// Applies label edits `args` to a label map (see [`labels`]).
+fn relabel(
+    current: &std::collections::BTreeMap<String, String>,
+    args: &[String],
+    replace: bool,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    Ok(labels::apply(
+        current,
+        &labels::parse(args, replace)?,
+        replace,
+    ))
+}
+
+async fn pod_command(out: &mut impl Write, store: &EtcdStore, action: PodAction) -> Result<()> {
+    match action {
+        PodAction::Label {
+            pod,
+            labels,
+            replace,
+        } => {
+            let key = pod_key(&pod)?;
+            for _ in 0..LABEL_ATTEMPTS {
+                let records = pod_records(store).await?;
+                let matching: Vec<_> = records
+                    .into_iter()
+                    .filter(|(_, _, r)| r.namespace == key.namespace && r.name == key.name)
+                    .collect();
+                if matching.is_empty() {
+                    bail!("no pod {key} is registered (`fabricctl pod list` shows the pods)");
+                }
+                let mut all_written = true;
+                let mut now = Default::default();
+                // Every record of the pod (a restarted pod's stale one too) gets the labels.
+                for (name, mod_revision, mut record) in matching {
+                    record.labels = relabel(&record.labels, &labels, replace)?;
+                    let value = serde_json::to_value(&record)?;
+                    all_written &= store
+                        .put_object_if(Kind::Pods, &name, &value, mod_revision)
+                        .await?;
+                    now = record.labels;
+                }
+                if all_written {
+                    writeln!(out, "pod {key} labeled {now:?}")?;
+                    return Ok(());
+                }
+            }
+            bail!("pod {key} kept changing while it was being labeled; try again")
+        }
+        PodAction::List { output } => {
+            let mut records: Vec<PodRecord> = pod_records(store)
+                .await?
+                .into_iter()
+                .map(|(_, _, r)| r)
+                .collect();
+            records.sort_by(|a, b| {
+                (&a.namespace, &a.name, &a.node).cmp(&(&b.namespace, &b.name, &b.node))
+            });
+            match output {
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
+                Output::Table => {
+                    let rows = records.iter().map(|r| {
+                        let labels: Vec<String> =
+                            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+                        let or_dash = |v: Vec<String>| {
+                            if v.is_empty() {
+                                "-".into()
+                            } else {
+                                v.join(",")
+                            }
+                        };
+                        vec![
+                            format!("{}/{}", r.namespace, r.name),
+                            r.node.clone(),
+                            r.ip.to_string(),
+                            or_dash(labels),
+                            or_dash(ports),
+                        ]
+                    });
+                    write_table(out, &["POD", "NODE", "IP", "LABELS", "PORTS"], rows)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `namespace/name`.
+fn pod_key(pod: &str) -> Result<policy::PodKey> {
+    policy::PodKey::parse(pod).with_context(|| format!("{pod}: write the pod as namespace/name"))
+}
+
+/// Every pod record: its key below `pods/`, the revision of its last write, the record.
+/// Unreadable records are skipped with a warning.
+async fn pod_records(store: &EtcdStore) -> Result<Vec<(String, i64, PodRecord)>> {
+    let mut out = Vec::new();
+    for (name, versioned) in store.list_objects(Kind::Pods).await? {
+        match serde_json::from_value::<PodRecord>(versioned.value) {
+            Ok(record) => out.push((name, versioned.mod_revision, record)),
+            Err(e) => eprintln!("fabricctl: skipping unreadable pod record {name}: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 async fn namespace_command(
@@ -376,39 +639,42 @@ async fn namespace_command(
     action: NamespaceAction,
 ) -> Result<()> {
     match action {
-        NamespaceAction::Label { namespace, labels } => {
-            let all = store.list_objects(Kind::Namespaces).await?;
-            let mut record: NamespaceRecord = all
-                .get(&namespace)
-                .cloned()
-                .map(serde_json::from_value)
-                .transpose()?
-                .unwrap_or_default();
-            for label in labels {
-                if let Some(key) = label.strip_suffix('-') {
-                    record.labels.remove(key);
-                } else {
-                    let (k, v) = label.split_once('=').with_context(|| {
-                        format!("{label}: write key=value to set, key- to remove")
-                    })?;
-                    record.labels.insert(k.to_string(), v.to_string());
+        NamespaceAction::Label {
+            namespace,
+            labels,
+            replace,
+        } => {
+            for _ in 0..LABEL_ATTEMPTS {
+                let stored = store
+                    .list_objects(Kind::Namespaces)
+                    .await?
+                    .remove(&namespace);
+                let (mut record, mod_revision) = match stored {
+                    Some(v) => (
+                        serde_json::from_value::<NamespaceRecord>(v.value)
+                            .with_context(|| format!("namespace {namespace}'s record"))?,
+                        v.mod_revision,
+                    ),
+                    None => (NamespaceRecord::default(), 0),
+                };
+                record.labels = relabel(&record.labels, &labels, replace)?;
+                let value = serde_json::to_value(&record)?;
+                if store
+                    .put_object_if(Kind::Namespaces, &namespace, &value, mod_revision)
+                    .await?
+                {
+                    writeln!(out, "namespace {namespace} labeled {:?}", record.labels)?;
+                    return Ok(());
                 }
             }
-            store
-                .put_object(
-                    Kind::Namespaces,
-                    &namespace,
-                    &serde_json::to_value(&record)?,
-                )
-                .await?;
-            writeln!(out, "namespace {namespace} labeled {:?}", record.labels)?;
+            bail!("namespace {namespace} kept changing while it was being labeled; try again")
         }
         NamespaceAction::List => {
             let rows = store
                 .list_objects(Kind::Namespaces)
                 .await?
                 .into_iter()
-                .map(|(name, v)| vec![name, v["labels"].to_string()]);
+                .map(|(name, v)| vec![name, v.value["labels"].to_string()]);
             write_table(out, &["NAMESPACE", "LABELS"], rows)?;
         }
     }
@@ -424,8 +690,7 @@ fn read_text(file: &PathBuf) -> Result<String> {
 }
 
 /// Prints the local fabricd's data path report.
-fn peers(out: &mut impl Write, socket: &std::path::Path, output: Output) -> Result<()> {
-    use fabric_cni::api::{call, Request, Response};
+fn peers(out: &mut impl Write, socket: &Path, output: Output) -> Result<()> {
     let answer = call(
         socket,
         &Request::Dataplane,
@@ -435,7 +700,9 @@ fn peers(out: &mut impl Write, socket: &std::path::Path, output: Output) -> Resu
     let report = match answer {
         Response::Dataplane { report } => report,
         Response::Error(e) => anyhow::bail!("fabricd: {e}"),
-        Response::Ok { .. } => anyhow::bail!("fabricd gave no data path report"),
+        Response::Ok { .. } | Response::Policy(_) => {
+            anyhow::bail!("fabricd gave no data path report")
+        }
     };
     if let Output::Json = output {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;

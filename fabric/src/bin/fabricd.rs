@@ -2,7 +2,6 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -35,9 +34,11 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let (pods_tx, pods_rx) = watch::channel(None);
     let backend_slot = Arc::new(OnceLock::new());
+    let policy_slot = Arc::new(OnceLock::new());
     let serving = api::Serving {
         pods: pods_rx,
         backend: backend_slot.clone(),
+        policy: flags.network_policy.then(|| policy_slot.clone()),
     };
     api::serve(&flags.socket, serving)
         .await
@@ -59,24 +60,22 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let config = retry("reading the network config", || etcd.network_config()).await;
     if flags.network_policy {
         // The first view before the queue opens: no connection is judged against nothing.
-        let first = retry("reading the policy objects", || async {
-            policies::load(&etcd)
-                .await
-                .map_err(|e| ipam::StoreError::Unavailable(format!("{e:#}")))
+        let (follower, handle) = retry("reading the policy objects", || {
+            policies::Follower::start(etcd.clone(), config.network)
         })
         .await;
-        let view: enforce::View = Arc::new(std::sync::RwLock::new(Arc::new(first)));
-        tokio::spawn(policies::follow(
-            etcd.clone(),
-            view.clone(),
-            config.network,
-            Duration::from_secs(1),
-        ));
+        let view = handle.view();
+        let _ = policy_slot.set(handle);
+        tokio::spawn(follower.run());
         enforce::install_rules(flags.policy_fail_open).context("installing the policy rules")?;
         enforce::serve(view).context("serving the policy queue")?;
         tracing::info!(
             fail_open = flags.policy_fail_open,
             "NetworkPolicy enforced on new connections"
+        );
+    } else if enforce::remove_rules().context("removing the policy rules")? {
+        tracing::info!(
+            "NetworkPolicy enforcement is off; removed the queue rules of an earlier run"
         );
     }
     let store: Arc<dyn Store> = Arc::new(etcd);
