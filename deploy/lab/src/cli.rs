@@ -1,5 +1,7 @@
-//! The `fabric-lab` command line: argument parsing (clap) and the four commands, `up`,
-//! `status`, `exec` and `down`, printed for a person (tables) or a program (`-o json`).
+//! The `fabric-lab` command line: argument parsing (clap) and the commands: `up`, `status`,
+//! `exec` and `down`, printed for a person (tables) or a program (`-o json`); `netpol`, the
+//! end-to-end reachability suite; and the in-pod agent's hidden `serve`, `probe` and
+//! `connect-rate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::demo::{self, IperfOptions};
+use crate::netpol;
+use crate::porter::{self, Target};
 use crate::process::Cmd;
 use crate::spec::{Backend, LabSpec, Reservation, BIN_DIR_ENV};
 use crate::state::{Node, Pod};
@@ -39,6 +43,78 @@ pub enum Command {
     Exec(ExecArgs),
     /// Stop a lab's processes, delete its namespaces and its state dir.
     Down(DownArgs),
+    /// Run NetworkPolicy reachability cases end to end on a lab of their own (built for the
+    /// model, torn down after); ends with `cases: P passed, F failed`, exits 1 if F > 0.
+    Netpol(NetpolArgs),
+    /// (in-pod agent) Serve TCP, UDP and SCTP on the given ports until killed.
+    #[command(hide = true)]
+    Serve(ServeArgs),
+    /// (in-pod agent) Probe IP:PORT/PROTO targets at once; a JSON line each.
+    #[command(hide = true)]
+    Probe(ProbeArgs),
+    /// (in-pod agent) New TCP connections per second against a `serve` port.
+    #[command(hide = true)]
+    ConnectRate(ConnectRateArgs),
+}
+
+/// `fabric-lab netpol`.
+#[derive(Debug, Args)]
+pub struct NetpolArgs {
+    /// The lab's name (prefix of its namespaces).
+    #[arg(long, default_value = "netpol")]
+    pub name: String,
+    /// The case file (the shared reachability case format).
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// The backend the nodes run: vxlan, host-gw or wireguard.
+    #[arg(long, default_value_t = Backend::Vxlan)]
+    pub backend: Backend,
+    /// Each probe's timeout (a denied connection takes this long to be called denied).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How many more times a probe expected to connect is tried when it did not (with a
+    /// longer timeout each time); unexpected connections are never retried.
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Run only the cases whose name contains this text.
+    #[arg(long = "case", value_name = "TEXT")]
+    pub only: Option<String>,
+    /// Where fabricd, fabricctl and fabric-cni are [default: this executable's directory].
+    #[arg(long, env = BIN_DIR_ENV)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// `fabric-lab serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A port to serve on TCP, UDP and SCTP (repeatable).
+    #[arg(long = "port", required = true)]
+    pub ports: Vec<u16>,
+}
+
+/// `fabric-lab probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Each probe's timeout.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Targets, `IP:PORT/PROTO` (TCP, UDP or SCTP).
+    #[arg(required = true)]
+    pub targets: Vec<Target>,
+}
+
+/// `fabric-lab connect-rate`.
+#[derive(Debug, Args)]
+pub struct ConnectRateArgs {
+    /// The `serve` listener, `IP:PORT`.
+    #[arg(long)]
+    pub to: std::net::SocketAddrV4,
+    /// How long to run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
 }
 
 /// `--name`, shared by every subcommand.
@@ -140,6 +216,20 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => status(args).map(|()| 0),
         Command::Exec(args) => exec(args),
         Command::Down(args) => down(args).map(|()| 0),
+        Command::Netpol(args) => netpol(args),
+        Command::Serve(args) => porter::serve::serve(&args.ports).map(|()| 0),
+        Command::Probe(args) => {
+            for r in porter::probe::probe_all(&args.targets, args.timeout) {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(0)
+        }
+        Command::ConnectRate(args) => {
+            let rate =
+                porter::rate::run(args.to, Duration::from_secs(args.seconds), args.concurrency);
+            println!("{}", serde_json::to_string(&rate)?);
+            Ok(0)
+        }
     }
 }
 
@@ -292,6 +382,18 @@ fn status(args: StatusArgs) -> Result<()> {
     }
     lab.keep();
     Ok(())
+}
+
+fn netpol(args: NetpolArgs) -> Result<u8> {
+    let file = netpol::load(&args.cases)?;
+    let mut options = netpol::Options::new(args.name);
+    options.backend = args.backend;
+    options.bin_dir = args.bin_dir;
+    options.timeout = args.timeout;
+    options.retries = args.retries;
+    options.only = args.only;
+    let summary = netpol::run(&options, &file, &mut std::io::stdout().lock())?;
+    Ok(u8::from(summary.failed() > 0))
 }
 
 fn exec(args: ExecArgs) -> Result<u8> {

@@ -733,7 +733,7 @@ mod tests {
         let list = Conflist::fabric_default(None).with_default_socket(Path::new("/n1.sock"));
         assert_eq!(
             list.to_value(),
-            json!({"cniVersion":"1.1.0","name":"fabric","plugins":[{"type":"fabric-cni","socket":"/n1.sock","capabilities":{"ips":true,"labels":true}}]})
+            json!({"cniVersion":"1.1.0","name":"fabric","plugins":[{"type":"fabric-cni","socket":"/n1.sock","capabilities":{"ips":true,"labels":true,"containerPorts":true}}]})
         );
         let kept = chain().with_default_socket(Path::new("/other.sock"));
         assert_eq!(

@@ -26,7 +26,8 @@
 //! Modules: [`spec`] (what to build), [`topology`] (names and addresses), [`state`] (the state
 //! dir), [`process`] (commands and daemons), [`netns`] (namespaces and links), [`etcd`],
 //! [`node`] (fabricd), [`cni_runtime`], [`demo`] (ping, iperf3), [`teardown`], [`lab`] (the
-//! orchestration) and [`cli`].
+//! orchestration), [`netpol`] (the reachability suite), [`porter`] (the in-pod agent) and
+//! [`cli`].
 
 pub mod cli;
 pub mod cni_runtime;
@@ -34,7 +35,9 @@ pub mod demo;
 pub mod etcd;
 pub mod lab;
 pub mod netns;
+pub mod netpol;
 pub mod node;
+pub mod porter;
 pub mod process;
 pub mod spec;
 pub mod state;
