@@ -35,9 +35,6 @@ const NAMESPACE: &str = "bench";
 /// The port `fabric-lab serve` listens on in the server pod.
 const SERVE_PORT: u16 = 80;
 
-/// Concurrent connectors in `connect-rate`.
-const CONCURRENCY: u32 = 4;
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -49,6 +46,8 @@ pub struct Options {
     pub seconds: u32,
     /// Policies in the "on, N policies" condition.
     pub policies: usize,
+    /// Connections `connect-rate` keeps in flight at once.
+    pub concurrency: usize,
 }
 
 /// A measured condition.
@@ -56,23 +55,41 @@ pub struct Options {
 enum Condition {
     Off,
     Empty,
-    Full,
+    Server,
+    Both,
 }
 
 impl Condition {
-    const ALL: [Condition; 3] = [Condition::Off, Condition::Empty, Condition::Full];
+    const ALL: [Condition; 4] = [
+        Condition::Off,
+        Condition::Empty,
+        Condition::Server,
+        Condition::Both,
+    ];
 
     fn label(self, policies: usize) -> String {
         match self {
             Condition::Off => "enforcement off".into(),
             Condition::Empty => "enforcement on, no policies".into(),
-            Condition::Full => format!("enforcement on, {policies} policies"),
+            Condition::Server => format!("on, {policies} policies, server isolated"),
+            Condition::Both => format!("on, {policies} policies, both isolated"),
+        }
+    }
+
+    /// The manifests this condition applies, if any.
+    fn manifests(self, n: usize) -> Option<String> {
+        match self {
+            Condition::Off | Condition::Empty => None,
+            Condition::Server => Some(manifests(n, false)),
+            Condition::Both => Some(manifests(n, true)),
         }
     }
 }
 
-/// The policy manifests of the "on, N policies" condition (multi-document YAML).
-pub fn manifests(n: usize) -> String {
+/// `n` policy manifests (multi-document YAML): one isolates the server for ingress and admits
+/// the client; with `isolate_client`, one isolates the client for egress (to the server and
+/// DNS); the rest are policies for other workloads of the namespace.
+pub fn manifests(n: usize, isolate_client: bool) -> String {
     let mut out = String::new();
     let mut doc = |body: String| {
         out.push_str("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n");
@@ -84,13 +101,16 @@ pub fn manifests(n: usize) -> String {
          ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: client}}}}\n    \
          ports:\n    - {{port: 5201}}\n    - {{port: {SERVE_PORT}}}\n"
     ));
-    doc(format!(
-        "metadata: {{name: client-egress, namespace: {NAMESPACE}}}\n\
+    let first_filler = if isolate_client { 2 } else { 1 };
+    if isolate_client {
+        doc(format!(
+            "metadata: {{name: client-egress, namespace: {NAMESPACE}}}\n\
          spec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  \
          egress:\n  - to:\n    - podSelector: {{matchLabels: {{app: server}}}}\n  \
          - ports:\n    - {{port: 53, protocol: UDP}}\n"
-    ));
-    for i in 2..n {
+        ));
+    }
+    for i in first_filler..n {
         doc(format!(
             "metadata: {{name: svc-{i}, namespace: {NAMESPACE}}}\n\
              spec:\n  podSelector:\n    matchLabels: {{app: svc-{i}}}\n    \
@@ -145,19 +165,24 @@ pub fn run(opts: &Options) -> Result<Section> {
         .context("starting fabric-lab serve in the server pod")?;
     let _stop = StopOnDrop(serving);
     let policy_file = lab.state_dir().join("policies.yaml");
-    std::fs::write(&policy_file, manifests(opts.policies))?;
-    let policy_file = policy_file.display().to_string();
 
     let mut current = None;
-    let mut gbps = vec![Vec::new(); 3];
-    let mut rate = vec![Vec::new(); 3];
+    let n = Condition::ALL.len();
+    let mut gbps = vec![Vec::new(); n];
+    let mut rate = vec![Vec::new(); n];
     let iperf_log = lab.state_dir().join("iperf3-server.log");
     for rep in 0..opts.reps {
-        for k in 0..3 {
-            let i = (rep + k) % 3;
+        for k in 0..n {
+            let i = (rep + k) % n;
             let condition = Condition::ALL[i];
-            switch(&mut lab, &mut current, condition, &policy_file)
-                .with_context(|| format!("switching to {}", condition.label(opts.policies)))?;
+            switch(
+                &mut lab,
+                &mut current,
+                condition,
+                &policy_file,
+                opts.policies,
+            )
+            .with_context(|| format!("switching to {}", condition.label(opts.policies)))?;
             let (r, _) = crate::iperf::run_with_retries(
                 3,
                 &server.netns,
@@ -169,7 +194,7 @@ pub fn run(opts: &Options) -> Result<Section> {
             )
             .with_context(|| format!("iperf3 with {}", condition.label(opts.policies)))?;
             let r = crate::iperf::to_run(&r);
-            let per_second = connect_rate(&agent, &client.netns, server.ip, opts.seconds)
+            let per_second = connect_rate(&agent, &client.netns, server.ip, opts)
                 .with_context(|| format!("connect-rate with {}", condition.label(opts.policies)))?;
             eprintln!(
                 "[{}] rep {}/{} {:<32} {:6.2} Gbit/s {:8.0} connections/s",
@@ -185,7 +210,13 @@ pub fn run(opts: &Options) -> Result<Section> {
         }
     }
     let after = crate::Snapshot::take(&opts.name);
-    switch(&mut lab, &mut current, Condition::Empty, &policy_file)?;
+    switch(
+        &mut lab,
+        &mut current,
+        Condition::Empty,
+        &policy_file,
+        opts.policies,
+    )?;
     lab.down().context("tearing the lab down")?;
 
     let rows: Vec<Vec<String>> = Condition::ALL
@@ -202,8 +233,9 @@ pub fn run(opts: &Options) -> Result<Section> {
         })
         .collect();
     let tp = median(&gbps[2]) / median(&gbps[1]);
-    let tp_off = median(&gbps[2]) / median(&gbps[0]);
+    let tp_both = median(&gbps[3]) / median(&gbps[1]);
     let cr = median(&rate[2]) / median(&rate[0]);
+    let cr_both = median(&rate[3]) / median(&rate[0]);
     let cr_empty = median(&rate[1]) / median(&rate[0]);
     let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
 
@@ -211,13 +243,15 @@ pub fn run(opts: &Options) -> Result<Section> {
     writeln!(
         body,
         "Two lab nodes (vxlan), a client pod on node1 and a server pod on node2 (namespace \
-         `{NAMESPACE}`). Three conditions, interleaved in rotating order over {} repetition(s): \
+         `{NAMESPACE}`). Four conditions, interleaved in rotating order over {} repetition(s): \
          fabricd with `--network-policy=false`; enforcement on with no policies; enforcement on \
-         with {} NetworkPolicies in etcd (one isolates the server and admits the client, one \
-         isolates the client's egress, the rest are policies for other workloads of the same \
-         namespace with selectors, namespaceSelectors, ipBlocks with except, port ranges and named \
-         ports). Per condition: iperf3 TCP, 1 stream, {} s, client → server; then {} s of \
-         `fabric-lab connect-rate` ({CONCURRENCY} concurrent connectors; each connection is \
+         with {} NetworkPolicies in etcd of which one isolates the server for ingress and admits \
+         the client (\"server isolated\"); the same plus one isolating the client for egress \
+         (\"both isolated\"). The other policies are for other workloads of the same namespace, \
+         with selectors, namespaceSelectors, ipBlocks with except, port ranges and named ports. \
+         Only connections of isolated local pods wait in NFQUEUE; with both isolated, each new \
+         connection is judged on both nodes. Per condition: iperf3 TCP, 1 stream, {} s, client → server; then {} s of \
+         `fabric-lab connect-rate` ({} concurrent connectors; each connection is \
          connect, read the server's line, close with RST) against `fabric-lab serve`. With \
          enforcement on, every new connection's first packet is judged on NFQUEUE on both nodes. \
          {}\n",
@@ -225,6 +259,7 @@ pub fn run(opts: &Options) -> Result<Section> {
         opts.policies,
         opts.seconds,
         opts.seconds,
+        opts.concurrency,
         before.describe(&after),
     )?;
     body.push_str(&markdown_table(
@@ -241,23 +276,26 @@ pub fn run(opts: &Options) -> Result<Section> {
     writeln!(
         body,
         "- Throughput with {} policies ÷ with none (enforcement on): {tp:.3}× — {} the target ≥ \
-         {THROUGHPUT_TARGET}× (÷ enforcement off: {tp_off:.3}×)",
+         {THROUGHPUT_TARGET}× (server isolated; both isolated: {tp_both:.3}×, {})",
         opts.policies,
-        verdict(tp >= THROUGHPUT_TARGET)
+        verdict(tp >= THROUGHPUT_TARGET),
+        verdict(tp_both >= THROUGHPUT_TARGET),
     )?;
     writeln!(
         body,
-        "- New connections/s with enforcement ({} policies) ÷ without: {cr:.3}× — {} the target ≥ \
-         {RATE_TARGET}× (enforcement on with no policies ÷ off: {cr_empty:.3}×)",
+        "- New connections/s with enforcement ({} policies, server isolated) ÷ without: {cr:.3}× \
+         — {} the target ≥ {RATE_TARGET}× (both isolated: {cr_both:.3}×, {}; enforcement on with \
+         no policies: {cr_empty:.3}×)",
         opts.policies,
-        verdict(cr >= RATE_TARGET)
+        verdict(cr >= RATE_TARGET),
+        verdict(cr_both >= RATE_TARGET),
     )?;
     Ok(Section {
         title: "NetworkPolicy enforcement: throughput and new connections/s".into(),
         date: crate::today(),
         command: format!(
-            "fabric-bench policy --reps {} --seconds {} --policies {} --name {}",
-            opts.reps, opts.seconds, opts.policies, opts.name
+            "fabric-bench policy --reps {} --seconds {} --policies {} --concurrency {} --name {}",
+            opts.reps, opts.seconds, opts.policies, opts.concurrency, opts.name
         ),
         machine: crate::machine(),
         body,
@@ -270,14 +308,16 @@ fn switch(
     lab: &mut Lab,
     current: &mut Option<Condition>,
     to: Condition,
-    policy_file: &str,
+    policy_file: &std::path::Path,
+    policies: usize,
 ) -> Result<()> {
     if *current == Some(to) {
         return Ok(());
     }
+    let file = policy_file.display().to_string();
     let enforcing = |c: Option<Condition>| c != Some(Condition::Off);
-    if *current == Some(Condition::Full) {
-        lab.fabricctl(&["policy", "delete", "-f", policy_file])?;
+    if current.and_then(|c| c.manifests(policies)).is_some() {
+        lab.fabricctl(&["policy", "delete", "-f", &file])?;
     }
     if current.is_none() || enforcing(*current) != enforcing(Some(to)) {
         let flags: &[&str] = if to == Condition::Off {
@@ -290,8 +330,9 @@ fn switch(
             lab.restart_fabricd_with(node, flags)?;
         }
     }
-    if to == Condition::Full {
-        lab.fabricctl(&["policy", "apply", "-f", policy_file])?;
+    if let Some(text) = to.manifests(policies) {
+        std::fs::write(policy_file, text)?;
+        lab.fabricctl(&["policy", "apply", "-f", &file])?;
     }
     if to != Condition::Off {
         for node in lab.nodes() {
@@ -309,8 +350,9 @@ fn connect_rate(
     agent: &std::path::Path,
     netns: &str,
     server: std::net::Ipv4Addr,
-    seconds: u32,
+    opts: &Options,
 ) -> Result<f64> {
+    let seconds = opts.seconds;
     let out = Cmd::in_netns(netns, agent)
         .args([
             "connect-rate",
@@ -319,7 +361,7 @@ fn connect_rate(
             "--seconds",
             &seconds.to_string(),
             "--concurrency",
-            &CONCURRENCY.to_string(),
+            &opts.concurrency.to_string(),
         ])
         .timeout(Duration::from_secs(u64::from(seconds) + 30))
         .run()?;
@@ -358,12 +400,17 @@ mod tests {
 
     #[test]
     fn manifests_hold_n_valid_policies_that_isolate_the_measured_pods() {
-        let docs: Vec<policy::NetworkPolicy> = manifests(50)
+        let docs: Vec<policy::NetworkPolicy> = manifests(50, true)
             .split("---\n")
             .filter(|d| !d.trim().is_empty())
             .map(|d| serde_yaml::from_str(d).expect("YAML"))
             .collect();
         assert_eq!(docs.len(), 50);
+        assert_eq!(
+            manifests(50, false).matches("kind: NetworkPolicy").count(),
+            50
+        );
+        assert!(!manifests(50, false).contains("client-egress"));
         for np in &docs {
             policy::Policy::from_k8s(np).expect("a valid NetworkPolicy");
         }

@@ -88,6 +88,9 @@ enum Command {
         /// NetworkPolicies in etcd for the "N policies" condition.
         #[arg(long, default_value_t = 1000)]
         policies: usize,
+        /// Connections kept in flight at once by the connection-rate client.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
         /// Lab name (prefix of every namespace).
         #[arg(long, default_value = "benchnp")]
         name: String,
@@ -135,12 +138,14 @@ fn main() -> Result<()> {
             reps,
             seconds,
             policies,
+            concurrency,
             name,
         } => enforcement::run(&enforcement::Options {
             name,
             reps,
             seconds,
             policies,
+            concurrency,
         })?,
     };
     let text = section.render();

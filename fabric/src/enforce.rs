@@ -1,21 +1,29 @@
-//! NetworkPolicy on the packet path: the first packet of every new forwarded connection goes
-//! to NFQUEUE; the daemon judges it against the compiled policy and accepts (marking the
-//! packet, whose mark the rules save into the connection's conntrack mark, so the rest of the
-//! connection stays in the kernel) or drops it. Replies to accepted connections pass as
-//! ESTABLISHED.
+//! NetworkPolicy on the packet path: the first packet of every new forwarded connection from
+//! a local pod isolated for egress, or to a local pod isolated for ingress, goes to NFQUEUE;
+//! the daemon judges it against the compiled policy and accepts (marking the packet, whose
+//! mark the rules save into the connection's conntrack mark, so the rest of the connection
+//! stays in the kernel) or drops it. New connections no local isolated pod takes part in are
+//! accepted in the kernel and marked allowed at once: only isolated pods pay for policy, as
+//! with Calico. Replies to accepted connections pass as ESTABLISHED.
+//!
+//! Which pods are queued follows the policy view: [`Queued::of`] computes it, and the chain
+//! is replaced whenever it changes. Each node judges the whole decision (egress at the
+//! source and ingress at the destination) for what it queues, so a connection between two
+//! isolated pods on different nodes is judged on both.
 //!
 //! This kernel has nft's `queue` expression off, so the rules go through iptables (the
 //! xtables NFQUEUE target, via iptables-nft), in a chain of fabric's own.
 //!
 //! [`Flow::parse`] and [`judge`] are pure; [`install_rules`] and [`serve`] are the shell.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context, Result};
-use policy::{Cluster, Protocol};
+use policy::{Cluster, Direction, Pod, Protocol};
 
 /// The queue new connections wait in.
 pub const QUEUE: u16 = 0;
@@ -97,14 +105,48 @@ pub fn judge(cluster: &Cluster, flow: &Flow) -> bool {
         .allowed
 }
 
+/// The local pods whose new connections wait for a verdict: those isolated for egress (as
+/// sources) and those isolated for ingress (as destinations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queued {
+    /// Local pods isolated for egress.
+    pub egress: BTreeSet<Ipv4Addr>,
+    /// Local pods isolated for ingress.
+    pub ingress: BTreeSet<Ipv4Addr>,
+}
+
+impl Queued {
+    /// Which of `local` (this node's pods) `cluster` isolates, per direction.
+    pub fn of<'a>(cluster: &Cluster, local: impl IntoIterator<Item = &'a Pod>) -> Self {
+        let mut out = Queued::default();
+        for pod in local {
+            let Some(id) = cluster.pod_id(&pod.key) else {
+                continue;
+            };
+            let isolated = |d| !cluster.classifier().isolating_policies(id, d).is_empty();
+            if isolated(Direction::Egress) {
+                out.egress.insert(pod.ip);
+            }
+            if isolated(Direction::Ingress) {
+                out.ingress.insert(pod.ip);
+            }
+        }
+        out
+    }
+}
+
 /// The rules, for `iptables-restore --noflush`: established and already-allowed connections
 /// pass; a packet the daemon marked allowed gets its mark saved on the connection; packets
-/// conntrack cannot place (INVALID, e.g. the middle of a cut connection) are dropped; every
-/// other new forwarded connection waits in the queue. With `fail_open`, the queue lets
-/// packets through while no daemon listens; otherwise they are dropped.
-pub fn rules(fail_open: bool) -> String {
+/// conntrack cannot place are dropped: INVALID ones, and TCP segments without SYN that
+/// conntrack would pick up as new (the middle of a cut connection, in either direction); a new
+/// connection from or to a `queued` pod waits in the queue; any other new connection is
+/// marked allowed (so a later policy change re-judges it) and passes. With `fail_open`, the
+/// queue lets packets through while no daemon listens; otherwise they are dropped: isolated
+/// pods fail closed.
+pub fn rules(fail_open: bool, queued: &Queued) -> String {
     let bypass = if fail_open { " --queue-bypass" } else { "" };
-    format!(
+    let queue = format!("-m conntrack --ctstate NEW -j NFQUEUE --queue-num {QUEUE}{bypass}");
+    let mut out = format!(
         "*filter\n\
          :{CHAIN} - [0:0]\n\
          -A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
@@ -112,9 +154,20 @@ pub fn rules(fail_open: bool) -> String {
          -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j CONNMARK --save-mark --mask {ALLOWED:#x}\n\
          -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
          -A {CHAIN} -m conntrack --ctstate INVALID -j DROP\n\
-         -A {CHAIN} -m conntrack --ctstate NEW -j NFQUEUE --queue-num {QUEUE}{bypass}\n\
+         -A {CHAIN} -p tcp -m tcp ! --syn -m conntrack --ctstate NEW -j DROP\n"
+    );
+    for ip in &queued.egress {
+        out.push_str(&format!("-A {CHAIN} -s {ip}/32 {queue}\n"));
+    }
+    for ip in &queued.ingress {
+        out.push_str(&format!("-A {CHAIN} -d {ip}/32 {queue}\n"));
+    }
+    out.push_str(&format!(
+        "-A {CHAIN} -m conntrack --ctstate NEW -j CONNMARK --set-mark {ALLOWED:#x}/{ALLOWED:#x}\n\
+         -A {CHAIN} -m conntrack --ctstate NEW -j ACCEPT\n\
          COMMIT\n"
-    )
+    ));
+    out
 }
 
 fn iptables(args: &[&str]) -> Result<bool> {
@@ -128,8 +181,8 @@ fn iptables(args: &[&str]) -> Result<bool> {
     Ok(status.success())
 }
 
-/// Installs the chain (replacing its rules) and hooks it first into FORWARD.
-pub fn install_rules(fail_open: bool) -> Result<()> {
+/// Installs the chain (replacing its rules, atomically) and hooks it first into FORWARD.
+pub fn install_rules(fail_open: bool, queued: &Queued) -> Result<()> {
     let mut child = Command::new("iptables-restore")
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
@@ -140,7 +193,7 @@ pub fn install_rules(fail_open: bool) -> Result<()> {
         .stdin
         .take()
         .context("stdin")?
-        .write_all(rules(fail_open).as_bytes())?;
+        .write_all(rules(fail_open, queued).as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
@@ -322,6 +375,66 @@ mod tests {
         p[16..20].copy_from_slice(&[10, 244, 2, 10]);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn only_isolated_local_pods_are_queued() {
+        let mut c = Cluster::new();
+        c.upsert_namespace("x", Default::default());
+        let pod = |name: &str, last: u8| Pod {
+            key: PodKey::new("x", name),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ip: Ipv4Addr::new(10, 244, 1, last),
+            ports: vec![],
+        };
+        let (web, db, other) = (pod("web", 2), pod("db", 3), pod("other", 4));
+        for p in [&web, &db, &other] {
+            c.upsert_pod(p.clone());
+        }
+        assert_eq!(
+            Queued::of(&c, [&web, &db]),
+            Queued::default(),
+            "nothing isolated"
+        );
+        let np: NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+        )
+        .unwrap();
+        c.upsert_policy(&np).unwrap();
+        let np: NetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: q, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
+        )
+        .unwrap();
+        c.upsert_policy(&np).unwrap();
+        let q = Queued::of(&c, [&web, &db]);
+        assert_eq!(q.ingress, BTreeSet::from([web.ip]));
+        assert_eq!(q.egress, BTreeSet::from([web.ip, db.ip]), "only local pods");
+
+        let text = rules(false, &q);
+        let queue_web_in = text
+            .find("-d 10.244.1.2/32 -m conntrack --ctstate NEW -j NFQUEUE")
+            .unwrap();
+        let queue_db_out = text
+            .find("-s 10.244.1.3/32 -m conntrack --ctstate NEW -j NFQUEUE")
+            .unwrap();
+        let pass = text.find("--ctstate NEW -j CONNMARK --set-mark").unwrap();
+        let invalid = text.find("--ctstate INVALID -j DROP").unwrap();
+        assert!(invalid < queue_web_in && queue_db_out < pass, "{text}");
+        let midstream = text
+            .find("-p tcp -m tcp ! --syn -m conntrack --ctstate NEW -j DROP")
+            .unwrap();
+        assert!(
+            midstream < queue_web_in,
+            "mid-stream TCP never takes the fast path\n{text}"
+        );
+        assert!(!text.contains("10.244.1.4"), "{text}");
+        assert!(!text.contains("--queue-bypass"));
+        assert!(rules(true, &q).contains("--queue-bypass"));
+        let open = rules(false, &Queued::default());
+        assert!(
+            !open.contains("NFQUEUE"),
+            "nothing isolated: nothing queued\n{open}"
+        );
     }
 
     #[test]

@@ -364,6 +364,20 @@ impl Objects {
         self.advance(revision);
     }
 
+    /// The pods registered by `node` (their records are stored under `<node>/`), as the view
+    /// has them.
+    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Pod> + 'a {
+        let prefix = format!("{node}/");
+        let keys: BTreeSet<&PodKey> = self
+            .pods
+            .records
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, (key, _, _))| key)
+            .collect();
+        keys.into_iter().filter_map(|k| self.pods.effective(k))
+    }
+
     /// The whole view, built from scratch.
     pub fn build(&self) -> Cluster {
         let mut cluster = Cluster::new();
@@ -522,13 +536,20 @@ pub struct Follower {
     publisher: Publisher,
     view: View,
     cluster_net: ipnet::Ipv4Net,
+    node: String,
+    fail_open: bool,
+    installed: Option<crate::enforce::Queued>,
 }
 
 impl Follower {
     /// Lists the policy objects and builds the first view; fails if etcd cannot be read.
+    /// `node` is this node's name (its pods are the ones it queues), `fail_open` the queue
+    /// rules' behaviour while no daemon answers.
     pub async fn start(
         store: EtcdStore,
         cluster_net: ipnet::Ipv4Net,
+        node: &str,
+        fail_open: bool,
     ) -> Result<(Self, Handle), StoreError> {
         let mut range = store.follow_objects().await?;
         let Some(RangeUpdate::Listed { revision, keys }) = range.next().await else {
@@ -552,8 +573,29 @@ impl Follower {
             publisher: Publisher::default(),
             view,
             cluster_net,
+            node: node.to_owned(),
+            fail_open,
+            installed: None,
         };
         Ok((follower, handle))
+    }
+
+    /// Installs the queue rules for the current view if which local pods are isolated
+    /// changed since the last install (always, the first time).
+    pub fn install_rules(&mut self) -> anyhow::Result<()> {
+        let view = current(&self.view);
+        let queued = crate::enforce::Queued::of(&view, self.objects.pods_on(&self.node));
+        if self.installed.as_ref() == Some(&queued) {
+            return Ok(());
+        }
+        crate::enforce::install_rules(self.fail_open, &queued)?;
+        tracing::info!(
+            egress = queued.egress.len(),
+            ingress = queued.ingress.len(),
+            "queue rules installed for the isolated local pods"
+        );
+        self.installed = Some(queued);
+        Ok(())
     }
 
     /// Runs until the process ends.
@@ -637,6 +679,11 @@ impl Follower {
             took_ms = started.elapsed().as_millis() as u64,
             "policy view updated"
         );
+        // Newly isolated pods are queued before existing connections are judged again, so
+        // none slips through between the two.
+        if let Err(e) = self.install_rules() {
+            tracing::warn!(error = %e, "cannot install the queue rules");
+        }
         match crate::enforce::rejudge(&next, self.cluster_net) {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
@@ -745,6 +792,29 @@ mod tests {
     }
 
     const NAMED_PORT: &str = "metadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: serve-80-tcp}]\n";
+
+    #[test]
+    fn a_node_s_pods_are_those_it_registered() {
+        let mut n2 = pod("c9", "x/far", 9, &[], &[], 4);
+        n2.name = "n2/c9".into();
+        let objects = Objects::listed(
+            5,
+            vec![
+                pod("c1", "x/a", 1, &[], &[], 2),
+                pod("c2", "x/b", 2, &[], &[], 3),
+                n2,
+            ],
+        );
+        let names = |node: &str| -> Vec<String> {
+            objects.pods_on(node).map(|p| p.key.name.clone()).collect()
+        };
+        assert_eq!(names("n1"), ["a", "b"]);
+        assert_eq!(names("n2"), ["far"]);
+        assert!(
+            names("n").is_empty(),
+            "a node name is not a prefix of another's"
+        );
+    }
 
     #[test]
     fn named_port_policy_allows_the_named_port_only() {

@@ -60,15 +60,17 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let config = retry("reading the network config", || etcd.network_config()).await;
     if flags.network_policy {
         // The first view before the queue opens: no connection is judged against nothing.
-        let (follower, handle) = retry("reading the policy objects", || {
-            policies::Follower::start(etcd.clone(), config.network)
+        let (mut follower, handle) = retry("reading the policy objects", || {
+            policies::Follower::start(etcd.clone(), config.network, &node, flags.policy_fail_open)
         })
         .await;
         let view = handle.view();
         let _ = policy_slot.set(handle);
-        tokio::spawn(follower.run());
-        enforce::install_rules(flags.policy_fail_open).context("installing the policy rules")?;
         enforce::serve(view).context("serving the policy queue")?;
+        follower
+            .install_rules()
+            .context("installing the policy rules")?;
+        tokio::spawn(follower.run());
         tracing::info!(
             fail_open = flags.policy_fail_open,
             "NetworkPolicy enforced on new connections"
