@@ -1,18 +1,18 @@
 //! `fabric-bench policy`: what NetworkPolicy enforcement costs on the wire. Two lab nodes
 //! (vxlan), a client pod on node1 and a server pod on node2 (namespace `bench`), measured under
-//! three conditions, interleaved, in rotating order per repetition:
+//! four conditions, interleaved, in rotating order per repetition:
 //!
 //! - **off**: every fabricd runs with `--network-policy=false` (no queue rule at all);
-//! - **on, no policies**: enforcement on, nothing isolated (every new connection still waits
-//!   in the queue for a verdict);
-//! - **on, N policies**: enforcement on with N NetworkPolicies in etcd (default 1,000): one
-//!   isolates the server and admits the client, one isolates the client's egress, the rest
-//!   are realistic policies for other workloads in the same namespace, so the classifier holds
-//!   all of them.
+//! - **on, no policies**: enforcement on, nothing isolated (nothing waits in the queue);
+//! - **on, N policies, server isolated**: N NetworkPolicies in etcd (default 1,000), one of
+//!   which isolates the server for ingress and admits the client; the rest are realistic
+//!   policies for other workloads of the same namespace, so the classifier holds all of them;
+//! - **on, N policies, both isolated**: the same with one of them isolating the client for
+//!   egress too, so each new connection is judged on both nodes.
 //!
 //! Each condition gets one iperf3 run (TCP, one stream, client → server) and one
 //! new-connections-per-second run (`fabric-lab connect-rate`: connect, read the server's
-//! line, close, as fast as possible, 4 at a time, against `fabric-lab serve`).
+//! line, close, as fast as possible, `--concurrency` at a time, against `fabric-lab serve`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -252,9 +252,7 @@ pub fn run(opts: &Options) -> Result<Section> {
          Only connections of isolated local pods wait in NFQUEUE; with both isolated, each new \
          connection is judged on both nodes. Per condition: iperf3 TCP, 1 stream, {} s, client → server; then {} s of \
          `fabric-lab connect-rate` ({} concurrent connectors; each connection is \
-         connect, read the server's line, close with RST) against `fabric-lab serve`. With \
-         enforcement on, every new connection's first packet is judged on NFQUEUE on both nodes. \
-         {}\n",
+         connect, read the server's line, close with RST) against `fabric-lab serve`. {}\n",
         opts.reps,
         opts.policies,
         opts.seconds,
