@@ -25,8 +25,19 @@ use std::sync::{Arc, RwLock};
 use anyhow::{bail, Context, Result};
 use policy::{Cluster, Direction, Pod, Protocol};
 
-/// The queue new connections wait in.
+/// The first queue new connections wait in; with several queues, they are numbered from it.
 pub const QUEUE: u16 = 0;
+
+/// How the queue rules are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// While no daemon listens, let queued packets through (`--queue-bypass`) instead of
+    /// dropping them.
+    pub fail_open: bool,
+    /// How many queues (from [`QUEUE`]); with more than one, the CPU that handles a packet
+    /// picks its queue (`--queue-cpu-fanout`), and each queue has a thread on that CPU.
+    pub queues: u16,
+}
 
 /// The packet and connection mark bit meaning "policy allowed this connection".
 pub const ALLOWED: u32 = 0x0004_0000;
@@ -143,9 +154,20 @@ impl Queued {
 /// marked allowed (so a later policy change re-judges it) and passes. With `fail_open`, the
 /// queue lets packets through while no daemon listens; otherwise they are dropped: isolated
 /// pods fail closed.
-pub fn rules(fail_open: bool, queued: &Queued) -> String {
-    let bypass = if fail_open { " --queue-bypass" } else { "" };
-    let queue = format!("-m conntrack --ctstate NEW -j NFQUEUE --queue-num {QUEUE}{bypass}");
+pub fn rules(options: RuleOptions, queued: &Queued) -> String {
+    let bypass = if options.fail_open {
+        " --queue-bypass"
+    } else {
+        ""
+    };
+    let target = match options.queues {
+        0 | 1 => format!("--queue-num {QUEUE}"),
+        n => format!(
+            "--queue-balance {QUEUE}:{} --queue-cpu-fanout",
+            QUEUE + n - 1
+        ),
+    };
+    let queue = format!("-m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}");
     let mut out = format!(
         "*filter\n\
          :{CHAIN} - [0:0]\n\
@@ -182,7 +204,7 @@ fn iptables(args: &[&str]) -> Result<bool> {
 }
 
 /// Installs the chain (replacing its rules, atomically) and hooks it first into FORWARD.
-pub fn install_rules(fail_open: bool, queued: &Queued) -> Result<()> {
+pub fn install_rules(options: RuleOptions, queued: &Queued) -> Result<()> {
     let mut child = Command::new("iptables-restore")
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
@@ -193,7 +215,7 @@ pub fn install_rules(fail_open: bool, queued: &Queued) -> Result<()> {
         .stdin
         .take()
         .context("stdin")?
-        .write_all(rules(fail_open, queued).as_bytes())?;
+        .write_all(rules(options, queued).as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
@@ -328,38 +350,78 @@ pub fn judge_packet(cluster: &Cluster, packet: &[u8]) -> bool {
 /// reflects.
 pub type View = Arc<RwLock<Arc<crate::policies::Snapshot>>>;
 
-/// Serves the queue on a thread of its own until the process ends.
-pub fn serve(view: View) -> Result<()> {
-    let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
-    queue.bind(QUEUE).context("binding NFQUEUE 0")?;
-    // Only the headers are needed.
-    queue
-        .set_copy_range(QUEUE, 64)
-        .context("setting the NFQUEUE copy range")?;
-    std::thread::Builder::new()
-        .name("policy-queue".into())
-        .spawn(move || loop {
-            let mut msg = match queue.recv() {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "NFQUEUE receive failed");
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    continue;
+/// Serves queues `QUEUE..QUEUE + queues`, each on a thread of its own (pinned to the CPU
+/// whose packets it gets when there are several, and under SCHED_FIFO), until the process
+/// ends.
+pub fn serve(view: View, queues: u16) -> Result<()> {
+    for i in 0..queues.max(1) {
+        let num = QUEUE + i;
+        let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
+        queue
+            .bind(num)
+            .with_context(|| format!("binding NFQUEUE {num}"))?;
+        // Only the headers are needed.
+        queue
+            .set_copy_range(num, 64)
+            .context("setting the NFQUEUE copy range")?;
+        let view = view.clone();
+        let pin = (queues > 1).then_some(usize::from(i));
+        std::thread::Builder::new()
+            .name(format!("policy-queue-{num}"))
+            .spawn(move || {
+                prioritize(pin);
+                loop {
+                    answer(&mut queue, &view);
                 }
-            };
-            let cluster = view.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let allowed = judge_packet(&cluster, msg.get_payload());
-            if allowed {
-                msg.set_nfmark(msg.get_nfmark() | ALLOWED);
-                msg.set_verdict(nfq::Verdict::Repeat);
-            } else {
-                msg.set_verdict(nfq::Verdict::Drop);
-            }
-            if let Err(e) = queue.verdict(msg) {
-                tracing::error!(error = %e, "NFQUEUE verdict failed");
-            }
-        })?;
+            })?;
+    }
     Ok(())
+}
+
+/// Receives one queued packet, judges it, and gives the verdict.
+fn answer(queue: &mut nfq::Queue, view: &View) {
+    let mut msg = match queue.recv() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "NFQUEUE receive failed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            return;
+        }
+    };
+    let cluster = view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if judge_packet(&cluster, msg.get_payload()) {
+        msg.set_nfmark(msg.get_nfmark() | ALLOWED);
+        msg.set_verdict(nfq::Verdict::Repeat);
+    } else {
+        msg.set_verdict(nfq::Verdict::Drop);
+    }
+    if let Err(e) = queue.verdict(msg) {
+        tracing::error!(error = %e, "NFQUEUE verdict failed");
+    }
+}
+
+/// Runs the calling (queue) thread under SCHED_FIFO, on CPU `pin` if given: every new
+/// connection of an isolated pod waits for it, so on a busy node it must not wait behind
+/// ordinary threads for a CPU. It blocks in `recv` between packets, and the kernel's
+/// real-time throttling bounds it anyway. Where the scheduler refuses (no CAP_SYS_NICE), it
+/// runs as it is.
+fn prioritize(pin: Option<usize>) {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sets the scheduling policy of the calling thread; `param` outlives the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        let error = std::io::Error::from_raw_os_error(rc);
+        tracing::warn!(%error, "cannot run the policy queue under SCHED_FIFO");
+    }
+    if let Some(cpu) = pin {
+        let mut set = nix::sched::CpuSet::new();
+        let pinned = set
+            .set(cpu)
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+        if let Err(error) = pinned {
+            tracing::warn!(%error, cpu, "cannot pin the policy queue thread");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +437,33 @@ mod tests {
         p[16..20].copy_from_slice(&[10, 244, 2, 10]);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p
+    }
+
+    fn one(fail_open: bool) -> RuleOptions {
+        RuleOptions {
+            fail_open,
+            queues: 1,
+        }
+    }
+
+    #[test]
+    fn several_queues_fan_out_by_cpu() {
+        let q = Queued {
+            egress: BTreeSet::from([Ipv4Addr::new(10, 244, 1, 2)]),
+            ingress: BTreeSet::new(),
+        };
+        let text = rules(
+            RuleOptions {
+                fail_open: true,
+                queues: 4,
+            },
+            &q,
+        );
+        assert!(
+            text.contains("-s 10.244.1.2/32 -m conntrack --ctstate NEW -j NFQUEUE --queue-balance 0:3 --queue-cpu-fanout --queue-bypass"),
+            "{text}"
+        );
+        assert!(rules(one(false), &q).contains("-j NFQUEUE --queue-num 0\n"));
     }
 
     #[test]
@@ -410,7 +499,7 @@ mod tests {
         assert_eq!(q.ingress, BTreeSet::from([web.ip]));
         assert_eq!(q.egress, BTreeSet::from([web.ip, db.ip]), "only local pods");
 
-        let text = rules(false, &q);
+        let text = rules(one(false), &q);
         let queue_web_in = text
             .find("-d 10.244.1.2/32 -m conntrack --ctstate NEW -j NFQUEUE")
             .unwrap();
@@ -429,8 +518,8 @@ mod tests {
         );
         assert!(!text.contains("10.244.1.4"), "{text}");
         assert!(!text.contains("--queue-bypass"));
-        assert!(rules(true, &q).contains("--queue-bypass"));
-        let open = rules(false, &Queued::default());
+        assert!(rules(one(true), &q).contains("--queue-bypass"));
+        let open = rules(one(false), &Queued::default());
         assert!(
             !open.contains("NFQUEUE"),
             "nothing isolated: nothing queued\n{open}"

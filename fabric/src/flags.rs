@@ -76,6 +76,11 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_POLICY_FAIL_OPEN")]
     pub policy_fail_open: bool,
 
+    /// NFQUEUE queues for policy verdicts, each served by a thread pinned to one CPU (the CPU
+    /// that handles a packet picks the queue) [default: the number of CPUs, at most 16].
+    #[arg(long, env = "FABRIC_POLICY_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub policy_queues: Option<u16>,
+
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -103,6 +108,14 @@ fn parse_healthz(s: &str) -> Result<HealthzAddr, String> {
 }
 
 impl DaemonFlags {
+    /// How many policy queues to serve: the flag, else the number of CPUs (at most 16).
+    pub fn policy_queues(&self) -> u16 {
+        self.policy_queues.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cpus.min(16) as u16
+        })
+    }
+
     /// The node name: the flag, else the hostname.
     pub fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {

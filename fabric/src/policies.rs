@@ -537,19 +537,19 @@ pub struct Follower {
     view: View,
     cluster_net: ipnet::Ipv4Net,
     node: String,
-    fail_open: bool,
+    rules: crate::enforce::RuleOptions,
     installed: Option<crate::enforce::Queued>,
 }
 
 impl Follower {
     /// Lists the policy objects and builds the first view; fails if etcd cannot be read.
-    /// `node` is this node's name (its pods are the ones it queues), `fail_open` the queue
-    /// rules' behaviour while no daemon answers.
+    /// `node` is this node's name (its pods are the ones it queues), `rules` how the queue
+    /// rules are built.
     pub async fn start(
         store: EtcdStore,
         cluster_net: ipnet::Ipv4Net,
         node: &str,
-        fail_open: bool,
+        rules: crate::enforce::RuleOptions,
     ) -> Result<(Self, Handle), StoreError> {
         let mut range = store.follow_objects().await?;
         let Some(RangeUpdate::Listed { revision, keys }) = range.next().await else {
@@ -574,7 +574,7 @@ impl Follower {
             view,
             cluster_net,
             node: node.to_owned(),
-            fail_open,
+            rules,
             installed: None,
         };
         Ok((follower, handle))
@@ -588,7 +588,7 @@ impl Follower {
         if self.installed.as_ref() == Some(&queued) {
             return Ok(());
         }
-        crate::enforce::install_rules(self.fail_open, &queued)?;
+        crate::enforce::install_rules(self.rules, &queued)?;
         tracing::info!(
             egress = queued.egress.len(),
             ingress = queued.ingress.len(),

@@ -59,20 +59,25 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     .await;
     let config = retry("reading the network config", || etcd.network_config()).await;
     if flags.network_policy {
+        let rules = enforce::RuleOptions {
+            fail_open: flags.policy_fail_open,
+            queues: flags.policy_queues(),
+        };
         // The first view before the queue opens: no connection is judged against nothing.
         let (mut follower, handle) = retry("reading the policy objects", || {
-            policies::Follower::start(etcd.clone(), config.network, &node, flags.policy_fail_open)
+            policies::Follower::start(etcd.clone(), config.network, &node, rules)
         })
         .await;
         let view = handle.view();
         let _ = policy_slot.set(handle);
-        enforce::serve(view).context("serving the policy queue")?;
+        enforce::serve(view, rules.queues).context("serving the policy queues")?;
         follower
             .install_rules()
             .context("installing the policy rules")?;
         tokio::spawn(follower.run());
         tracing::info!(
-            fail_open = flags.policy_fail_open,
+            fail_open = rules.fail_open,
+            queues = rules.queues,
             "NetworkPolicy enforced on new connections"
         );
     } else if enforce::remove_rules().context("removing the policy rules")? {
