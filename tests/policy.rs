@@ -1,7 +1,8 @@
-//! End-to-end tests of the policy control plane in etcd mode: pods registered by fabricd on
-//! CNI ADD (namespace, name, labels), namespace labels and NetworkPolicies written with
-//! fabricctl, verdicts explained from what the datastore holds. (Enforcement on the packet
-//! path is not built yet.)
+//! End-to-end tests of NetworkPolicy in etcd mode: pods registered by fabricd on CNI ADD
+//! (namespace, name, labels), namespace labels and NetworkPolicies written with fabricctl,
+//! verdicts explained from what the datastore holds; and enforcement on the packet path (new
+//! connections judged, a running transfer cut when policy changes, isolated pods failing
+//! closed while fabricd is down). The full reachability suite is in `netpol.rs`.
 
 use fabric_lab::{Backend, Lab, PodSpec};
 use fabric_tests::{spec, up};

@@ -135,7 +135,7 @@ pub fn parse_probe_output(text: &str) -> Result<Vec<ProbeResult>> {
         .collect()
 }
 
-/// A random 32-bit value, never 0 (SCTP tags must not be), from the kernel.
+/// A random 32-bit value, never 0 (SCTP tags must not be).
 pub fn random_u32() -> u32 {
     loop {
         let v = rand::random::<u32>();
