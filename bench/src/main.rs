@@ -21,6 +21,7 @@ mod anchor;
 mod chart;
 mod cni;
 mod enforcement;
+mod interleave;
 mod iperf;
 mod report;
 mod throughput;

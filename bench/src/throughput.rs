@@ -86,43 +86,33 @@ pub fn run(opts: &Options) -> Result<Section> {
             server_ip: hand.server_ip(),
         },
     ];
-    let mut series: Vec<Series> = STREAMS
+    let server_log = lab.state_dir().join("iperf3-server.log");
+    let measured = crate::interleave::run(
+        opts.reps,
+        &STREAMS,
+        &paths,
+        |p| p.label,
+        opts.seconds,
+        |path, streams| iperf(path, streams, opts.seconds, &server_log),
+        |rep, streams, label, run: &Run| {
+            eprintln!(
+                "[{}] rep {rep}/{} P{streams} {label:<24} {:6.2} Gbit/s, {} retransmits, CPU sender {:.0}% receiver {:.0}%",
+                opts.name, opts.reps, run.gbps, run.retransmits, run.sender_cpu, run.receiver_cpu
+            );
+        },
+    )?;
+    let retried = measured.retried;
+    let series: Vec<Series> = STREAMS
         .iter()
-        .flat_map(|&streams| {
-            paths.iter().map(move |p| Series {
-                path: p.label.to_string(),
-                anchor: p.anchor,
-                streams,
-                runs: Vec::new(),
-            })
+        .flat_map(|&streams| paths.iter().map(move |p| (streams, p)))
+        .zip(measured.samples)
+        .map(|((streams, p), runs)| Series {
+            path: p.label.to_string(),
+            anchor: p.anchor,
+            streams,
+            runs,
         })
         .collect();
-
-    let server_log = lab.state_dir().join("iperf3-server.log");
-    let mut retried = Vec::new();
-    for rep in 1..=opts.reps {
-        for (i, &streams) in STREAMS.iter().enumerate() {
-            for (j, path) in paths.iter().enumerate() {
-                let (run, failures) = iperf(path, streams, opts.seconds, &server_log)
-                    .with_context(|| {
-                        format!(
-                            "rep {rep}, P{streams}, {} (iperf3 -t {})",
-                            path.label, opts.seconds
-                        )
-                    })?;
-                retried.extend(
-                    failures
-                        .into_iter()
-                        .map(|f| format!("rep {rep} P{streams} {}: {f}", path.label)),
-                );
-                eprintln!(
-                    "[{}] rep {rep}/{} P{streams} {:<24} {:6.2} Gbit/s, {} retransmits, CPU sender {:.0}% receiver {:.0}%",
-                    opts.name, opts.reps, path.label, run.gbps, run.retransmits, run.sender_cpu, run.receiver_cpu
-                );
-                series[i * paths.len() + j].runs.push(run);
-            }
-        }
-    }
     let after = crate::Snapshot::take(&opts.name);
     drop(hand);
     lab.down().context("tearing the lab down")?;

@@ -228,49 +228,39 @@ pub fn run(opts: &Options) -> Result<Section> {
         server_node: u.server_netns().to_string(),
     }));
 
-    let mut series: Vec<PathSeries> = STREAMS
+    let server_log = wlab.state_dir().join("iperf3-server.log");
+    let measured = crate::interleave::run(
+        opts.reps,
+        &STREAMS,
+        &paths,
+        |p| p.label,
+        opts.seconds,
+        |path, streams| measure(path, streams, opts.seconds, &server_log),
+        |rep, streams, label, sample: &Sample| {
+            eprintln!(
+                "[{}] rep {rep}/{} P{streams} {label:<26} {:6.2} Gbit/s, {:5} retr, CPU busy {:3.0}%, {:.3} CPU-s/Gbit, {} UDP rcvbuf drops / {} delivered",
+                opts.name,
+                opts.reps,
+                sample.run.gbps,
+                sample.run.retransmits,
+                sample.cpu_busy * 100.0,
+                sample.cpu_seconds / sample.gbit,
+                sample.udp_rcvbuf_errors,
+                sample.udp_in,
+            );
+        },
+    )?;
+    let retried = measured.retried;
+    let series: Vec<PathSeries> = STREAMS
         .iter()
-        .flat_map(|&streams| {
-            paths.iter().map(move |p| PathSeries {
-                path: p.label.to_string(),
-                streams,
-                samples: Vec::new(),
-            })
+        .flat_map(|&streams| paths.iter().map(move |p| (streams, p)))
+        .zip(measured.samples)
+        .map(|((streams, p), samples)| PathSeries {
+            path: p.label.to_string(),
+            streams,
+            samples,
         })
         .collect();
-    let server_log = wlab.state_dir().join("iperf3-server.log");
-    let mut retried = Vec::new();
-    for rep in 1..=opts.reps {
-        for (i, &streams) in STREAMS.iter().enumerate() {
-            for (j, path) in paths.iter().enumerate() {
-                let (sample, failures) = measure(path, streams, opts.seconds, &server_log)
-                    .with_context(|| {
-                        format!(
-                            "rep {rep}, P{streams}, {} (iperf3 -t {})",
-                            path.label, opts.seconds
-                        )
-                    })?;
-                retried.extend(
-                    failures
-                        .into_iter()
-                        .map(|f| format!("rep {rep} P{streams} {}: {f}", path.label)),
-                );
-                eprintln!(
-                    "[{}] rep {rep}/{} P{streams} {:<26} {:6.2} Gbit/s, {:5} retr, CPU busy {:3.0}%, {:.3} CPU-s/Gbit, {} UDP rcvbuf drops / {} delivered",
-                    opts.name,
-                    opts.reps,
-                    path.label,
-                    sample.run.gbps,
-                    sample.run.retransmits,
-                    sample.cpu_busy * 100.0,
-                    sample.cpu_seconds / sample.gbit,
-                    sample.udp_rcvbuf_errors,
-                    sample.udp_in,
-                );
-                series[i * paths.len() + j].samples.push(sample);
-            }
-        }
-    }
     let dead: Vec<&str> = userspace
         .iter()
         .filter(|u| !u.running())
