@@ -343,6 +343,7 @@ impl PodNetwork {
             node: self.registry.node.clone(),
             container_id: att.key.container_id.clone(),
             ip,
+            ipv6: None,
             labels: att.labels.clone(),
             ports: att.ports.clone(),
         };

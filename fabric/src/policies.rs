@@ -728,6 +728,7 @@ mod tests {
             node: "n1".into(),
             container_id: container.into(),
             ip: ip(last),
+            ipv6: None,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

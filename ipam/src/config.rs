@@ -5,11 +5,20 @@
 //! `Backend` with `Type` (default `vxlan`), `VNI` (default 1) and `Port` (default 8472) for
 //! vxlan, and `ListenPort` (default 51820), `PSK`, `PersistentKeepaliveInterval` and `MTU` for
 //! wireguard.
-//! Keys Flannel knows that fabric does not use (`EnableIPv6`, ...) are ignored.
+//!
+//! Dual stack: `EnableIPv6: true` with `IPv6Network` (e.g. `fd00:10:244::/56`) and
+//! `IPv6SubnetLen` (default 64) gives every node an IPv6 subnet beside its IPv4 one and every
+//! pod an IPv6 address beside its IPv4 one. The IPv6 subnet is not leased separately: it is
+//! the one at the same index in `IPv6Network` as the node's IPv4 subnet in `Network` (see
+//! [`NetworkConfig::ipv6_subnet`]), so it is exactly as exclusive as the IPv4 lease, and a
+//! pod's IPv6 address carries its IPv4 address's host part ([`ipv6_host`]).
+//! `IPv6SubnetMin`/`IPv6SubnetMax` are refused (they follow from `SubnetMin`/`SubnetMax`), and
+//! IPv6-only clusters (`EnableIPv4: false`) are not supported.
+//! Other keys Flannel knows that fabric does not use are ignored.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -113,6 +122,51 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     /// `Backend`.
     pub backend: BackendConfig,
+    /// `EnableIPv6` with `IPv6Network` and `IPv6SubnetLen`: the dual-stack half, if enabled.
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// The IPv6 half of a dual-stack network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`: the cluster's IPv6 pod CIDR.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`: the prefix length of each node's IPv6 subnet.
+    pub subnet_len: u8,
+}
+
+/// A node's IPv6 subnet for its IPv4 subnet `subnet` of `network`: the subnet of length
+/// `v6.subnet_len` at the same index in `v6.network`. `None` when `subnet` lies outside
+/// `network` or has another length.
+fn ipv6_subnet_of(
+    network: Ipv4Net,
+    subnet_len: u8,
+    v6: &Ipv6Config,
+    subnet: Ipv4Net,
+) -> Option<Ipv6Net> {
+    if subnet.prefix_len() != subnet_len || !network.contains(&subnet.network()) {
+        return None;
+    }
+    let index = u128::from(
+        (u32::from(subnet.network()) - u32::from(network.network())) >> (32 - subnet_len),
+    );
+    let base = u128::from(v6.network.network()) + (index << (128 - v6.subnet_len));
+    Ipv6Net::new(Ipv6Addr::from(base), v6.subnet_len).ok()
+}
+
+/// The IPv6 address with `addr`'s host part (within `subnet`) in `v6_subnet`: how a pod's IPv6
+/// address follows from its IPv4 one. `None` when `addr` is outside `subnet` or the host part
+/// does not fit in `v6_subnet`.
+pub fn ipv6_host(subnet: Ipv4Net, v6_subnet: Ipv6Net, addr: Ipv4Addr) -> Option<Ipv6Addr> {
+    if !subnet.contains(&addr) {
+        return None;
+    }
+    let host = u128::from(u32::from(addr) - u32::from(subnet.network()));
+    let host_bits = 128 - u32::from(v6_subnet.prefix_len());
+    if host_bits < 128 && host >> host_bits != 0 {
+        return None;
+    }
+    Some(Ipv6Addr::from(u128::from(v6_subnet.network()) + host))
 }
 
 /// The config as written, before validation.
@@ -124,6 +178,25 @@ struct RawConfig {
     subnet_min: Option<Value>,
     subnet_max: Option<Value>,
     backend: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    ipv6: RawIpv6,
+}
+
+/// The dual-stack keys as written.
+#[derive(Debug, Default, Deserialize)]
+struct RawIpv6 {
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<Value>,
+    #[serde(rename = "EnableIPv6")]
+    enable_ipv6: Option<Value>,
+    #[serde(rename = "IPv6Network")]
+    ipv6_network: Option<Value>,
+    #[serde(rename = "IPv6SubnetLen")]
+    ipv6_subnet_len: Option<Value>,
+    #[serde(rename = "IPv6SubnetMin")]
+    ipv6_subnet_min: Option<Value>,
+    #[serde(rename = "IPv6SubnetMax")]
+    ipv6_subnet_max: Option<Value>,
 }
 
 const EXAMPLE: &str =
@@ -203,6 +276,7 @@ impl NetworkConfig {
                 "pick a length longer than the Network's and at most 30 (24 gives 254 pods a node)",
             ));
         }
+        let ipv6 = parse_ipv6(raw.ipv6, network, subnet_len)?;
         let first = Ipv4Net::new(network.network(), subnet_len).expect("validated length");
         let all = network.subnets(subnet_len).expect("validated length");
         let default_min = all.clone().nth(1).unwrap_or(first).network();
@@ -225,7 +299,14 @@ impl NetworkConfig {
             subnet_min,
             subnet_max,
             backend,
+            ipv6,
         })
+    }
+
+    /// The IPv6 subnet that goes with the IPv4 subnet `subnet`, when the network is dual-stack.
+    pub fn ipv6_subnet(&self, subnet: Ipv4Net) -> Option<Ipv6Net> {
+        let v6 = self.ipv6.as_ref()?;
+        ipv6_subnet_of(self.network, self.subnet_len, v6, subnet)
     }
 
     /// The subnets this config hands out, in address order.
@@ -239,14 +320,128 @@ impl NetworkConfig {
 
     /// The config as a Flannel-style JSON document, for display: a PSK shows as `(set)`.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "Network": self.network.to_string(),
             "SubnetLen": self.subnet_len,
             "SubnetMin": self.subnet_min.to_string(),
             "SubnetMax": self.subnet_max.to_string(),
             "Backend": backend_json(&self.backend),
-        })
+        });
+        if let (Some(v6), Some(doc)) = (&self.ipv6, v.as_object_mut()) {
+            doc.insert("EnableIPv6".into(), true.into());
+            doc.insert("IPv6Network".into(), v6.network.to_string().into());
+            doc.insert("IPv6SubnetLen".into(), v6.subnet_len.into());
+        }
+        v
     }
+}
+
+/// Validates the dual-stack keys: `IPv6Network` must hold a subnet for every IPv4 subnet, and
+/// each IPv6 subnet must have room for every IPv4 host part.
+fn parse_ipv6(
+    raw: RawIpv6,
+    network: Ipv4Net,
+    subnet_len: u8,
+) -> Result<Option<Ipv6Config>, ConfigError> {
+    const V6_EXAMPLE: &str = r#"e.g. "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56""#;
+    if let Some(v) = &raw.enable_ipv4 {
+        if v.as_bool() != Some(true) {
+            return Err(ConfigError::new(
+                "EnableIPv4",
+                format!("is {v}; IPv6-only pod networks are not supported"),
+                "remove the key (IPv4 is always on) and add IPv6 with EnableIPv6",
+            ));
+        }
+    }
+    let enabled = match &raw.enable_ipv6 {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            ConfigError::new(
+                "EnableIPv6",
+                format!("is {v}, not true or false"),
+                V6_EXAMPLE,
+            )
+        })?,
+    };
+    for (key, v) in [
+        ("IPv6SubnetMin", &raw.ipv6_subnet_min),
+        ("IPv6SubnetMax", &raw.ipv6_subnet_max),
+    ] {
+        if v.is_some() {
+            return Err(ConfigError::new(
+                key,
+                "is not supported: a node's IPv6 subnet follows its IPv4 subnet",
+                "remove it and bound the subnets with SubnetMin/SubnetMax",
+            ));
+        }
+    }
+    if !enabled {
+        if raw.ipv6_network.is_some() || raw.ipv6_subnet_len.is_some() {
+            return Err(ConfigError::new(
+                "EnableIPv6",
+                "is not true, but IPv6Network or IPv6SubnetLen is set",
+                "add \"EnableIPv6\": true, or remove the IPv6 keys",
+            ));
+        }
+        return Ok(None);
+    }
+    let v6_network = match &raw.ipv6_network {
+        None => {
+            return Err(ConfigError::new(
+                "IPv6Network",
+                "is missing while EnableIPv6 is true",
+                V6_EXAMPLE,
+            ))
+        }
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse::<Ipv6Net>().ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "IPv6Network",
+                    format!("is {v}, not an IPv6 CIDR"),
+                    V6_EXAMPLE,
+                )
+            })?,
+    };
+    if v6_network.addr() != v6_network.network() {
+        return Err(ConfigError::new(
+            "IPv6Network",
+            format!("has host bits set ({v6_network})"),
+            format!("use {}", v6_network.trunc()),
+        ));
+    }
+    let v6_len = match &raw.ipv6_subnet_len {
+        None => 64,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "IPv6SubnetLen",
+                    format!("is {v}, not a prefix length"),
+                    "write a number like 64",
+                )
+            })?,
+    };
+    let subnet_bits = subnet_len - network.prefix_len();
+    let host_bits = 32 - subnet_len;
+    let needed = v6_network.prefix_len() + subnet_bits;
+    if v6_len < needed || u32::from(v6_len) > 128 - u32::from(host_bits) {
+        return Err(ConfigError::new(
+            "IPv6SubnetLen",
+            format!(
+                "is {v6_len}; with IPv6Network {v6_network} it must lie in {needed}..={} so that \
+                 every IPv4 subnet of {network} has an IPv6 subnet and every pod's host part fits",
+                128 - host_bits
+            ),
+            "use 64 with an IPv6Network of /56 or shorter (for a /16 Network with /24 subnets, /48)",
+        ));
+    }
+    Ok(Some(Ipv6Config {
+        network: v6_network,
+        subnet_len: v6_len,
+    }))
 }
 
 fn backend_json(b: &BackendConfig) -> Value {
@@ -531,6 +726,95 @@ mod tests {
         assert_eq!(cfg.backend.mtu, Some(1400));
         let psk = cfg.backend.psk.unwrap();
         assert_eq!(&psk[..3], &[0xce, 0xa1, 0xcb]);
+    }
+
+    #[test]
+    fn dual_stack_gives_each_subnet_its_ipv6_twin() {
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/48"}"#,
+        )
+        .unwrap();
+        let v6 = cfg.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        let sub = |s: &str| cfg.ipv6_subnet(s.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(sub("10.244.0.0/24").as_deref(), Some("fd00:10:244::/64"));
+        assert_eq!(sub("10.244.3.0/24").as_deref(), Some("fd00:10:244:3::/64"));
+        assert_eq!(
+            sub("10.244.255.0/24").as_deref(),
+            Some("fd00:10:244:ff::/64")
+        );
+        assert_eq!(sub("10.245.0.0/24"), None, "outside Network");
+        assert_eq!(sub("10.244.3.0/25"), None, "another length");
+        let host = ipv6_host(
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+            "10.244.3.17".parse().unwrap(),
+        );
+        assert_eq!(host, Some("fd00:10:244:3::11".parse().unwrap()));
+        assert_eq!(
+            ipv6_host(
+                "10.244.3.0/24".parse().unwrap(),
+                "fd00::/120".parse().unwrap(),
+                "10.244.4.1".parse().unwrap()
+            ),
+            None
+        );
+        let again = NetworkConfig::parse(&cfg.to_json().to_string()).unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn bad_dual_stack_keys_are_refused_with_the_key() {
+        let cases = [
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes","IPv6Network":"fd00::/48"}"#,
+                "EnableIPv6",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00::/48"}"#,
+                "EnableIPv6",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::1/48"}"#,
+                "IPv6Network",
+            ),
+            // 256 subnets need 8 bits between /60 and the subnet length: /64 leaves 4.
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/60"}"#,
+                "IPv6SubnetLen",
+            ),
+            // A /24's 8 host bits do not fit a /124.
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":124}"#,
+                "IPv6SubnetLen",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00::"}"#,
+                "IPv6SubnetMin",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48"}"#,
+                "EnableIPv4",
+            ),
+        ];
+        for (doc, key) in cases {
+            let err = NetworkConfig::parse(doc).unwrap_err();
+            assert_eq!(err.key, key, "{doc}: {err}");
+        }
+        assert!(
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":false}"#)
+                .unwrap()
+                .ipv6
+                .is_none()
+        );
     }
 
     #[test]

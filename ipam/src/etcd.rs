@@ -588,7 +588,7 @@ impl EtcdStore {
             .lease_grant(request.ttl_secs, None)
             .await
             .map_err(unavailable)?;
-        let lease = request.granted(subnet, grant.id());
+        let lease = request.granted(subnet, config.ipv6_subnet(subnet), grant.id());
         let value = serde_json::to_string(&lease.record()).expect("json");
         let compare = if guard == 0 {
             Compare::version(key.as_str(), CompareOp::Equal, 0)

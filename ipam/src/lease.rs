@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,6 +13,9 @@ use serde_json::Value;
 pub struct Lease {
     /// The node's pod subnet.
     pub subnet: Ipv4Net,
+    /// The node's IPv6 pod subnet, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<Ipv6Net>,
     /// The node's name.
     pub node: String,
     /// The node's underlay address: where tunnels to it end.
@@ -34,6 +37,8 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LeaseRecord {
     pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub public_ip: Ipv4Addr,
     pub backend_type: String,
     #[serde(default)]
@@ -44,6 +49,7 @@ impl Lease {
     pub(crate) fn record(&self) -> LeaseRecord {
         LeaseRecord {
             node: self.node.clone(),
+            ipv6_subnet: self.ipv6_subnet,
             public_ip: self.public_ip,
             backend_type: self.backend_type.clone(),
             backend_data: self.backend_data.clone(),
@@ -53,6 +59,7 @@ impl Lease {
     pub(crate) fn from_record(subnet: Ipv4Net, record: LeaseRecord, handle: i64) -> Self {
         Self {
             subnet,
+            ipv6_subnet: record.ipv6_subnet,
             node: record.node,
             public_ip: record.public_ip,
             backend_type: record.backend_type,
@@ -81,10 +88,12 @@ pub struct LeaseRequest {
 }
 
 impl LeaseRequest {
-    /// The lease this request describes once `subnet` is granted.
-    pub fn granted(&self, subnet: Ipv4Net, handle: i64) -> Lease {
+    /// The lease this request describes once `subnet` (and on a dual-stack network,
+    /// `ipv6_subnet`) is granted.
+    pub fn granted(&self, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>, handle: i64) -> Lease {
         Lease {
             subnet,
+            ipv6_subnet,
             node: self.node.clone(),
             public_ip: self.public_ip,
             backend_type: self.backend_type.clone(),

@@ -13,7 +13,7 @@ pub mod pool;
 pub mod store;
 pub mod subnet;
 
-pub use config::{BackendConfig, BackendKind, ConfigError, NetworkConfig};
+pub use config::{ipv6_host, BackendConfig, BackendKind, ConfigError, Ipv6Config, NetworkConfig};
 pub use lease::{Lease, LeaseRequest, Leases};
 pub use objects::{NamespaceRecord, PodRecord};
 pub use pool::{PodPool, PoolError};

@@ -4,7 +4,7 @@
 //! `fabricctl policy apply`). In Kubernetes mode the API server holds them instead.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fabric_cni::api::ContainerPort;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,9 @@ pub struct PodRecord {
     pub container_id: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Its labels (the `labels` capability, or `fabricctl pod label`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

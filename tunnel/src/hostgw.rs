@@ -98,6 +98,7 @@ mod tests {
     fn lease(node: &str, subnet: &str, ip: &str, kind: &str) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
             node: node.into(),
             public_ip: ip.parse().unwrap(),
             backend_type: kind.into(),

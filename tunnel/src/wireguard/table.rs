@@ -269,6 +269,7 @@ mod tests {
     fn desired_reads_lease_data_and_skips_garbage() {
         let lease = |node: &str, subnet: &str, data: serde_json::Value| Lease {
             subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
             node: node.into(),
             public_ip: "172.30.0.12".parse().unwrap(),
             backend_type: "wireguard".into(),
