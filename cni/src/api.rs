@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub struct Attachment {
     pub netns: Option<String>,
     /// Addresses requested through the `ips` capability (runtimeConfig).
     #[serde(default)]
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// Pod labels passed through the `labels` capability (runtimeConfig).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -265,7 +265,7 @@ pub struct IpConfig {
     pub address: String,
     /// Default gateway for this address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Index into `interfaces`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<usize>,
@@ -278,7 +278,7 @@ pub struct Route {
     pub dst: String,
     /// Next hop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gw: Option<Ipv4Addr>,
+    pub gw: Option<IpAddr>,
 }
 
 /// A CNI error as the spec defines it.
@@ -385,6 +385,7 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn request_round_trips_with_flattened_key() {
@@ -394,7 +395,7 @@ mod tests {
                 ifname: "eth0".into(),
             },
             netns: Some("/var/run/netns/p".into()),
-            ips: vec![Ipv4Addr::new(10, 244, 1, 10)],
+            ips: vec![Ipv4Addr::new(10, 244, 1, 10).into()],
             labels: BTreeMap::from([("pod".into(), "a".into())]),
             ports: vec![ContainerPort {
                 name: Some("serve-80-tcp".into()),

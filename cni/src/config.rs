@@ -6,7 +6,7 @@
 //! unsupported `cniVersion`, which is error 1.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ pub struct NetConf {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
     /// `ips`: addresses the pod asks for, CIDR prefixes dropped.
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// `labels`: the pod's labels.
     pub labels: BTreeMap<String, String>,
     /// `containerPorts`: the ports the pod's containers declare (what NetworkPolicy named
@@ -72,22 +72,27 @@ pub fn requested_version(stdin: &[u8]) -> Result<Option<String>, CniError> {
     Ok(decode::<VersionProbe>(stdin)?.cni_version)
 }
 
-/// Parses one `runtimeConfig.ips` entry: `10.244.1.5` or `10.244.1.5/24`.
-pub fn parse_ip(entry: &str) -> Result<Ipv4Addr, CniError> {
+/// Parses one `runtimeConfig.ips` entry: `10.244.1.5`, `10.244.1.5/24`, `fd00::5` or
+/// `fd00::5/64`.
+pub fn parse_ip(entry: &str) -> Result<IpAddr, CniError> {
     let (addr, prefix) = match entry.split_once('/') {
         Some((addr, prefix)) => (addr, Some(prefix)),
         None => (entry, None),
     };
-    let prefix_ok = prefix.is_none_or(|p| {
-        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|len| len <= 32)
-    });
-    addr.parse().ok().filter(|_| prefix_ok).ok_or_else(|| {
-        CniError::new(
-            codes::INVALID_CONFIG,
-            format!("runtimeConfig.ips entry {entry:?} is not an IPv4 address"),
-            "fabric assigns IPv4 addresses only: use \"10.244.1.5\" or \"10.244.1.5/24\"",
-        )
-    })
+    let addr: Option<IpAddr> = addr.parse().ok();
+    let prefix_ok = |max: u8| {
+        prefix.is_none_or(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|len| len <= max)
+        })
+    };
+    addr.filter(|a| prefix_ok(if a.is_ipv4() { 32 } else { 128 }))
+        .ok_or_else(|| {
+            CniError::new(
+                codes::INVALID_CONFIG,
+                format!("runtimeConfig.ips entry {entry:?} is not an IP address"),
+                "use \"10.244.1.5\" or \"10.244.1.5/24\" (and on a dual-stack network \"fd00:10:244:1::5\")",
+            )
+        })
 }
 
 /// Decodes a JSON object from stdin into `T`.
@@ -280,6 +285,7 @@ impl From<RawAttachmentKey> for AttachmentKey {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::net::Ipv4Addr;
 
     fn parse(value: serde_json::Value) -> Result<NetConf, CniError> {
         NetConf::parse(value.to_string().as_bytes())
@@ -325,7 +331,10 @@ mod tests {
         assert_eq!(conf.timeout, Duration::from_secs(5));
         assert_eq!(
             conf.runtime.ips,
-            [Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 1, 6)]
+            [
+                IpAddr::V4(Ipv4Addr::new(10, 244, 1, 5)),
+                IpAddr::V4(Ipv4Addr::new(10, 244, 1, 6))
+            ]
         );
         assert_eq!(conf.runtime.labels["app"], "web");
         assert_eq!(conf.prev_result.unwrap().interfaces.len(), 1);
@@ -405,9 +414,13 @@ mod tests {
 
     #[test]
     fn ips_accept_addresses_and_cidrs_only() {
-        assert_eq!(parse_ip("10.0.0.1"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(parse_ip("10.0.0.1/32"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(parse_ip("10.0.0.1/0"), Ok(Ipv4Addr::new(10, 0, 0, 1)));
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(parse_ip("10.0.0.1"), Ok(v4));
+        assert_eq!(parse_ip("10.0.0.1/32"), Ok(v4));
+        assert_eq!(parse_ip("10.0.0.1/0"), Ok(v4));
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(parse_ip("fd00::1"), Ok(v6));
+        assert_eq!(parse_ip("fd00::1/64"), Ok(v6));
         for bad in [
             "",
             "10.0.0",
@@ -416,8 +429,8 @@ mod tests {
             "10.0.0.1/",
             "10.0.0.1/+8",
             "10.0.0.1/8/8",
-            "fd00::1",
-            "fd00::1/64",
+            "fd00::1/129",
+            "fd00::zz",
             "host",
         ] {
             let err = parse_ip(bad).unwrap_err();

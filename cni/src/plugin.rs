@@ -249,7 +249,7 @@ mod tests {
     use super::*;
     use crate::api::{Interface, IpConfig, Route};
     use std::cell::RefCell;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn env(command: &str) -> HashMap<String, String> {
         [
@@ -291,7 +291,7 @@ mod tests {
             }],
             ips: vec![IpConfig {
                 address: "10.244.1.9/24".into(),
-                gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gateway: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
                 interface: Some(0),
             }],
             routes: vec![Route {
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(attachment.key.container_id, "c1");
         assert_eq!(attachment.key.ifname, "eth0");
         assert_eq!(attachment.netns.as_deref(), Some("/var/run/netns/p1"));
-        assert_eq!(attachment.ips, [Ipv4Addr::new(10, 244, 1, 9)]);
+        assert_eq!(attachment.ips, [IpAddr::V4(Ipv4Addr::new(10, 244, 1, 9))]);
         assert_eq!(attachment.labels["app"], "web");
         assert_eq!(
             attachment.ports,

@@ -79,7 +79,8 @@ fn interface(iface: &Interface) -> Object {
 fn ip_config(ip: &IpConfig, interface_offset: usize, version: Version) -> Object {
     let mut obj = Object::new();
     if version == Version::V0_4_0 {
-        obj.insert("version".into(), "4".into());
+        let family = if ip.address.contains(':') { "6" } else { "4" };
+        obj.insert("version".into(), family.into());
     }
     obj.insert("address".into(), ip.address.clone().into());
     if let Some(gateway) = ip.gateway {
@@ -125,12 +126,12 @@ mod tests {
             ],
             ips: vec![IpConfig {
                 address: "10.244.1.5/24".into(),
-                gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gateway: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
                 interface: Some(1),
             }],
             routes: vec![Route {
                 dst: "0.0.0.0/0".into(),
-                gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gw: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
             }],
         }
     }

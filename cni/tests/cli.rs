@@ -250,12 +250,12 @@ fn add_result() -> AddResult {
         ],
         ips: vec![IpConfig {
             address: "10.244.1.7/24".into(),
-            gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            gateway: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
             interface: Some(1),
         }],
         routes: vec![Route {
             dst: "0.0.0.0/0".into(),
-            gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            gw: Some(Ipv4Addr::new(10, 244, 1, 1).into()),
         }],
     }
 }

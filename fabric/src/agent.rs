@@ -11,7 +11,7 @@ use ipam::{Lease, LeaseRequest, Leases, PodPool, Renewal, Store, StoreError};
 use tokio::sync::watch;
 use tunnel::{Backend, Netlink, Underlay};
 
-use crate::pods::{PodNetwork, Registry};
+use crate::pods::{PodNetwork, Registry, Subnets};
 use crate::state::StateDir;
 
 /// Everything the agent needs, wired up by `fabricd`.
@@ -34,6 +34,8 @@ pub struct Agent {
     pub resync: Duration,
     /// The cluster network (for masquerade).
     pub cluster: ipnet::Ipv4Net,
+    /// The cluster's IPv6 network, on a dual-stack network.
+    pub cluster6: Option<ipnet::Ipv6Net>,
     /// Set once the subnet is leased and the data path programmed.
     pub ready: Arc<AtomicBool>,
     /// Publishes the pod network to the local API once a subnet is held.
@@ -84,9 +86,18 @@ impl Agent {
             store: self.store.clone(),
             node: self.node.clone(),
         };
+        if let (Some(_), None) = (self.cluster6, lease.ipv6_subnet) {
+            tracing::warn!(subnet = %lease.subnet, "the network is dual-stack but the lease has no IPv6 subnet; pods get IPv4 only");
+        }
         let pods = PodNetwork::new(
-            lease.subnet,
-            self.cluster,
+            Subnets {
+                v4: lease.subnet,
+                v6: lease.ipv6_subnet,
+            },
+            Subnets {
+                v4: self.cluster,
+                v6: self.cluster6,
+            },
             self.backend.mtu(),
             self.netlink.clone(),
             pool,
@@ -122,6 +133,9 @@ impl Agent {
     /// Runs until the process ends.
     pub async fn run(self) -> Result<()> {
         tunnel::sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
+        if self.cluster6.is_some() {
+            tunnel::sysctl::enable_ipv6_forwarding().context("enabling IPv6 forwarding")?;
+        }
         let mut lease = self.acquire(self.state.previous_subnet()).await?;
         let mut leases = retry("watching leases", || self.store.watch_leases()).await;
         let renew_every =

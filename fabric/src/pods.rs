@@ -2,11 +2,15 @@
 //! pod and answers ARP for the pod's link-local gateway (proxy ARP); the pod gets its address
 //! as a /32 and a default route via that gateway. Addresses come from the node's [`PodPool`].
 //!
+//! On a dual-stack network the pod also gets an IPv6 address (/128) with its IPv4 address's
+//! host part in the node's IPv6 subnet (so the pool's bookkeeping serves both), and a default
+//! route via `fe80::1`, which the host veth holds itself (IPv6 has no proxy ARP to lean on).
+//!
 //! ADD either completes or leaves nothing behind (no veth, no held address); DEL and GC are
 //! idempotent.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use fabric_cni::api::{
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use ipam::pool::Owner;
 use ipam::{PodPool, PodRecord, PoolError, Store};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Mutex;
 use tunnel::netlink::{Link, Netlink, Route};
 use tunnel::{sysctl, Mac};
@@ -27,6 +31,90 @@ use crate::nft;
 /// The link-local gateway every pod routes through (answered by the host veth's proxy ARP).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// The IPv6 gateway every pod routes through: a link-local address every host veth holds.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// A node's pod subnets, or the cluster's pod networks: IPv4, and IPv6 on a dual-stack
+/// network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnets {
+    /// The IPv4 one.
+    pub v4: Ipv4Net,
+    /// The IPv6 one, on a dual-stack network.
+    pub v6: Option<Ipv6Net>,
+}
+
+impl Subnets {
+    /// A pod's IPv6 address, given its IPv4 one: the same host part in the IPv6 subnet.
+    pub fn ipv6_of(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        ipam::ipv6_host(self.v4, self.v6?, v4)
+    }
+
+    /// The IPv4 address whose IPv6 twin is `v6`.
+    fn ipv4_of(&self, v6: Ipv6Addr) -> Option<Ipv4Addr> {
+        let net = self.v6?;
+        if !net.contains(&v6) {
+            return None;
+        }
+        let host = u128::from(v6) - u128::from(net.network());
+        let host = u32::try_from(host).ok()?;
+        let host_bits = 32 - u32::from(self.v4.prefix_len());
+        if host_bits < 32 && host >> host_bits != 0 {
+            return None;
+        }
+        Some(Ipv4Addr::from(u32::from(self.v4.network()) + host))
+    }
+
+    /// The IPv4 address to ask the pool for, from the runtime's `ips` capability: at most one
+    /// address per family; an IPv6 address names the IPv4 address with its host part, and
+    /// when both are given they must agree.
+    pub fn requested(&self, ips: &[IpAddr]) -> Result<Option<Ipv4Addr>, CniError> {
+        let invalid =
+            |msg: String, details: String| CniError::new(codes::INVALID_CONFIG, msg, details);
+        let v4: Vec<Ipv4Addr> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(*ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<Ipv6Addr> = ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(ip) => Some(*ip),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        if v4.len() > 1 || v6.len() > 1 {
+            return Err(invalid(
+                "at most one address per family can be requested".into(),
+                format!("{ips:?}"),
+            ));
+        }
+        let Some(&v6) = v6.first() else {
+            return Ok(v4.first().copied());
+        };
+        let Some(net6) = self.v6 else {
+            return Err(invalid(
+                format!("requested IPv6 address {v6}, but this node's pod network is IPv4 only"),
+                "enable IPv6 in the network config (EnableIPv6, IPv6Network), or request an IPv4 address".into(),
+            ));
+        };
+        let twin = self.ipv4_of(v6).ok_or_else(|| {
+            invalid(
+                "requested address unavailable".into(),
+                format!("{v6} is not usable in this node's IPv6 subnet {net6} (its host part must fit {})", self.v4),
+            )
+        })?;
+        match v4.first() {
+            Some(&ip) if ip != twin => Err(invalid(
+                "requested addresses disagree".into(),
+                format!("a pod's IPv6 address carries its IPv4 address's host part: {v6} goes with {twin}, not {ip}"),
+            )),
+            _ => Ok(Some(twin)),
+        }
+    }
+}
 /// The name of the host-side veth for an attachment: `fab` + 11 hex digits of a stable hash
 /// of container id and interface name (fits IFNAMSIZ).
 pub fn host_veth_name(key: &AttachmentKey) -> String {
@@ -72,8 +160,8 @@ pub struct Registry {
 
 /// The pod network of a node that holds a subnet.
 pub struct PodNetwork {
-    subnet: Ipv4Net,
-    cluster: Ipv4Net,
+    subnet: Subnets,
+    cluster: Subnets,
     mtu: u32,
     netlink: Netlink,
     pool: Mutex<PodPool>,
@@ -84,8 +172,8 @@ impl PodNetwork {
     /// Pods in `subnet` (of the cluster network `cluster`) with interfaces of `mtu`, addresses
     /// recorded in `pool`, identities in `registry`.
     pub fn new(
-        subnet: Ipv4Net,
-        cluster: Ipv4Net,
+        subnet: Subnets,
+        cluster: Subnets,
         mtu: u32,
         netlink: Netlink,
         pool: PodPool,
@@ -103,7 +191,12 @@ impl PodNetwork {
 
     /// The node's pod subnet.
     pub fn subnet(&self) -> Ipv4Net {
-        self.subnet
+        self.subnet.v4
+    }
+
+    /// The node's IPv6 pod subnet, on a dual-stack network.
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        self.subnet.v6
     }
 
     /// Attaches a pod.
@@ -120,17 +213,11 @@ impl PodNetwork {
         })?;
         // The plugin checked them already; other clients of the socket may not have.
         check_ports(&att.ports)?;
-        if att.ips.len() > 1 {
-            return Err(CniError::new(
-                codes::INVALID_CONFIG,
-                "at most one IPv4 address can be requested",
-                format!("{:?}", att.ips),
-            ));
-        }
+        let requested = self.subnet.requested(&att.ips)?;
         let mut pool = self.pool.lock().await;
         let before = pool.allocations().clone();
         let addr = pool
-            .update(|a| a.allocate(owner(&att.key), att.ips.first().copied()))
+            .update(|a| a.allocate(owner(&att.key), requested))
             .map_err(|e| match e {
                 PoolError::AlreadyAllocated { .. } => CniError::new(
                     codes::PLUGIN_SPECIFIC,
@@ -147,10 +234,11 @@ impl PodNetwork {
                 ),
                 PoolError::Io { .. } => internal("cannot record the pod address", e),
             })?;
-        match self.wire(att, &netns, netns_path, addr).await {
+        let addr6 = self.subnet.ipv6_of(addr);
+        match self.wire(att, &netns, netns_path, addr, addr6).await {
             Ok(result) => {
                 self.apply_firewall(&pool);
-                self.register(att, addr).await;
+                self.register(att, addr, addr6).await;
                 Ok(result)
             }
             Err(e) => {
@@ -175,6 +263,7 @@ impl PodNetwork {
         netns: &File,
         netns_path: &str,
         addr: Ipv4Addr,
+        addr6: Option<Ipv6Addr>,
     ) -> Result<AddResult, CniError> {
         let nl_err = |what: &str| {
             let what = what.to_owned();
@@ -238,15 +327,23 @@ impl PodNetwork {
             .await
             .map_err(nl_err("configure host veth"))?;
         sysctl::enable_proxy_arp(&host_name).map_err(|e| internal("enable proxy ARP", e))?;
-        self.netlink
-            .replace_route(&Route {
-                dst: Ipv4Net::new(addr, 32).expect("/32"),
-                via: None,
-                oif: host.index,
-                onlink: false,
-            })
-            .await
-            .map_err(nl_err("route to pod"))?;
+        if addr6.is_some() {
+            self.netlink
+                .ensure_address(host.index, gateway6())
+                .await
+                .map_err(nl_err("IPv6 gateway on host veth"))?;
+        }
+        for dst in host_routes(addr, addr6) {
+            self.netlink
+                .replace_route(&Route {
+                    dst,
+                    via: None,
+                    oif: host.index,
+                    onlink: false,
+                })
+                .await
+                .map_err(nl_err("route to pod"))?;
+        }
 
         let pod_link = pod_nl
             .require_link(&peer_name)
@@ -264,17 +361,19 @@ impl PodNetwork {
             .set_link(&pod_link, Some(self.mtu), None, true)
             .await
             .map_err(nl_err("configure pod veth"))?;
-        pod_nl
-            .ensure_address(pod_link.index, Ipv4Net::new(addr, 32).expect("/32"))
-            .await
-            .map_err(nl_err("address pod"))?;
-        for route in pod_routes(pod_link.index) {
+        for address in host_routes(addr, addr6) {
+            pod_nl
+                .ensure_address(pod_link.index, address)
+                .await
+                .map_err(nl_err("address pod"))?;
+        }
+        for route in pod_routes(pod_link.index, addr6.is_some()) {
             pod_nl
                 .replace_route(&route)
                 .await
                 .map_err(nl_err("pod routes"))?;
         }
-        tracing::info!(container = %att.key.container_id, %addr, veth = %host_name, "pod attached");
+        tracing::info!(container = %att.key.container_id, %addr, ?addr6, veth = %host_name, "pod attached");
         Ok(AddResult {
             interfaces: vec![
                 Interface {
@@ -288,22 +387,31 @@ impl PodNetwork {
                     sandbox: Some(netns_path.to_owned()),
                 },
             ],
-            ips: vec![IpConfig {
-                address: format!("{addr}/32"),
-                gateway: Some(GATEWAY),
-                interface: Some(1),
-            }],
-            routes: vec![CniRoute {
-                dst: "0.0.0.0/0".into(),
-                gw: Some(GATEWAY),
-            }],
+            ips: host_routes(addr, addr6)
+                .into_iter()
+                .map(|net| IpConfig {
+                    address: net.to_string(),
+                    gateway: Some(gateway_for(&net)),
+                    interface: Some(1),
+                })
+                .collect(),
+            routes: host_routes(addr, addr6)
+                .into_iter()
+                .map(|net| CniRoute {
+                    dst: match net {
+                        IpNet::V4(_) => "0.0.0.0/0".into(),
+                        IpNet::V6(_) => "::/0".into(),
+                    },
+                    gw: Some(gateway_for(&net)),
+                })
+                .collect(),
         })
     }
 
     /// Installs the node's nftables table for the pods in `pool`: anti-spoofing per host veth,
     /// masquerade. Failures are logged; the next reconcile pass tries again.
     fn apply_firewall(&self, pool: &PodPool) {
-        let pods: Vec<(String, Ipv4Addr)> = pool
+        let pods: Vec<nft::PodPort> = pool
             .allocations()
             .iter()
             .map(|(ip, o)| {
@@ -311,10 +419,14 @@ impl PodNetwork {
                     container_id: o.container_id.clone(),
                     ifname: o.ifname.clone(),
                 };
-                (host_veth_name(&key), ip)
+                nft::PodPort {
+                    veth: host_veth_name(&key),
+                    ip,
+                    ipv6: self.subnet.ipv6_of(ip),
+                }
             })
             .collect();
-        if let Err(e) = nft::apply(&nft::ruleset(self.cluster, &pods)) {
+        if let Err(e) = nft::apply(&nft::ruleset(self.cluster.v4, self.cluster.v6, &pods)) {
             tracing::error!(error = %e, "cannot install the node's nftables rules");
         }
     }
@@ -330,7 +442,7 @@ impl PodNetwork {
     /// This is the only write of a pod record: once per ADD of a new container (an ADD of an
     /// attached container fails before it gets here), never on restart or resync. So labels
     /// changed later with `fabricctl pod label` stay until DEL or GC removes the record.
-    async fn register(&self, att: &Attachment, ip: Ipv4Addr) {
+    async fn register(&self, att: &Attachment, ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) {
         let record = PodRecord {
             namespace: att
                 .pod_namespace
@@ -343,7 +455,7 @@ impl PodNetwork {
             node: self.registry.node.clone(),
             container_id: att.key.container_id.clone(),
             ip,
-            ipv6: None,
+            ipv6,
             labels: att.labels.clone(),
             ports: att.ports.clone(),
         };
@@ -413,22 +525,18 @@ impl PodNetwork {
         if !host.up {
             return Err(broken(format!("host veth {host_name} is down")));
         }
-        let want = Route {
-            dst: Ipv4Net::new(addr, 32).expect("/32"),
-            via: None,
-            oif: host.index,
-            onlink: false,
-        };
-        if !self
-            .netlink
-            .owned_routes()
-            .await
-            .map_err(nl_err)?
-            .contains(&want)
-        {
-            return Err(broken(format!(
-                "route to {addr} via {host_name} is missing"
-            )));
+        let addr6 = self.subnet.ipv6_of(addr);
+        let host_routes_now = self.netlink.owned_routes().await.map_err(nl_err)?;
+        for dst in host_routes(addr, addr6) {
+            let want = Route {
+                dst,
+                via: None,
+                oif: host.index,
+                onlink: false,
+            };
+            if !host_routes_now.contains(&want) {
+                return Err(broken(format!("route to {dst} via {host_name} is missing")));
+            }
         }
         let netns = att.netns.as_deref().ok_or_else(|| {
             CniError::new(codes::INVALID_ENV, "CNI_NETNS is required for CHECK", "")
@@ -446,11 +554,13 @@ impl PodNetwork {
                 ))
             })?;
         let addrs = pod_nl.addresses(pod.index).await.map_err(nl_err)?;
-        if !addrs.contains(&Ipv4Net::new(addr, 32).expect("/32")) {
-            return Err(broken(format!("address {addr}/32 is missing in the pod")));
+        for want in host_routes(addr, addr6) {
+            if !addrs.contains(&want) {
+                return Err(broken(format!("address {want} is missing in the pod")));
+            }
         }
         let routes = pod_nl.owned_routes().await.map_err(nl_err)?;
-        for want in pod_routes(pod.index) {
+        for want in pod_routes(pod.index, addr6.is_some()) {
             if !routes.contains(&want) {
                 return Err(broken(format!("pod route to {} is missing", want.dst)));
             }
@@ -480,22 +590,53 @@ impl PodNetwork {
     }
 }
 
-/// The routes inside a pod: the gateway on-link, the default route via it.
-fn pod_routes(ifindex: u32) -> [Route; 2] {
-    [
+/// A pod's addresses as host prefixes (/32, /128): what the pod holds and what the node
+/// routes to its veth.
+fn host_routes(addr: Ipv4Addr, addr6: Option<Ipv6Addr>) -> Vec<IpNet> {
+    std::iter::once(IpNet::from(IpAddr::from(addr)))
+        .chain(addr6.map(|a| IpNet::from(IpAddr::from(a))))
+        .collect()
+}
+
+/// The gateway of an address's family.
+fn gateway_for(net: &IpNet) -> IpAddr {
+    match net {
+        IpNet::V4(_) => GATEWAY.into(),
+        IpNet::V6(_) => GATEWAY6.into(),
+    }
+}
+
+/// The IPv6 gateway as the host veth holds it.
+fn gateway6() -> IpNet {
+    IpNet::V6(Ipv6Net::new(GATEWAY6, 64).expect("/64"))
+}
+
+/// The routes inside a pod: the gateway on-link, the default route via it; on a dual-stack
+/// network also the IPv6 default route via [`GATEWAY6`] (link-local, so on-link already).
+fn pod_routes(ifindex: u32, dual_stack: bool) -> Vec<Route> {
+    let mut routes = vec![
         Route {
-            dst: Ipv4Net::new(GATEWAY, 32).expect("/32"),
+            dst: IpNet::from(IpAddr::from(GATEWAY)),
             via: None,
             oif: ifindex,
             onlink: false,
         },
         Route {
-            dst: Ipv4Net::default(),
-            via: Some(GATEWAY),
+            dst: IpNet::V4(Ipv4Net::default()),
+            via: Some(GATEWAY.into()),
             oif: ifindex,
             onlink: false,
         },
-    ]
+    ];
+    if dual_stack {
+        routes.push(Route {
+            dst: IpNet::V6(Ipv6Net::default()),
+            via: Some(GATEWAY6.into()),
+            oif: ifindex,
+            onlink: false,
+        });
+    }
+    routes
 }
 
 #[cfg(test)]
@@ -507,6 +648,72 @@ mod tests {
             container_id: id.into(),
             ifname: ifname.into(),
         }
+    }
+
+    fn dual() -> Subnets {
+        Subnets {
+            v4: "10.244.2.0/24".parse().unwrap(),
+            v6: Some("fd00:10:244:2::/64".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_pods_ipv6_address_carries_its_ipv4_host_part() {
+        let s = dual();
+        let v4: Ipv4Addr = "10.244.2.17".parse().unwrap();
+        let v6: Ipv6Addr = "fd00:10:244:2::11".parse().unwrap();
+        assert_eq!(s.ipv6_of(v4), Some(v6));
+        assert_eq!(s.ipv4_of(v6), Some(v4));
+        assert_eq!(s.ipv4_of("fd00:10:244:2::1:0".parse().unwrap()), None);
+        assert_eq!(s.ipv4_of("fd00:10:244:3::11".parse().unwrap()), None);
+        let v4_only = Subnets { v6: None, ..s };
+        assert_eq!(v4_only.ipv6_of(v4), None);
+    }
+
+    #[test]
+    fn requested_addresses_name_one_pool_address() {
+        let s = dual();
+        let ip = |t: &str| -> IpAddr { t.parse().unwrap() };
+        let want = Some("10.244.2.17".parse().unwrap());
+        assert_eq!(s.requested(&[]).unwrap(), None);
+        assert_eq!(s.requested(&[ip("10.244.2.17")]).unwrap(), want);
+        assert_eq!(s.requested(&[ip("fd00:10:244:2::11")]).unwrap(), want);
+        assert_eq!(
+            s.requested(&[ip("10.244.2.17"), ip("fd00:10:244:2::11")])
+                .unwrap(),
+            want
+        );
+        for bad in [
+            vec![ip("10.244.2.17"), ip("fd00:10:244:2::12")],
+            vec![ip("10.244.2.17"), ip("10.244.2.18")],
+            vec![ip("fd00:10:244:2::11"), ip("fd00:10:244:2::12")],
+            vec![ip("fd00:10:244:9::11")],
+            vec![ip("fd00:10:244:2::1:0")],
+        ] {
+            let err = s.requested(&bad).unwrap_err();
+            assert_eq!(err.code, codes::INVALID_CONFIG, "{bad:?}");
+        }
+        let v4_only = Subnets { v6: None, ..s };
+        let err = v4_only.requested(&[ip("fd00:10:244:2::11")]).unwrap_err();
+        assert!(err.msg.contains("IPv4 only"), "{}", err.msg);
+    }
+
+    #[test]
+    fn dual_stack_pods_get_an_ipv6_default_route() {
+        assert_eq!(pod_routes(3, false).len(), 2);
+        let routes = pod_routes(3, true);
+        assert_eq!(routes[2].dst.to_string(), "::/0");
+        assert_eq!(routes[2].via, Some(GATEWAY6.into()));
+        assert_eq!(
+            host_routes(
+                "10.244.2.17".parse().unwrap(),
+                Some("fd00:10:244:2::11".parse().unwrap())
+            )
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+            ["10.244.2.17/32", "fd00:10:244:2::11/128"]
+        );
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! The host-gw backend: one route per remote subnet via the remote node's underlay address.
 //! Works only when all nodes share one L2 segment; peers elsewhere are refused.
+//!
+//! On a dual-stack network a remote node's IPv6 subnet is routed via its IPv4 underlay
+//! address too (`via inet`, RFC 5549: the next hop's MAC comes from ARP), so the underlay
+//! needs no IPv6 at all.
 
 use async_trait::async_trait;
 use ipam::{BackendKind, Lease, Leases};
+use ipnet::IpNet;
 
 use crate::netlink::{Netlink, Route};
 use crate::plan::diff;
@@ -42,12 +47,14 @@ pub fn desired(
             ));
             continue;
         }
-        routes.push(Route {
-            dst: peer.subnet,
-            via: Some(peer.public_ip),
+        let subnets =
+            std::iter::once(IpNet::V4(peer.subnet)).chain(peer.ipv6_subnet.map(IpNet::V6));
+        routes.extend(subnets.map(|dst| Route {
+            dst,
+            via: Some(peer.public_ip.into()),
             oif: underlay.index,
             onlink: false,
-        });
+        }));
     }
     (routes, refused)
 }
@@ -139,5 +146,25 @@ mod tests {
         );
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, "n3");
+    }
+
+    #[test]
+    fn ipv6_subnets_route_via_the_ipv4_underlay() {
+        let underlay = Underlay {
+            iface: "eth0".into(),
+            index: 2,
+            addr: "172.30.0.11/24".parse().unwrap(),
+            mtu: 1500,
+        };
+        let me = lease("n1", "10.244.1.0/24", "172.30.0.11", "host-gw");
+        let mut peer = lease("n2", "10.244.2.0/24", "172.30.0.12", "host-gw");
+        peer.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        let leases: Leases = Arc::new(BTreeMap::from_iter(
+            [me.clone(), peer].into_iter().map(|l| (l.subnet, l)),
+        ));
+        let (routes, _) = desired(&underlay, &me, &leases);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[1].dst.to_string(), "fd00:10:244:2::/64");
+        assert_eq!(routes[1].via, Some("172.30.0.12".parse().unwrap()));
     }
 }

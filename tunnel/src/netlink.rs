@@ -3,19 +3,24 @@
 //!
 //! A [`Netlink`] is bound to the network namespace its socket was opened in:
 //! [`Netlink::connect`] for the daemon's own namespace, [`Netlink::connect_in`] for a pod's.
+//!
+//! Addresses, routes and neighbours are dual-stack: a value's family follows from its
+//! addresses, and an IPv6 route may take an IPv4 next hop (`via inet`, RFC 5549), which is how
+//! host-gw reaches a node's IPv6 pods over an IPv4 underlay.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlag, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlag, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlag, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteVia,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion};
@@ -106,26 +111,26 @@ pub struct VxlanParams {
     pub underlay: Option<u32>,
 }
 
-/// An IPv4 route in the main table.
+/// A route in the main table, IPv4 or IPv6 (the destination's family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     /// Destination prefix.
-    pub dst: Ipv4Net,
-    /// Next hop, if any.
-    pub via: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    /// Next hop, if any; an IPv4 next hop for an IPv6 destination is allowed (`via inet`).
+    pub via: Option<IpAddr>,
     /// Output interface.
     pub oif: u32,
     /// The next hop is on-link even though no address covers it.
     pub onlink: bool,
 }
 
-/// A permanent IPv4 neighbour (ARP) entry.
+/// A permanent neighbour entry (ARP or NDP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neighbour {
     /// Interface index.
     pub ifindex: u32,
     /// The neighbour's address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its hardware address.
     pub mac: Mac,
 }
@@ -340,8 +345,8 @@ impl Netlink {
 
     // ---- addresses ---------------------------------------------------------------------
 
-    /// IPv4 addresses on a link.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+    /// Addresses on a link, both families (IPv6 link-local ones included).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
         use netlink_packet_route::address::AddressAttribute;
         let msgs: Vec<_> = self
             .handle
@@ -357,22 +362,33 @@ impl Netlink {
             .filter_map(|m| {
                 let len = m.header.prefix_len;
                 m.attributes.into_iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Ipv4Net::new(ip, len).ok(),
+                    // IPv4 carries IFA_LOCAL; IPv6 only IFA_ADDRESS.
+                    AddressAttribute::Local(ip @ IpAddr::V4(_)) => IpNet::new(ip, len).ok(),
+                    AddressAttribute::Address(ip @ IpAddr::V6(_)) => IpNet::new(ip, len).ok(),
                     _ => None,
                 })
             })
             .collect())
     }
 
-    /// Adds an address to a link unless it is already there.
-    pub async fn ensure_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    /// Adds an address to a link unless it is already there. IPv6 addresses skip duplicate
+    /// address detection (`nodad`): fabric hands them out, so nothing else holds them, and a
+    /// tentative address would hold a new pod's traffic back for a second.
+    pub async fn ensure_address(&self, index: u32, addr: IpNet) -> Result<()> {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlag};
         if self.addresses(index).await?.contains(&addr) {
             return Ok(());
         }
-        let res = self
+        let mut req = self
             .handle
             .address()
-            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .add(index, addr.addr(), addr.prefix_len());
+        if addr.addr().is_ipv6() {
+            let msg = req.message_mut();
+            msg.attributes
+                .push(AddressAttribute::Flags(vec![AddressFlag::Nodad]));
+        }
+        let res = req
             .execute()
             .await
             .map_err(ctx(|| format!("add address {addr} to link {index}")));
@@ -384,44 +400,38 @@ impl Netlink {
 
     // ---- routes ------------------------------------------------------------------------
 
-    /// IPv4 routes of the main table carrying fabric's protocol number.
+    /// Routes of the main table, both families, carrying fabric's protocol number.
     pub async fn owned_routes(&self) -> Result<Vec<Route>> {
-        let msgs: Vec<RouteMessage> = redump(|| async {
-            self.handle
-                .route()
-                .get(IpVersion::V4)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(ctx(|| "list routes".into()))
-        })
-        .await?;
-        Ok(msgs
-            .into_iter()
-            .filter(|m| {
-                m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) && m.header.table == 254
+        let mut routes = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let msgs: Vec<RouteMessage> = redump(|| async {
+                self.handle
+                    .route()
+                    .get(version.clone())
+                    .execute()
+                    .try_collect()
+                    .await
+                    .map_err(ctx(|| "list routes".into()))
             })
-            .filter_map(parse_route)
-            .collect())
+            .await?;
+            routes.extend(
+                msgs.into_iter()
+                    .filter(|m| {
+                        m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+                            && m.header.table == 254
+                    })
+                    .filter_map(parse_route),
+            );
+        }
+        Ok(routes)
     }
 
     /// Adds or replaces a route, stamped with fabric's protocol number.
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
-        let mut req = self
-            .handle
-            .route()
-            .add()
-            .v4()
-            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
-            .output_interface(route.oif)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .replace();
-        match route.via {
-            Some(via) => req = req.gateway(via),
-            None => req = req.scope(RouteScope::Link),
-        }
-        if route.onlink {
-            req.message_mut().header.flags.push(RouteFlag::Onlink);
+        let mut req = self.handle.route().add().replace();
+        *req.message_mut() = route_message(route);
+        if route.via.is_none() {
+            req.message_mut().header.scope = RouteScope::Link;
         }
         req.execute()
             .await
@@ -430,20 +440,8 @@ impl Netlink {
 
     /// Deletes a route; a missing route is not an error.
     pub async fn delete_route(&self, route: &Route) -> Result<()> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = route.dst.prefix_len();
-        msg.header.table = 254;
-        msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
-                route.dst.addr(),
-            )));
-        msg.attributes.push(RouteAttribute::Oif(route.oif));
-        if let Some(via) = route.via {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
-        }
+        let mut msg = route_message(route);
+        msg.header.scope = RouteScope::NoWhere;
         let res = self
             .handle
             .route()
@@ -471,28 +469,34 @@ impl Netlink {
         .await
     }
 
-    /// Permanent IPv4 neighbours on a link.
+    /// Permanent neighbours on a link, both families.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
-        Ok(self
-            .dump_neighbours(AddressFamily::Inet)
-            .await?
-            .into_iter()
-            .filter(|m| m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent)
-            .filter_map(|m| {
-                Some(Neighbour {
-                    ifindex,
-                    ip: destination(&m)?,
-                    mac: lladdr(&m)?,
-                })
-            })
-            .collect())
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            out.extend(
+                self.dump_neighbours(family)
+                    .await?
+                    .into_iter()
+                    .filter(|m| {
+                        m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent
+                    })
+                    .filter_map(|m| {
+                        Some(Neighbour {
+                            ifindex,
+                            ip: neighbour_ip(&m)?,
+                            mac: lladdr(&m)?,
+                        })
+                    }),
+            );
+        }
+        Ok(out)
     }
 
     /// Adds or replaces a permanent neighbour.
     pub async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
         self.handle
             .neighbours()
-            .add(n.ifindex, IpAddr::V4(n.ip))
+            .add(n.ifindex, n.ip)
             .link_local_address(&n.mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
@@ -504,12 +508,13 @@ impl Netlink {
     /// Deletes a neighbour; a missing one is not an error.
     pub async fn delete_neighbour(&self, n: &Neighbour) -> Result<()> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = n.ifindex;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                n.ip,
-            )));
+        let (family, dst) = match n.ip {
+            IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+            IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+        };
+        msg.header.family = family;
+        msg.attributes.push(NeighbourAttribute::Destination(dst));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_missing(res.map_err(ctx(|| format!("delete neighbour {n:?}"))))
     }
@@ -586,8 +591,17 @@ fn ignore_missing(res: Result<()>) -> Result<()> {
     }
 }
 
-/// A neighbour's or FDB entry's IPv4 destination. In AF_BRIDGE messages the parser cannot
-/// tell the address family of NDA_DST and leaves the raw bytes.
+/// A neighbour entry's address.
+fn neighbour_ip(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
+}
+
+/// An FDB entry's IPv4 destination. In AF_BRIDGE messages the parser cannot tell the address
+/// family of NDA_DST and leaves the raw bytes.
 fn destination(m: &NeighbourMessage) -> Option<Ipv4Addr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
@@ -659,24 +673,69 @@ fn parse_vxlan(data: &[InfoVxlan]) -> VxlanParams {
     p
 }
 
+/// The message that names `route`: main table, fabric's protocol, unicast; the next hop as
+/// RTA_GATEWAY when its family is the destination's, as RTA_VIA when it is not.
+fn route_message(route: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = match route.dst {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.destination_prefix_length = route.dst.prefix_len();
+    msg.header.table = 254;
+    msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Destination(route_address(route.dst.addr())));
+    msg.attributes.push(RouteAttribute::Oif(route.oif));
+    match (route.dst, route.via) {
+        (_, None) => {}
+        (IpNet::V4(_), Some(via @ IpAddr::V4(_))) | (IpNet::V6(_), Some(via @ IpAddr::V6(_))) => {
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(via)));
+        }
+        (_, Some(IpAddr::V4(via))) => msg
+            .attributes
+            .push(RouteAttribute::Via(RouteVia::Inet(via))),
+        (_, Some(IpAddr::V6(via))) => msg
+            .attributes
+            .push(RouteAttribute::Via(RouteVia::Inet6(via))),
+    }
+    if route.onlink {
+        msg.header.flags.push(RouteFlag::Onlink);
+    }
+    msg
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(ip) => RouteAddress::Inet(ip),
+        IpAddr::V6(ip) => RouteAddress::Inet6(ip),
+    }
+}
+
 fn parse_route(m: RouteMessage) -> Option<Route> {
     let mut dst = None;
     let mut via = None;
     let mut oif = None;
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip))
+            | RouteAttribute::Via(RouteVia::Inet(ip)) => via = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip))
+            | RouteAttribute::Via(RouteVia::Inet6(ip)) => via = Some(IpAddr::V6(*ip)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
+    let dst = dst.unwrap_or(match m.header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    });
     Some(Route {
-        dst: Ipv4Net::new(
-            dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            m.header.destination_prefix_length,
-        )
-        .ok()?,
+        dst: IpNet::new(dst, m.header.destination_prefix_length).ok()?,
         via,
         oif: oif?,
         onlink: m.header.flags.contains(&RouteFlag::Onlink),

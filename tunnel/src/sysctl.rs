@@ -19,6 +19,11 @@ pub fn enable_forwarding() -> std::io::Result<()> {
     set("net/ipv4/ip_forward", "1")
 }
 
+/// Enables IPv6 forwarding in this namespace (dual-stack pod networks).
+pub fn enable_ipv6_forwarding() -> std::io::Result<()> {
+    set("net/ipv6/conf/all/forwarding", "1")
+}
+
 /// Enables proxy ARP on `iface`, so it answers ARP for addresses routed elsewhere (the pods'
 /// link-local gateway).
 pub fn enable_proxy_arp(iface: &str) -> std::io::Result<()> {

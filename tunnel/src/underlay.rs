@@ -40,6 +40,9 @@ impl Underlay {
                 continue;
             }
             for addr in netlink.addresses(link.index).await? {
+                let ipnet::IpNet::V4(addr) = addr else {
+                    continue;
+                };
                 if public_ip.is_some_and(|want| want != addr.addr()) {
                     continue;
                 }

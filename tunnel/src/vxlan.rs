@@ -1,12 +1,16 @@
 //! The vxlan backend: kernel device `fabric.<VNI>` carrying the subnet's `.0/32`; per remote
 //! node one route `<subnet> via <subnet .0> onlink`, one permanent neighbour
 //! `<subnet .0> -> VTEP MAC` and one FDB entry `VTEP MAC -> node IP` (Flannel's layout).
+//!
+//! On a dual-stack network the same device carries IPv6 too (VXLAN carries Ethernet frames,
+//! whatever their payload): per remote node also `<IPv6 subnet> via <IPv6 subnet ::0> onlink`
+//! and the neighbour `<IPv6 subnet ::0> -> VTEP MAC`; the FDB entry serves both.
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use ipam::{BackendConfig, BackendKind, Lease, Leases};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::Mac;
@@ -49,18 +53,22 @@ pub fn desired(dev: u32, local: &Lease, leases: &Leases) -> Desired {
                 continue;
             }
         };
-        let gateway = peer.subnet.network();
-        want.routes.push(Route {
-            dst: peer.subnet,
-            via: Some(gateway),
-            oif: dev,
-            onlink: true,
-        });
-        want.neighbours.push(Neighbour {
-            ifindex: dev,
-            ip: gateway,
-            mac: data.vtep_mac,
-        });
+        let subnets =
+            std::iter::once(IpNet::V4(peer.subnet)).chain(peer.ipv6_subnet.map(IpNet::V6));
+        for subnet in subnets {
+            let gateway = subnet.network();
+            want.routes.push(Route {
+                dst: subnet,
+                via: Some(gateway),
+                oif: dev,
+                onlink: true,
+            });
+            want.neighbours.push(Neighbour {
+                ifindex: dev,
+                ip: gateway,
+                mac: data.vtep_mac,
+            });
+        }
         want.fdb.push(FdbEntry {
             ifindex: dev,
             mac: data.vtep_mac,
@@ -106,13 +114,19 @@ impl Vxlan {
     /// The device, created or repaired to match the wanted parameters and address.
     async fn ensure_device(&self, address: Ipv4Net) -> Result<Link, TunnelError> {
         if let Some(link) = self.netlink.link(&self.name).await? {
+            // The kernel gives the device an IPv6 link-local address of its own; only IPv4
+            // addresses are fabric's.
             let addresses = self.netlink.addresses(link.index).await?;
-            let stale = addresses.iter().any(|a| *a != address);
+            let stale = addresses
+                .iter()
+                .any(|a| matches!(a, IpNet::V4(a) if *a != address));
             if link.vxlan == Some(self.params) && !stale {
                 self.netlink
                     .set_link(&link, Some(self.mtu), Some(self.mac), true)
                     .await?;
-                self.netlink.ensure_address(link.index, address).await?;
+                self.netlink
+                    .ensure_address(link.index, address.into())
+                    .await?;
                 return Ok(link);
             }
             tracing::info!(device = %self.name, "vxlan device does not match the config; re-creating");
@@ -123,7 +137,9 @@ impl Vxlan {
             .netlink
             .add_vxlan(&self.name, self.params, self.mac, self.mtu)
             .await?;
-        self.netlink.ensure_address(link.index, address).await?;
+        self.netlink
+            .ensure_address(link.index, address.into())
+            .await?;
         Ok(link)
     }
 }
@@ -260,6 +276,27 @@ mod tests {
         assert_eq!(want.neighbours[1].ip.to_string(), "10.244.3.0");
         assert_eq!(want.neighbours[1].mac.to_string(), "02:00:00:00:00:03");
         assert_eq!(want.fdb[0].dst.to_string(), "172.30.0.12");
+    }
+
+    #[test]
+    fn dual_stack_peer_gets_an_ipv6_route_and_neighbour_on_the_same_vtep() {
+        let me = lease("n1", "10.244.1.0/24", "172.30.0.11", "02:00:00:00:00:01");
+        let mut peer = lease("n2", "10.244.2.0/24", "172.30.0.12", "02:00:00:00:00:02");
+        peer.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
+        let want = desired(7, &me, &set(vec![me.clone(), peer]));
+        assert_eq!(want.routes.len(), 2);
+        assert_eq!(want.fdb.len(), 1);
+        assert_eq!(
+            want.routes[1],
+            Route {
+                dst: "fd00:10:244:2::/64".parse().unwrap(),
+                via: Some("fd00:10:244:2::".parse().unwrap()),
+                oif: 7,
+                onlink: true
+            }
+        );
+        assert_eq!(want.neighbours[1].ip.to_string(), "fd00:10:244:2::");
+        assert_eq!(want.neighbours[1].mac.to_string(), "02:00:00:00:00:02");
     }
 
     #[test]

@@ -114,6 +114,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         lease_ttl: flags.lease_ttl,
         resync: flags.resync_interval,
         cluster: config.network,
+        cluster6: config.ipv6.map(|v6| v6.network),
         ready,
         pods: pods_tx,
     };

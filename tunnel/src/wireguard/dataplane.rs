@@ -158,8 +158,7 @@ enum Outcome {
     Done,
     Refused,
     Reply(usize),
-    Deliver(usize, std::net::Ipv4Addr),
-    Foreign,
+    Deliver(usize, IpAddr),
 }
 
 impl Plane {
@@ -198,7 +197,7 @@ impl Plane {
             };
             let ip = &mut packet[VNET_HDR_LEN..n];
             let table = snapshot(&self.table);
-            let Some(peer) = ipv4_dst(ip).and_then(|dst| table.route(dst)) else {
+            let Some(peer) = ip_dst(ip).and_then(|dst| table.route(dst)) else {
                 Drops::count(&self.drops.no_route);
                 continue;
             };
@@ -264,20 +263,23 @@ impl Plane {
                     Outcome::Refused
                 }
                 TunnResult::WriteToNetwork(reply) => Outcome::Reply(reply.len()),
-                TunnResult::WriteToTunnelV4(packet, src) => Outcome::Deliver(packet.len(), src),
-                TunnResult::WriteToTunnelV6(..) => Outcome::Foreign,
+                TunnResult::WriteToTunnelV4(packet, src) => {
+                    Outcome::Deliver(packet.len(), src.into())
+                }
+                TunnResult::WriteToTunnelV6(packet, src) => {
+                    Outcome::Deliver(packet.len(), src.into())
+                }
             };
             match outcome {
                 Outcome::Done => return,
                 Outcome::Refused => return Drops::count(&self.drops.rejected),
-                Outcome::Foreign => return Drops::count(&self.drops.spoofed),
                 Outcome::Reply(n) => {
                     send(&self.udp, from, &out[VNET_HDR_LEN..VNET_HDR_LEN + n]);
                     // Flush packets queued while the handshake was pending.
                     input = &[];
                 }
                 Outcome::Deliver(n, src) => {
-                    if !peer.allowed.contains(&src) {
+                    if !peer.allowed.contains(src) {
                         return Drops::count(&self.drops.spoofed);
                     }
                     peer.set_endpoint(from);
@@ -359,14 +361,19 @@ pub fn classify<'t, T>(
     peer.ok_or(Refusal::UnknownPeer)
 }
 
-/// The destination of an IPv4 packet.
-pub fn ipv4_dst(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
-    if packet.len() < 20 || packet[0] >> 4 != 4 {
-        return None;
+/// The destination of an IPv4 or IPv6 packet.
+pub fn ip_dst(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let dst: [u8; 4] = packet[16..20].try_into().expect("4 bytes");
+            Some(IpAddr::from(dst))
+        }
+        6 if packet.len() >= 40 => {
+            let dst: [u8; 16] = packet[24..40].try_into().expect("16 bytes");
+            Some(IpAddr::from(dst))
+        }
+        _ => None,
     }
-    Some(std::net::Ipv4Addr::new(
-        packet[16], packet[17], packet[18], packet[19],
-    ))
 }
 
 #[cfg(test)]
@@ -383,7 +390,10 @@ mod tests {
             node: "peer".into(),
             key: Key([9; 32]),
             endpoint: "172.30.0.12:51820".parse().unwrap(),
-            allowed: "10.244.2.0/24".parse().unwrap(),
+            allowed: crate::wireguard::table::Allowed {
+                v4: "10.244.2.0/24".parse().unwrap(),
+                v6: None,
+            },
         };
         let (table, _) = Table::default().update(&[spec], &mut 1, |_, _| ());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -425,13 +435,18 @@ mod tests {
     }
 
     #[test]
-    fn reads_ipv4_destinations_only() {
-        let mut p = [0u8; 20];
+    fn reads_ipv4_and_ipv6_destinations() {
+        let mut p = [0u8; 40];
         p[0] = 0x45;
         p[16..20].copy_from_slice(&[10, 244, 2, 7]);
-        assert_eq!(ipv4_dst(&p), Some("10.244.2.7".parse().unwrap()));
+        assert_eq!(ip_dst(&p), Some("10.244.2.7".parse().unwrap()));
+        assert_eq!(ip_dst(&p[..10]), None);
         p[0] = 0x60;
-        assert_eq!(ipv4_dst(&p), None);
-        assert_eq!(ipv4_dst(&p[..10]), None);
+        let v6: std::net::Ipv6Addr = "fd00:10:244:2::7".parse().unwrap();
+        p[24..40].copy_from_slice(&v6.octets());
+        assert_eq!(ip_dst(&p), Some(v6.into()));
+        assert_eq!(ip_dst(&p[..39]), None);
+        p[0] = 0x50;
+        assert_eq!(ip_dst(&p), None);
     }
 }

@@ -189,7 +189,9 @@ impl Backend for WireGuard {
             .set_link(&link, Some(self.mtu), None, true)
             .await?;
         let address = Ipv4Net::new(local.subnet.network(), 32).expect("/32");
-        self.netlink.ensure_address(link.index, address).await?;
+        self.netlink
+            .ensure_address(link.index, address.into())
+            .await?;
 
         let specs = desired(local, leases);
         let changes = {
@@ -217,12 +219,15 @@ impl Backend for WireGuard {
         if !changes.is_empty() {
             tracing::info!(added = ?changes.added, moved = ?changes.moved, removed = ?changes.removed, "wireguard peers");
         }
-        let routes = specs.iter().map(|p| Route {
-            dst: p.allowed,
-            via: None,
-            oif: link.index,
-            onlink: false,
-        });
+        let routes = specs
+            .iter()
+            .flat_map(|p| p.allowed.nets())
+            .map(|dst| Route {
+                dst,
+                via: None,
+                oif: link.index,
+                onlink: false,
+            });
         let actual = self.netlink.owned_routes().await?;
         let plan = diff(routes, actual.into_iter().filter(|r| r.oif == link.index));
         for r in &plan.remove {

@@ -1,14 +1,18 @@
 //! The peer table: which peers exist (from the leases), which peer a packet goes to (by
 //! destination address), and which peer an incoming datagram belongs to (by receiver index or
 //! static key). Pure: no sockets, no threads; the data plane reads a snapshot.
+//!
+//! A peer's allowed IPs are its node's pod subnet and, on a dual-stack network, its IPv6 pod
+//! subnet ([`Allowed`]).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipam::{BackendKind, Lease, Leases};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::keys::Key;
@@ -23,6 +27,39 @@ pub struct WireguardData {
     pub port: u16,
 }
 
+/// What may come out of a peer's tunnel and what goes into it: its node's pod subnets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// The IPv4 pod subnet.
+    pub v4: Ipv4Net,
+    /// The IPv6 pod subnet, on a dual-stack network.
+    pub v6: Option<Ipv6Net>,
+}
+
+impl Allowed {
+    /// Both subnets, IPv4 first.
+    pub fn nets(&self) -> impl Iterator<Item = IpNet> {
+        std::iter::once(IpNet::V4(self.v4)).chain(self.v6.map(IpNet::V6))
+    }
+
+    /// Whether `ip` lies in one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.v4.contains(&ip),
+            IpAddr::V6(ip) => self.v6.is_some_and(|n| n.contains(&ip)),
+        }
+    }
+}
+
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.v6 {
+            Some(v6) => write!(f, "{}, {v6}", self.v4),
+            None => write!(f, "{}", self.v4),
+        }
+    }
+}
+
 /// A peer as the leases describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -32,8 +69,8 @@ pub struct PeerSpec {
     pub key: Key,
     /// Where its datagrams go.
     pub endpoint: SocketAddrV4,
-    /// Its pod subnet: what may come out of its tunnel and what goes into it.
-    pub allowed: Ipv4Net,
+    /// Its pod subnets: what may come out of its tunnel and what goes into it.
+    pub allowed: Allowed,
 }
 
 /// The peers wanted for `leases`, seen from `local`. Leases with unreadable data are skipped.
@@ -51,7 +88,10 @@ pub fn desired(local: &Lease, leases: &Leases) -> Vec<PeerSpec> {
                 node: l.node.clone(),
                 key,
                 endpoint: SocketAddrV4::new(l.public_ip, data.port),
-                allowed: l.subnet,
+                allowed: Allowed {
+                    v4: l.subnet,
+                    v6: l.ipv6_subnet,
+                },
             })
         })
         .collect()
@@ -65,8 +105,8 @@ pub struct Peer<T> {
     pub node: String,
     /// Its key.
     pub key: Key,
-    /// Its subnet.
-    pub allowed: Ipv4Net,
+    /// Its subnets.
+    pub allowed: Allowed,
     endpoint: AtomicU64,
     /// The protocol state (boringtun's `Tunn` in the daemon).
     pub state: Mutex<T>,
@@ -97,7 +137,7 @@ pub struct Table<T> {
     by_index: HashMap<u32, Arc<Peer<T>>>,
     by_key: HashMap<Key, Arc<Peer<T>>>,
     /// Routes, longest prefix first.
-    routes: Vec<(Ipv4Net, Arc<Peer<T>>)>,
+    routes: Vec<(IpNet, Arc<Peer<T>>)>,
 }
 
 impl<T> Default for Table<T> {
@@ -130,7 +170,7 @@ impl Changes {
 
 impl<T> Table<T> {
     /// The peer whose subnet holds `dst`.
-    pub fn route(&self, dst: Ipv4Addr) -> Option<&Arc<Peer<T>>> {
+    pub fn route(&self, dst: IpAddr) -> Option<&Arc<Peer<T>>> {
         self.routes
             .iter()
             .find(|(net, _)| net.contains(&dst))
@@ -192,7 +232,9 @@ impl<T> Table<T> {
             };
             table.by_index.insert(peer.index, peer.clone());
             table.by_key.insert(peer.key, peer.clone());
-            table.routes.push((peer.allowed, peer));
+            table
+                .routes
+                .extend(peer.allowed.nets().map(|net| (net, peer.clone())));
         }
         for old in self.by_index.values() {
             if !table.by_index.contains_key(&old.index) {
@@ -215,7 +257,10 @@ mod tests {
             node: node.into(),
             key: Key([key; 32]),
             endpoint: SocketAddrV4::new(ip.into(), 51820),
-            allowed: subnet.parse().unwrap(),
+            allowed: Allowed {
+                v4: subnet.parse().unwrap(),
+                v6: None,
+            },
         }
     }
 
@@ -258,11 +303,24 @@ mod tests {
             .by_receiver(t1.by_key(&a.key).unwrap().index << 8)
             .is_none());
 
+        // b turns dual-stack: a new peer (its allowed IPs changed), reached on both families.
+        let mut b3 = b2.clone();
+        b3.allowed.v6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        let c = spec("c", 3, [172, 30, 0, 13], "10.244.3.0/24");
+        let (t3, c) = t3.update(&[a2.clone(), b3, c], &mut next, &mut make);
+        assert_eq!(c.added, vec!["b"]);
+        assert_eq!(
+            t3.route("fd00:10:244:2::7".parse().unwrap()).unwrap().node,
+            "b"
+        );
+        assert_eq!(t3.route("10.244.2.7".parse().unwrap()).unwrap().node, "b");
+        assert!(t3.route("fd00:10:244:3::7".parse().unwrap()).is_none());
+
         // Everyone leaves.
         let (t4, c4) = t3.update(&[], &mut next, &mut make);
         assert_eq!(c4.removed.len(), 3);
         assert!(t4.route("10.244.2.7".parse().unwrap()).is_none());
-        assert_eq!(made, 4);
+        assert_eq!(made, 5);
     }
 
     #[test]

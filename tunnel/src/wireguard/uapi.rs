@@ -71,13 +71,17 @@ fn get(plane: &Plane, listen_port: u16) -> String {
     for peer in peers {
         let (since, tx, rx, _, _) = peer.state.lock().unwrap_or_else(|e| e.into_inner()).stats();
         let handshake = since.map_or(Duration::ZERO, |d| now.saturating_sub(d));
+        let allowed: String = peer
+            .allowed
+            .nets()
+            .map(|net| format!("allowed_ip={net}\n"))
+            .collect();
         s.push_str(&format!(
-            "public_key={}\nendpoint={}\nallowed_ip={}\ntx_bytes={tx}\nrx_bytes={rx}\n\
+            "public_key={}\nendpoint={}\n{allowed}tx_bytes={tx}\nrx_bytes={rx}\n\
              last_handshake_time_sec={}\nlast_handshake_time_nsec={}\n\
              persistent_keepalive_interval=0\nprotocol_version=1\n",
             peer.key.to_hex(),
             peer.endpoint(),
-            peer.allowed,
             handshake.as_secs(),
             handshake.subsec_nanos(),
         ));
