@@ -469,7 +469,9 @@ impl Netlink {
         .await
     }
 
-    /// Permanent neighbours on a link, both families.
+    /// Permanent neighbours on a link, both families, that carry fabric's protocol number (as
+    /// [`Netlink::replace_neighbour`] stamps them), so an operator's own entries on a shared
+    /// link (host-gw's underlay) are never taken for stale ones.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<Neighbour>> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -478,7 +480,13 @@ impl Netlink {
                     .await?
                     .into_iter()
                     .filter(|m| {
-                        m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent
+                        m.header.ifindex == ifindex
+                            && m.header.state == NeighbourState::Permanent
+                            && m.attributes.iter().any(|a| {
+                                *a == NeighbourAttribute::Protocol(RouteProtocol::Other(
+                                    ROUTE_PROTOCOL,
+                                ))
+                            })
                     })
                     .filter_map(|m| {
                         Some(Neighbour {
@@ -492,15 +500,21 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds or replaces a permanent neighbour.
+    /// Adds or replaces a permanent neighbour, stamped with fabric's protocol number.
     pub async fn replace_neighbour(&self, n: &Neighbour) -> Result<()> {
-        self.handle
+        let mut req = self
+            .handle
             .neighbours()
             .add(n.ifindex, n.ip)
             .link_local_address(&n.mac.octets())
             .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
+            .replace();
+        req.message_mut()
+            .attributes
+            .push(NeighbourAttribute::Protocol(RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            )));
+        req.execute()
             .await
             .map_err(ctx(|| format!("replace neighbour {n:?}")))
     }

@@ -18,6 +18,8 @@ pub struct Underlay {
     pub addr: Ipv4Net,
     /// Interface MTU.
     pub mtu: u32,
+    /// The interface's MAC address (host-gw publishes it, see [`crate::hostgw`]).
+    pub mac: Option<crate::Mac>,
 }
 
 impl Underlay {
@@ -51,6 +53,7 @@ impl Underlay {
                     index: link.index,
                     addr,
                     mtu: link.mtu,
+                    mac: link.mac,
                 });
             }
         }

@@ -148,6 +148,10 @@ pub struct UpArgs {
     /// Each node's subnet length.
     #[arg(long, default_value_t = 24)]
     pub subnet_len: u8,
+    /// Make the pod network dual-stack with this IPv6 CIDR (e.g. fd00:10:244::/48): every
+    /// node gets an IPv6 subnet (/64) and every pod an IPv6 address beside its IPv4 one.
+    #[arg(long, value_name = "CIDR")]
+    pub ipv6_network: Option<String>,
     /// Pin a subnet to a node before it starts: SUBNET=NODE (repeatable).
     #[arg(long = "reserve", value_name = "SUBNET=NODE")]
     pub reservations: Vec<Reservation>,
@@ -241,6 +245,7 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.lease_ttl = args.lease_ttl;
     spec.network = args.network;
     spec.subnet_len = args.subnet_len;
+    spec.ipv6_network = args.ipv6_network;
     spec.reservations = args.reservations;
     spec.demo = !args.no_demo;
     if let Some(dir) = args.bin_dir {
@@ -360,6 +365,7 @@ fn status(args: StatusArgs) -> Result<()> {
                     "netns": p.netns,
                     "node": p.node,
                     "ip": p.ip,
+                    "ipv6": p.ipv6,
                 })).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -459,18 +465,27 @@ fn print_tables(nodes: &[Node], pods: &[Pod]) {
     );
     println!();
     println!("Pods");
+    let dual_stack = pods.iter().any(|p| p.ipv6.is_some());
+    let mut headers = vec!["NAME", "NETNS", "NODE", "IP"];
+    if dual_stack {
+        headers.push("IPV6");
+    }
     print!(
         "{}",
         table(
-            &["NAME", "NETNS", "NODE", "IP"],
+            &headers,
             pods.iter()
                 .map(|p| {
-                    vec![
+                    let mut row = vec![
                         p.qualified_name(),
                         p.netns.clone(),
                         p.node.clone(),
                         p.ip.to_string(),
-                    ]
+                    ];
+                    if dual_stack {
+                        row.push(p.ipv6.map_or_else(|| "-".into(), |ip| ip.to_string()));
+                    }
+                    row
                 })
                 .collect(),
         )

@@ -403,8 +403,17 @@ pub fn parse_output(
     }
 }
 
-/// The first IPv4 address of a CNI result (`ips[0].address`, CIDR notation).
+/// The first IPv4 address of a CNI result (`ips[].address`, CIDR notation).
 pub fn first_ipv4(result: &Value) -> Option<Ipv4Addr> {
+    first_address(result)
+}
+
+/// The first IPv6 address of a CNI result (a dual-stack pod's second address).
+pub fn first_ipv6(result: &Value) -> Option<std::net::Ipv6Addr> {
+    first_address(result)
+}
+
+fn first_address<T: std::str::FromStr>(result: &Value) -> Option<T> {
     result["ips"]
         .as_array()?
         .iter()
@@ -806,9 +815,10 @@ mod tests {
     }
 
     #[test]
-    fn first_ipv4_skips_ipv6() {
+    fn first_address_of_each_family() {
         let r = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.0.0.7/32"}]});
         assert_eq!(first_ipv4(&r), Some(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(first_ipv6(&r), Some("fd00::5".parse().unwrap()));
         assert_eq!(first_ipv4(&json!({})), None);
     }
 

@@ -552,6 +552,7 @@ impl Lab {
             netns: netns.clone(),
             node: node.to_string(),
             ip,
+            ipv6: cni_runtime::first_ipv6(&result),
             container_id: netns,
             ifname: inv.ifname,
             conflist: conflist.to_value(),

@@ -114,6 +114,9 @@ pub struct LabSpec {
     pub network: String,
     /// The length of each node's subnet (net-conf.json `SubnetLen`).
     pub subnet_len: u8,
+    /// The cluster's IPv6 pod network, for a dual-stack lab (net-conf.json `EnableIPv6` and
+    /// `IPv6Network`).
+    pub ipv6_network: Option<String>,
     /// Where `fabricd`, `fabricctl` and `fabric-cni` are.
     pub bin_dir: PathBuf,
     /// Subnets pinned to nodes before they start.
@@ -136,6 +139,7 @@ impl LabSpec {
             lease_ttl: Duration::from_secs(24 * 3600),
             network: "10.244.0.0/16".to_string(),
             subnet_len: 24,
+            ipv6_network: None,
             bin_dir: default_bin_dir(),
             reservations: Vec::new(),
             demo: true,
@@ -162,6 +166,10 @@ impl LabSpec {
             self.subnet_len,
             network.prefix_len()
         );
+        if let Some(v6) = &self.ipv6_network {
+            v6.parse::<ipnet::Ipv6Net>()
+                .with_context(|| format!("IPv6 network {v6:?} is not an IPv6 CIDR"))?;
+        }
         ensure!(
             self.lease_ttl >= Duration::from_secs(1),
             "lease TTL must be at least 1s"
@@ -183,11 +191,16 @@ impl LabSpec {
 
     /// Flannel's net-conf.json for this spec.
     pub fn net_conf(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut conf = serde_json::json!({
             "Network": self.network,
             "SubnetLen": self.subnet_len,
             "Backend": { "Type": self.backend.as_str() },
-        })
+        });
+        if let Some(v6) = &self.ipv6_network {
+            conf["EnableIPv6"] = true.into();
+            conf["IPv6Network"] = v6.clone().into();
+        }
+        conf
     }
 
     /// The path of one of the fabric binaries.

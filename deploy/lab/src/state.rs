@@ -177,6 +177,9 @@ pub struct Pod {
     pub node: String,
     /// The first address of the CNI result.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// `CNI_CONTAINERID`.
     pub container_id: String,
     /// `CNI_IFNAME`.
@@ -351,6 +354,7 @@ mod tests {
             netns: netns.into(),
             node: "node1".into(),
             ip: Ipv4Addr::new(10, 244, 1, 10),
+            ipv6: None,
             container_id: netns.into(),
             ifname: "eth0".into(),
             conflist: serde_json::json!({"name": "fabric"}),
