@@ -292,10 +292,145 @@ fn spoofed_source_addresses_are_dropped() {
     // Its own address still works.
     ping(&lab, &a.name, b.ip).unwrap();
     let rules = lab
-        .exec_ok("node1", &["nft", "list", "table", "ip", "fabric"])
+        .exec_ok("node1", &["nft", "list", "table", "inet", "fabric"])
         .unwrap();
     assert!(
         rules.contains(&format!("ip saddr != {} drop", a.ip)),
         "{rules}"
     );
+}
+
+/// A dual-stack lab on `backend`: every pod holds an IPv6 address with its IPv4 address's
+/// host part in its node's IPv6 subnet; every pod pings every other over IPv6; cross-node
+/// pairs open TCP connections over IPv6; IPv4 still works beside it.
+fn dual_stack_mesh(tag: &str, backend: Backend) {
+    let mut spec = spec(tag, 2, 2, backend);
+    spec.ipv6_network = Some("fd00:10:244::/48".into());
+    let lab = up(spec);
+    let pods = lab.pods().to_vec();
+    for pod in &pods {
+        let v6 = pod
+            .ipv6
+            .unwrap_or_else(|| panic!("{} has no IPv6 address", pod.name));
+        let host = |octets: &[u8]| octets[octets.len() - 1];
+        assert_eq!(
+            host(&v6.octets()),
+            host(&pod.ip.octets()),
+            "{}: {v6}",
+            pod.name
+        );
+        assert_eq!(
+            v6.segments()[..3],
+            [0xfd00, 0x10, 0x244],
+            "{}: {v6} is outside IPv6Network",
+            pod.name
+        );
+        assert_eq!(
+            u32::from(v6.segments()[3]),
+            (u32::from(pod.ip) >> 8) & 0xff,
+            "{}: {v6} is not in the IPv6 twin of its IPv4 subnet",
+            pod.name
+        );
+    }
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let _listeners = Listeners::start_v6(&lab, &names, PORT).unwrap();
+    for from in &pods {
+        for to in pods.iter().filter(|p| p.name != from.name) {
+            let v6 = to.ipv6.unwrap();
+            eventually(Duration::from_secs(5), || ping(&lab, &from.name, v6)).unwrap();
+            if from.node != to.node {
+                eventually(Duration::from_secs(5), || {
+                    tcp_connect(&lab, &from.name, v6, PORT)
+                })
+                .unwrap();
+                ping(&lab, &from.name, to.ip).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn dual_stack_vxlan_pods_reach_each_other_over_ipv6() {
+    dual_stack_mesh("ds-vx", Backend::Vxlan);
+}
+
+#[test]
+fn dual_stack_host_gw_pods_reach_each_other_over_ipv6() {
+    dual_stack_mesh("ds-gw", Backend::HostGw);
+}
+
+#[test]
+fn dual_stack_wireguard_pods_reach_each_other_over_ipv6() {
+    dual_stack_mesh("ds-wg", Backend::Wireguard);
+}
+
+#[test]
+fn spoofed_ipv6_source_addresses_are_dropped() {
+    let mut spec = spec("spoof6", 2, 1, Backend::Vxlan);
+    spec.ipv6_network = Some("fd00:10:244::/48".into());
+    let lab = up(spec);
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    let (a6, b6) = (a.ipv6.unwrap(), b.ipv6.unwrap());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b6)).unwrap();
+    // A neighbour's address in the cluster, and one outside it.
+    let fake = std::net::Ipv6Addr::from(u128::from(a6) + 50);
+    for spoofed in [fake, "2001:db8::7".parse().unwrap()] {
+        lab.exec_ok(
+            &a.name,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{spoofed}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap();
+        let watch = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &b.netns, "timeout", "4", "tcpdump", "-n", "-c", "1", "-i", "eth0",
+            ])
+            .arg(format!("icmp6 and src host {spoofed}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = lab.exec(
+            &a.name,
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "1",
+                "-I",
+                &spoofed.to_string(),
+                &b6.to_string(),
+            ],
+        );
+        let seen = watch.wait_with_output().unwrap();
+        let seen = String::from_utf8_lossy(&seen.stdout);
+        assert!(
+            !seen.contains(&spoofed.to_string()),
+            "a packet from {spoofed} got through: {seen}"
+        );
+        // IPv6 source selection could pick the spoofed address for the check below.
+        lab.exec_ok(
+            &a.name,
+            &[
+                "ip",
+                "addr",
+                "del",
+                &format!("{spoofed}/128"),
+                "dev",
+                "eth0",
+            ],
+        )
+        .unwrap();
+    }
+    // Its own address still works.
+    ping(&lab, &a.name, b6).unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! The tests need root (they create network namespaces) and fail, not skip, without it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -64,7 +64,8 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T>) ->
 }
 
 /// One ping from `from` (a pod or node) to `ip`.
-pub fn ping(lab: &Lab, from: &str, ip: Ipv4Addr) -> Result<()> {
+pub fn ping(lab: &Lab, from: &str, ip: impl Into<IpAddr>) -> Result<()> {
+    let ip = ip.into();
     let out = lab.exec(from, &["ping", "-c", "1", "-W", "1", &ip.to_string()])?;
     if !out.status.success() {
         bail!(
@@ -79,14 +80,25 @@ pub fn ping(lab: &Lab, from: &str, ip: Ipv4Addr) -> Result<()> {
 pub struct Listeners(Vec<Child>);
 
 impl Listeners {
-    /// Starts a listener on `port` in each target's namespace (bounded to 120 s).
+    /// Starts an IPv4 listener on `port` in each target's namespace (bounded to 120 s).
     pub fn start(lab: &Lab, targets: &[&str], port: u16) -> Result<Self> {
+        Self::start_family(lab, targets, port, "-4")
+    }
+
+    /// Starts an IPv6 listener on `port` in each target's namespace (bounded to 120 s).
+    pub fn start_v6(lab: &Lab, targets: &[&str], port: u16) -> Result<Self> {
+        Self::start_family(lab, targets, port, "-6")
+    }
+
+    fn start_family(lab: &Lab, targets: &[&str], port: u16, family: &str) -> Result<Self> {
         let mut children = Vec::new();
         for target in targets {
             let netns = lab.netns(target)?;
             children.push(
                 Command::new("ip")
-                    .args(["netns", "exec", &netns, "timeout", "120", "nc", "-lk", "-p"])
+                    .args([
+                        "netns", "exec", &netns, "timeout", "120", "nc", family, "-lk", "-p",
+                    ])
                     .arg(port.to_string())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -108,7 +120,8 @@ impl Drop for Listeners {
 }
 
 /// Opens (and closes) a TCP connection from `from` to `ip:port`.
-pub fn tcp_connect(lab: &Lab, from: &str, ip: Ipv4Addr, port: u16) -> Result<()> {
+pub fn tcp_connect(lab: &Lab, from: &str, ip: impl Into<IpAddr>, port: u16) -> Result<()> {
+    let ip = ip.into();
     let out = lab.exec(
         from,
         &["nc", "-z", "-w", "2", &ip.to_string(), &port.to_string()],

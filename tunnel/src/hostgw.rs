@@ -74,7 +74,8 @@ pub fn desired(underlay: &Underlay, local: &Lease, leases: &Leases) -> Desired {
         let Some(subnet6) = peer.ipv6_subnet else {
             continue;
         };
-        let data: HostGwData = serde_json::from_value(peer.backend_data.clone()).unwrap_or_default();
+        let data: HostGwData =
+            serde_json::from_value(peer.backend_data.clone()).unwrap_or_default();
         let Some(mac) = data.underlay_mac else {
             want.refused.push((
                 peer.node.clone(),
