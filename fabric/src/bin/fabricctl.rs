@@ -293,10 +293,15 @@ async fn run(cli: Cli) -> Result<()> {
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&leases)?)?,
                 Output::Table => {
+                    let dual_stack = leases.iter().any(|l| l.ipv6_subnet.is_some());
                     let rows = leases.iter().map(|l| {
+                        let mut subnet = l.subnet.to_string();
+                        if let Some(v6) = l.ipv6_subnet {
+                            subnet.push_str(&format!(" {v6}"));
+                        }
                         vec![
                             l.node.clone(),
-                            l.subnet.to_string(),
+                            subnet,
                             l.public_ip.to_string(),
                             l.backend_type.clone(),
                             l.backend_data.to_string(),
@@ -312,7 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
                         &mut out,
                         &[
                             "NODE",
-                            "SUBNET",
+                            if dual_stack { "SUBNETS" } else { "SUBNET" },
                             "PUBLIC-IP",
                             "BACKEND",
                             "BACKEND-DATA",
