@@ -279,3 +279,57 @@ impl Drop for Transfer {
         }
     }
 }
+
+/// A kernel to boot in a VM: the newest `/boot/vmlinuz-VERSION` whose modules include
+/// `module` (e.g. `nft_queue`), with its version.
+pub fn vm_kernel(module: &str) -> Result<(std::path::PathBuf, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/boot")? {
+        let path = entry?.path();
+        let Some(version) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let modules = std::fs::read_to_string(format!("/lib/modules/{version}/modules.dep"))
+            .unwrap_or_default();
+        if modules
+            .lines()
+            .any(|l| l.contains(&format!("/{module}.ko")))
+        {
+            found.push((path, version));
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    match found.pop() {
+        Some(k) => Ok(k),
+        None => bail!(
+            "no kernel in /boot has the {module} module (scripts/test.sh installs linux-image-amd64)"
+        ),
+    }
+}
+
+/// Runs `script` (sh) as root in a VM booted from `kernel` with virtme-ng: the host's
+/// filesystem read-only with tmpfs overlays, the workspace as the working directory, no
+/// network but the guest's own namespaces. Software emulation (no KVM: nested KVM cannot run
+/// Debian's kernel decompressor here), bounded by `limit`.
+pub fn in_vm(kernel: &std::path::Path, script: &str, limit: Duration) -> Result<std::process::Output> {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace.canonicalize()?;
+    let out = Command::new("timeout")
+        .arg(limit.as_secs().to_string())
+        .arg("vng")
+        .arg("--run")
+        .arg(kernel)
+        .args(["--disable-kvm", "--cpus", "2", "--memory", "4G", "--cwd"])
+        .arg(&workspace)
+        .arg("--")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run vng (pip install virtme-ng): {e}"))?;
+    Ok(out)
+}
