@@ -316,7 +316,11 @@ pub fn vm_kernel(module: &str) -> Result<(std::path::PathBuf, String)> {
 /// filesystem read-only with tmpfs overlays, the workspace as the working directory, no
 /// network but the guest's own namespaces. Software emulation (no KVM: nested KVM cannot run
 /// Debian's kernel decompressor here), bounded by `limit`.
-pub fn in_vm(kernel: &std::path::Path, script: &str, limit: Duration) -> Result<std::process::Output> {
+pub fn in_vm(
+    kernel: &std::path::Path,
+    script: &str,
+    limit: Duration,
+) -> Result<std::process::Output> {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let workspace = workspace.canonicalize()?;
     let out = Command::new("timeout")

@@ -418,6 +418,7 @@ mod tests {
             key: policy::PodKey::new(NAMESPACE, name),
             labels: [("app".to_string(), name.to_string())].into(),
             ip: ip.into(),
+            ipv6: None,
             ports: vec![],
         };
         cluster.upsert_pod(pod("client", [10, 244, 1, 2]));
@@ -428,8 +429,8 @@ mod tests {
         let decide = |from: [u8; 4], to: [u8; 4], port| {
             cluster
                 .decide(
-                    cluster.endpoint(from.into()),
-                    cluster.endpoint(to.into()),
+                    cluster.endpoint(std::net::Ipv4Addr::from(from)),
+                    cluster.endpoint(std::net::Ipv4Addr::from(to)),
                     policy::Protocol::Tcp,
                     port,
                 )

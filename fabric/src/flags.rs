@@ -76,6 +76,13 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_POLICY_FAIL_OPEN")]
     pub policy_fail_open: bool,
 
+    /// Which netfilter front end carries the policy queue rules: `nft` (native `queue`, in the
+    /// table `inet fabric-policy`), `xtables` (the NFQUEUE target, in the chain FABRIC-POLICY
+    /// of iptables and ip6tables) [default: nft where the kernel has nft's queue expression,
+    /// else xtables].
+    #[arg(long, env = "FABRIC_POLICY_QUEUE_RULES", value_enum)]
+    pub policy_queue_rules: Option<crate::enforce::RuleKind>,
+
     /// NFQUEUE queues for policy verdicts, each served by a thread pinned to one CPU (the CPU
     /// that handles a packet picks the queue) [default: the number of CPUs, at most 16].
     #[arg(long, env = "FABRIC_POLICY_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]

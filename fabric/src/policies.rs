@@ -232,6 +232,7 @@ fn pod_of(record: PodRecord) -> Pod {
         key: PodKey::new(record.namespace, record.name),
         labels: record.labels,
         ip: record.ip,
+        ipv6: record.ipv6,
         ports: record
             .ports
             .into_iter()
@@ -535,7 +536,7 @@ pub struct Follower {
     objects: Objects,
     publisher: Publisher,
     view: View,
-    cluster_net: ipnet::Ipv4Net,
+    networks: crate::pods::Subnets,
     node: String,
     rules: crate::enforce::RuleOptions,
     installed: Option<crate::enforce::Queued>,
@@ -547,7 +548,7 @@ impl Follower {
     /// rules are built.
     pub async fn start(
         store: EtcdStore,
-        cluster_net: ipnet::Ipv4Net,
+        networks: crate::pods::Subnets,
         node: &str,
         rules: crate::enforce::RuleOptions,
     ) -> Result<(Self, Handle), StoreError> {
@@ -572,7 +573,7 @@ impl Follower {
             objects,
             publisher: Publisher::default(),
             view,
-            cluster_net,
+            networks,
             node: node.to_owned(),
             rules,
             installed: None,
@@ -588,7 +589,7 @@ impl Follower {
         if self.installed.as_ref() == Some(&queued) {
             return Ok(());
         }
-        crate::enforce::install_rules(self.rules, &queued)?;
+        crate::enforce::rules::install(self.rules, &queued)?;
         tracing::info!(
             egress = queued.egress.len(),
             ingress = queued.ingress.len(),
@@ -684,7 +685,7 @@ impl Follower {
         if let Err(e) = self.install_rules() {
             tracing::warn!(error = %e, "cannot install the queue rules");
         }
-        match crate::enforce::rejudge(&next, self.cluster_net) {
+        match crate::enforce::rejudge(&next, self.networks) {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
             Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),

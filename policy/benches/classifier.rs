@@ -110,6 +110,7 @@ fn build_cluster(rng: &mut Lcg) -> (Cluster, Vec<NetworkPolicy>) {
                 key: PodKey::new(ns_name(n), format!("pod-{i:03}")),
                 labels,
                 ip: pod_ip(n, i),
+                ipv6: None,
                 ports,
             });
         }
@@ -188,12 +189,15 @@ fn generate_queries(c: &Cluster, rng: &mut Lcg) -> Vec<Query> {
         Endpoint::Pod(c.pod_id(&key).expect("generated pod exists"))
     };
     let external = |rng: &mut Lcg| {
-        Endpoint::External(Ipv4Addr::new(
-            [172, 8, 192, 10][rng.next(4)],
-            rng.next(32) as u8 + 1,
-            rng.next(256) as u8,
-            rng.next(255) as u8 + 1,
-        ))
+        Endpoint::External(
+            Ipv4Addr::new(
+                [172, 8, 192, 10][rng.next(4)],
+                rng.next(32) as u8 + 1,
+                rng.next(256) as u8,
+                rng.next(255) as u8 + 1,
+            )
+            .into(),
+        )
     };
     let ports = [80u16, 443, 8080, 9090, 9091, 5432, 6379, 53, 8050, 9050];
     (0..QUERIES)

@@ -383,6 +383,7 @@ pub fn build_cluster(model: &Model, overrides: Option<&ModelOverrides>) -> Resul
             key,
             labels,
             ip: p.ip,
+            ipv6: None,
             ports: p
                 .ports
                 .iter()

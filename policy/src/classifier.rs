@@ -10,7 +10,7 @@
 //! destination's container ports at decide time for egress. It is built and kept up to date
 //! by [`crate::index::Cluster`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::bitset::PeerArena;
 use crate::model::{Direction, PodKey, PolicyKey, Protocol};
@@ -68,9 +68,9 @@ pub(crate) struct NameId(pub(crate) u32);
 pub enum Endpoint {
     /// A pod of the cluster.
     Pod(PodId),
-    /// An address outside the cluster: matched only by `ipBlock` peers (and by rules with no
-    /// peers), never isolated itself.
-    External(Ipv4Addr),
+    /// An address outside the cluster, IPv4 or IPv6: matched only by `ipBlock` peers of its
+    /// family (and by rules with no peers), never isolated itself.
+    External(IpAddr),
 }
 
 /// Names one rule of one policy: `namespace/name`'s `direction` rule number `index`.
@@ -279,18 +279,37 @@ pub(crate) struct PodInfo {
     pub(crate) isolated_by: [Vec<PolicyId>; 2],
 }
 
-/// An IPv4 CIDR minus excepts, as masks.
+/// A CIDR minus excepts, as masks over one address family's integers (`u32`, `u128`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct V4Block {
-    pub(crate) net: u32,
-    pub(crate) mask: u32,
-    pub(crate) except: Box<[(u32, u32)]>,
+pub(crate) struct Masked<T> {
+    pub(crate) net: T,
+    pub(crate) mask: T,
+    pub(crate) except: Box<[(T, T)]>,
 }
 
-impl V4Block {
+impl<T: Copy + Eq + std::ops::BitAnd<Output = T>> Masked<T> {
     #[inline]
-    fn contains(&self, ip: u32) -> bool {
+    fn contains(&self, ip: T) -> bool {
         ip & self.mask == self.net && !self.except.iter().any(|&(n, m)| ip & m == n)
+    }
+}
+
+/// A compiled ipBlock, of one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Block {
+    V4(Masked<u32>),
+    V6(Masked<u128>),
+}
+
+impl Block {
+    /// Whether `ip` is in the block; never across families.
+    #[inline]
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Block::V4(b), IpAddr::V4(ip)) => b.contains(u32::from(ip)),
+            (Block::V6(b), IpAddr::V6(ip)) => b.contains(u128::from(ip)),
+            _ => false,
+        }
     }
 }
 
@@ -300,7 +319,7 @@ pub(crate) enum PeerMatcher {
     /// No `from`/`to`: everyone.
     Any,
     /// Pods by index (in the arena), addresses outside the cluster by block.
-    Some { blocks: Box<[V4Block]> },
+    Some { blocks: Box<[Block]> },
 }
 
 /// One port matcher of a rule.
@@ -482,10 +501,7 @@ impl Classifier {
                         Some(CompiledRule {
                             peers: PeerMatcher::Some { blocks },
                             ..
-                        }) => {
-                            let ip = u32::from(ip);
-                            blocks.iter().any(|b| b.contains(ip))
-                        }
+                        }) => blocks.iter().any(|b| b.contains(ip)),
                         _ => false,
                     },
                 };
@@ -562,7 +578,7 @@ mod tests {
         !side.isolated
             || c.isolated_side(
                 side,
-                Endpoint::External(Ipv4Addr::UNSPECIFIED),
+                Endpoint::External(Ipv4Addr::UNSPECIFIED.into()),
                 named_dst,
                 p,
                 port,
@@ -571,15 +587,28 @@ mod tests {
     }
 
     #[test]
-    fn v4_block_masks() {
-        let b = V4Block {
+    fn block_masks_stay_within_their_family() {
+        let v4 = Block::V4(Masked {
             net: u32::from(Ipv4Addr::new(10, 244, 0, 0)),
             mask: 0xffff_0000,
             except: vec![(u32::from(Ipv4Addr::new(10, 244, 1, 0)), 0xffff_ff00)].into(),
-        };
-        assert!(b.contains(u32::from(Ipv4Addr::new(10, 244, 2, 3))));
-        assert!(!b.contains(u32::from(Ipv4Addr::new(10, 244, 1, 3))));
-        assert!(!b.contains(u32::from(Ipv4Addr::new(10, 245, 2, 3))));
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(v4.contains(ip("10.244.2.3")));
+        assert!(!v4.contains(ip("10.244.1.3")));
+        assert!(!v4.contains(ip("10.245.2.3")));
+        assert!(!v4.contains(ip("::ffff:10.244.2.3")), "IPv4-mapped is IPv6");
+        let net: ipnet::Ipv6Net = "fd00:10:244::/48".parse().unwrap();
+        let except: ipnet::Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        let v6 = Block::V6(Masked {
+            net: u128::from(net.network()),
+            mask: u128::from(net.netmask()),
+            except: vec![(u128::from(except.network()), u128::from(except.netmask()))].into(),
+        });
+        assert!(v6.contains(ip("fd00:10:244:2::3")));
+        assert!(!v6.contains(ip("fd00:10:244:1::3")));
+        assert!(!v6.contains(ip("fd00:10:245::3")));
+        assert!(!v6.contains(ip("10.244.2.3")));
     }
 
     #[test]
@@ -598,7 +627,7 @@ mod tests {
         let c = Classifier::default();
         let v = c.decide(
             Endpoint::Pod(PodId::new(3)),
-            Endpoint::External(Ipv4Addr::new(1, 1, 1, 1)),
+            Endpoint::External(Ipv4Addr::new(1, 1, 1, 1).into()),
             Protocol::Tcp,
             80,
         );

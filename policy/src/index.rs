@@ -12,15 +12,15 @@
 //! Policy updates validate first and change nothing when validation fails.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::bitset::BitSet;
 use crate::classifier::{
-    Classifier, CompiledRule, Endpoint, NameId, NamedPort, PeerMatcher, PodId, PodInfo, PodMeta,
-    PolicyId, PortEntry, PortMatcher, RuleId, RuleRef, Side, V4Block, Verdict,
+    Block, Classifier, CompiledRule, Endpoint, Masked, NameId, NamedPort, PeerMatcher, PodId,
+    PodInfo, PodMeta, PolicyId, PortEntry, PortMatcher, RuleId, RuleRef, Side, Verdict,
 };
 use crate::error::Error;
 use crate::model::{
@@ -78,7 +78,7 @@ pub struct Cluster {
     pod_ports: Vec<Box<[NamedPort]>>,
     free_pods: Vec<PodId>,
     pod_ids: HashMap<PodKey, PodId>,
-    pod_by_ip: HashMap<Ipv4Addr, PodId>,
+    pod_by_ip: HashMap<IpAddr, PodId>,
     policies: Vec<Option<PolicyRecord>>,
     free_policies: Vec<PolicyId>,
     policy_ids: BTreeMap<PolicyKey, PolicyId>,
@@ -116,13 +116,14 @@ impl Cluster {
             .and_then(Option::as_ref)
     }
 
-    /// The pod that has this IP, if any.
-    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<PodId> {
-        self.pod_by_ip.get(&ip).copied()
+    /// The pod that has this IP (IPv4 or IPv6), if any.
+    pub fn pod_by_ip(&self, ip: impl Into<IpAddr>) -> Option<PodId> {
+        self.pod_by_ip.get(&ip.into()).copied()
     }
 
     /// The endpoint for an address: the pod that has it, or an external address.
-    pub fn endpoint(&self, ip: Ipv4Addr) -> Endpoint {
+    pub fn endpoint(&self, ip: impl Into<IpAddr>) -> Endpoint {
+        let ip = ip.into();
         self.pod_by_ip(ip)
             .map_or(Endpoint::External(ip), Endpoint::Pod)
     }
@@ -202,8 +203,10 @@ impl Cluster {
         let id = match self.pod_ids.get(&pod.key) {
             Some(&id) => {
                 if let Some(old) = self.pods.get(id.index()).and_then(Option::as_ref) {
-                    if old.ip != pod.ip && self.pod_by_ip.get(&old.ip) == Some(&id) {
-                        self.pod_by_ip.remove(&old.ip);
+                    for ip in old.addresses() {
+                        if self.pod_by_ip.get(&ip) == Some(&id) {
+                            self.pod_by_ip.remove(&ip);
+                        }
                     }
                 }
                 id
@@ -228,7 +231,9 @@ impl Cluster {
                 id
             }
         };
-        self.pod_by_ip.insert(pod.ip, id);
+        for ip in pod.addresses() {
+            self.pod_by_ip.insert(ip, id);
+        }
         let named_ports: Box<[NamedPort]> = pod
             .ports
             .iter()
@@ -269,8 +274,10 @@ impl Cluster {
         let id = self.pod_ids.remove(key)?;
         let i = id.index();
         let pod = self.pods.get_mut(i)?.take()?;
-        if self.pod_by_ip.get(&pod.ip) == Some(&id) {
-            self.pod_by_ip.remove(&pod.ip);
+        for ip in pod.addresses() {
+            if self.pod_by_ip.get(&ip) == Some(&id) {
+                self.pod_by_ip.remove(&ip);
+            }
         }
         let ns = &pod.key.namespace;
         if let Some(entry) = self.namespaces.get_mut(ns) {
@@ -482,11 +489,13 @@ impl Cluster {
                         }
                         Peer::IpBlock(b) => {
                             for (i, p) in self.pods.iter().enumerate() {
-                                if p.as_ref().is_some_and(|p| b.contains(IpAddr::V4(p.ip))) {
+                                if p.as_ref()
+                                    .is_some_and(|p| p.addresses().any(|ip| b.contains(ip)))
+                                {
                                     pods.insert(i);
                                 }
                             }
-                            blocks.extend(v4_block(b));
+                            blocks.push(compile_block(b));
                         }
                     }
                 }
@@ -680,22 +689,39 @@ fn peer_matches_pod(peer: &Peer, policy_ns: &str, pod: &Pod, pod_ns_labels: &Lab
             };
             ns_ok && pods.matches(&pod.labels)
         }
-        Peer::IpBlock(b) => b.contains(IpAddr::V4(pod.ip)),
+        Peer::IpBlock(b) => pod.addresses().any(|ip| b.contains(ip)),
     }
 }
 
-/// The IPv4 form of a block; `None` for IPv6 blocks, which no IPv4 address matches.
-fn v4_block(b: &IpBlock) -> Option<V4Block> {
-    let masks = |n: &IpNet| match n {
-        IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.netmask()))),
-        IpNet::V6(_) => None,
-    };
-    let (net, mask) = masks(&b.cidr())?;
-    Some(V4Block {
-        net,
-        mask,
-        except: b.except().iter().filter_map(masks).collect(),
-    })
+/// A block as masks of its family: an IPv4 address never matches an IPv6 block, nor the
+/// other way round (excepts always share their CIDR's family, validation sees to it).
+fn compile_block(b: &IpBlock) -> Block {
+    match b.cidr() {
+        IpNet::V4(n) => Block::V4(Masked {
+            net: u32::from(n.network()),
+            mask: u32::from(n.netmask()),
+            except: b
+                .except()
+                .iter()
+                .filter_map(|e| match e {
+                    IpNet::V4(e) => Some((u32::from(e.network()), u32::from(e.netmask()))),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+        }),
+        IpNet::V6(n) => Block::V6(Masked {
+            net: u128::from(n.network()),
+            mask: u128::from(n.netmask()),
+            except: b
+                .except()
+                .iter()
+                .filter_map(|e| match e {
+                    IpNet::V6(e) => Some((u128::from(e.network()), u128::from(e.netmask()))),
+                    IpNet::V4(_) => None,
+                })
+                .collect(),
+        }),
+    }
 }
 
 #[cfg(test)]

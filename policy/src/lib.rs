@@ -16,6 +16,7 @@
 //!     key: PodKey::new("x", "a"),
 //!     labels: [("app".to_string(), "web".to_string())].into(),
 //!     ip: "10.244.1.10".parse().unwrap(),
+//!     ipv6: None,
 //!     ports: vec![],
 //! });
 //! let deny: policy::NetworkPolicy = serde_yaml::from_str(

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -282,24 +282,35 @@ pub struct Pod {
     pub labels: Labels,
     /// The pod's IPv4 address.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack network. (IPv6-only pods are not modelled: the
+    /// pod network always has IPv4.)
+    pub ipv6: Option<Ipv6Addr>,
     /// Its containers' declared ports.
     pub ports: Vec<ContainerPort>,
 }
 
 impl Pod {
+    /// The pod's addresses: IPv4, then IPv6 if it has one.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(IpAddr::V4(self.ip)).chain(self.ipv6.map(IpAddr::V6))
+    }
+
     /// Builds a pod from the API object; `None` until it has a name, a namespace and an IPv4
-    /// pod IP.
+    /// pod IP. The first IPv6 pod IP, if any, is its IPv6 address.
     pub fn from_k8s(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Pod> {
         let namespace = pod.metadata.namespace.clone()?;
         let name = pod.metadata.name.clone()?;
         let status = pod.status.as_ref()?;
-        let ip = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|p| p.ip.as_str())
-            .chain(status.pod_ip.as_deref())
-            .find_map(|s| s.parse::<Ipv4Addr>().ok())?;
+        let ips = || {
+            status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|p| p.ip.as_str())
+                .chain(status.pod_ip.as_deref())
+        };
+        let ip = ips().find_map(|s| s.parse::<Ipv4Addr>().ok())?;
+        let ipv6 = ips().find_map(|s| s.parse::<Ipv6Addr>().ok());
         let ports = pod
             .spec
             .iter()
@@ -317,6 +328,7 @@ impl Pod {
             key: PodKey { namespace, name },
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ip,
+            ipv6,
             ports,
         })
     }

@@ -426,12 +426,12 @@ async fn policy_command(
         PolicyAction::Explain { from, to, port } => {
             let cluster = fabric::policies::load(store).await?;
             let endpoint = |who: &str| -> Result<policy::Endpoint> {
-                if let Ok(ip) = who.parse() {
+                if let Ok(ip) = who.parse::<std::net::IpAddr>() {
                     return Ok(cluster.endpoint(ip));
                 }
                 let (ns, name) = who
                     .split_once('/')
-                    .with_context(|| format!("{who}: write namespace/pod or an IPv4 address"))?;
+                    .with_context(|| format!("{who}: write namespace/pod or an IP address"))?;
                 let id = cluster
                     .pod_id(&policy::PodKey::new(ns, name))
                     .with_context(|| format!("no pod {who} is registered"))?;

@@ -60,27 +60,41 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let config = retry("reading the network config", || etcd.network_config()).await;
     if flags.network_policy {
         let rules = enforce::RuleOptions {
+            kind: flags
+                .policy_queue_rules
+                .unwrap_or_else(enforce::rules::detect),
             fail_open: flags.policy_fail_open,
             queues: flags.policy_queues(),
         };
+        let networks = fabric::pods::Subnets {
+            v4: config.network,
+            v6: config.ipv6.map(|v6| v6.network),
+        };
         // The first view before the queue opens: no connection is judged against nothing.
         let (mut follower, handle) = retry("reading the policy objects", || {
-            policies::Follower::start(etcd.clone(), config.network, &node, rules)
+            policies::Follower::start(etcd.clone(), networks, &node, rules)
         })
         .await;
         let view = handle.view();
         let _ = policy_slot.set(handle);
         enforce::serve(view, rules.queues).context("serving the policy queues")?;
+        // Rules of the other kind, left by an earlier run, go first.
+        let other = match rules.kind {
+            enforce::RuleKind::Nft => enforce::RuleKind::Xtables,
+            enforce::RuleKind::Xtables => enforce::RuleKind::Nft,
+        };
+        enforce::rules::remove_kind(other).context("removing earlier policy rules")?;
         follower
             .install_rules()
             .context("installing the policy rules")?;
         tokio::spawn(follower.run());
         tracing::info!(
+            rules = %rules.kind,
             fail_open = rules.fail_open,
             queues = rules.queues,
             "NetworkPolicy enforced on new connections"
         );
-    } else if enforce::remove_rules().context("removing the policy rules")? {
+    } else if enforce::rules::remove().context("removing the policy rules")? {
         tracing::info!(
             "NetworkPolicy enforcement is off; removed the queue rules of an earlier run"
         );

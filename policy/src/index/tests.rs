@@ -1,5 +1,7 @@
 //! Unit tests of the cluster state and the classifier it compiles.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use super::*;
 use crate::classifier::Decision;
 use crate::explain::explain;
@@ -30,6 +32,16 @@ fn pod(ns_i: usize, pod_i: usize) -> Pod {
         key: PodKey::new(NS[ns_i], PODS[pod_i]),
         labels: labels(&[("pod", PODS[pod_i])]),
         ip: Ipv4Addr::new(10, 244, ns_i as u8 + 1, (pod_i as u8 + 1) * 10),
+        ipv6: Some(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            ns_i as u16 + 1,
+            0,
+            0,
+            0,
+            (pod_i as u16 + 1) * 0x10,
+        )),
         ports,
     }
 }
@@ -51,7 +63,7 @@ fn np(yaml: &str) -> NetworkPolicy {
 }
 
 fn ep(c: &Cluster, name: &str) -> Endpoint {
-    match name.parse::<Ipv4Addr>() {
+    match name.parse::<IpAddr>() {
         Ok(ip) => c.endpoint(ip),
         Err(_) => Endpoint::Pod(
             c.pod_id(&PodKey::parse(name).expect("ns/pod"))
@@ -499,7 +511,7 @@ fn explanations_name_policies_and_rules() {
     );
     let e = explain(
         c.classifier(),
-        Endpoint::External(Ipv4Addr::new(192, 0, 2, 1)),
+        Endpoint::External(Ipv4Addr::new(192, 0, 2, 1).into()),
         ep(&c, "y/a"),
         Protocol::Udp,
         53,
@@ -623,13 +635,13 @@ fn incremental_updates_match_a_fresh_build() {
             for x in externals {
                 let a = c.decide(
                     ep(&c, &f.key.to_string()),
-                    Endpoint::External(x),
+                    Endpoint::External(x.into()),
                     Protocol::Sctp,
                     80,
                 );
                 let b = fresh.decide(
                     ep(&fresh, &f.key.to_string()),
-                    Endpoint::External(x),
+                    Endpoint::External(x.into()),
                     Protocol::Sctp,
                     80,
                 );

@@ -1,0 +1,355 @@
+//! NetworkPolicy on the packet path: the first packet of every new forwarded connection from
+//! a local pod isolated for egress, or to a local pod isolated for ingress, goes to NFQUEUE;
+//! the daemon judges it against the compiled policy and accepts (marking the packet, whose
+//! mark the rules save into the connection's conntrack mark, so the rest of the connection
+//! stays in the kernel) or drops it. New connections no local isolated pod takes part in are
+//! accepted in the kernel and marked allowed at once: only isolated pods pay for policy, as
+//! with Calico. Replies to accepted connections pass as ESTABLISHED. IPv4 and IPv6 alike.
+//!
+//! Which pods are queued follows the policy view: [`Queued::of`] computes it, and the rules
+//! are replaced whenever it changes. Each node judges the whole decision (egress at the
+//! source and ingress at the destination) for what it queues, so a connection between two
+//! isolated pods on different nodes is judged on both.
+//!
+//! - [`packet`]: reading a queued packet (pure).
+//! - [`rules`]: the queue rules, as nft's native `queue` where the kernel has it, else as
+//!   xtables NFQUEUE rules (this project's kernel lacks `CONFIG_NFT_QUEUE`).
+//! - [`conntrack`]: cutting connections a policy change no longer allows.
+//!
+//! [`judge`] and [`judge_packet`] are pure; [`serve`] is the shell around the queues.
+
+pub mod conntrack;
+pub mod packet;
+pub mod rules;
+
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
+use policy::{Cluster, Direction, Pod, Protocol};
+
+pub use conntrack::{parse_tracked, rejudge, Tracked};
+pub use packet::{Flow, Packet, Transport};
+pub use rules::{Queued, RuleKind, RuleOptions};
+
+/// The first queue new connections wait in; with several queues, they are numbered from it.
+pub const QUEUE: u16 = 0;
+
+/// The packet and connection mark bit meaning "policy allowed this connection".
+pub const ALLOWED: u32 = 0x0004_0000;
+
+/// Whether policy lets `flow` start: egress allowed at the source and ingress at the
+/// destination. A protocol without ports is admitted only by rules without a port list,
+/// which is what deciding "TCP to port 0" asks (no port list ever names port 0).
+pub fn judge(cluster: &Cluster, flow: &Flow) -> bool {
+    let (protocol, port) = match flow.transport {
+        Transport::Port(p, port) => (p, port),
+        Transport::Other(_) => (Protocol::Tcp, 0),
+    };
+    cluster
+        .decide(
+            cluster.endpoint(flow.src),
+            cluster.endpoint(flow.dst),
+            protocol,
+            port,
+        )
+        .allowed
+}
+
+impl Queued {
+    /// Which of `local` (this node's pods) `cluster` isolates, per direction.
+    pub fn of<'a>(cluster: &Cluster, local: impl IntoIterator<Item = &'a Pod>) -> Self {
+        let mut out = Queued::default();
+        for pod in local {
+            let Some(id) = cluster.pod_id(&pod.key) else {
+                continue;
+            };
+            let isolated = |d| !cluster.classifier().isolating_policies(id, d).is_empty();
+            if isolated(Direction::Egress) {
+                out.egress.extend(pod.addresses());
+            }
+            if isolated(Direction::Ingress) {
+                out.ingress.extend(pod.addresses());
+            }
+        }
+        out
+    }
+}
+
+/// Judges a queued packet. A TCP packet without SYN is the middle of a connection conntrack
+/// does not know (its entry was cut, or it never was allowed): it is dropped rather than
+/// judged, because its direction need not be the connection's. A packet that cannot be read
+/// (truncated, a later IPv6 fragment) is dropped too: it belongs to an isolated pod, and
+/// isolated pods fail closed.
+pub fn judge_packet(cluster: &Cluster, packet: &[u8]) -> bool {
+    let Some(packet) = Packet::parse(packet) else {
+        return false;
+    };
+    if packet
+        .tcp_flags
+        .is_some_and(|flags| flags & packet::TCP_SYN == 0)
+    {
+        return false;
+    }
+    judge(cluster, &packet.flow)
+}
+
+/// The policy view the queue judges against, replaced whole when the datastore changes; each
+/// [`crate::policies::Snapshot`] derefs to its [`Cluster`] and carries the etcd revision it
+/// reflects.
+pub type View = Arc<RwLock<Arc<crate::policies::Snapshot>>>;
+
+/// Serves queues `QUEUE..QUEUE + queues`, each on a thread of its own (pinned to the CPU
+/// whose packets it gets when there are several, and under SCHED_FIFO), until the process
+/// ends.
+pub fn serve(view: View, queues: u16) -> Result<()> {
+    for i in 0..queues.max(1) {
+        let num = QUEUE + i;
+        let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
+        queue
+            .bind(num)
+            .with_context(|| format!("binding NFQUEUE {num}"))?;
+        // Only the headers are needed.
+        queue
+            .set_copy_range(num, packet::COPY_RANGE)
+            .context("setting the NFQUEUE copy range")?;
+        let view = view.clone();
+        let pin = (queues > 1).then_some(usize::from(i));
+        std::thread::Builder::new()
+            .name(format!("policy-queue-{num}"))
+            .spawn(move || {
+                prioritize(pin);
+                loop {
+                    answer(&mut queue, &view);
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Receives one queued packet, judges it, and gives the verdict.
+fn answer(queue: &mut nfq::Queue, view: &View) {
+    let mut msg = match queue.recv() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "NFQUEUE receive failed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            return;
+        }
+    };
+    let cluster = view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if judge_packet(&cluster, msg.get_payload()) {
+        msg.set_nfmark(msg.get_nfmark() | ALLOWED);
+        msg.set_verdict(nfq::Verdict::Repeat);
+    } else {
+        msg.set_verdict(nfq::Verdict::Drop);
+    }
+    if let Err(e) = queue.verdict(msg) {
+        tracing::error!(error = %e, "NFQUEUE verdict failed");
+    }
+}
+
+/// Runs the calling (queue) thread under SCHED_FIFO, on CPU `pin` if given: every new
+/// connection of an isolated pod waits for it, so on a busy node it must not wait behind
+/// ordinary threads for a CPU. It blocks in `recv` between packets, and the kernel's
+/// real-time throttling bounds it anyway. Where the scheduler refuses (no CAP_SYS_NICE), it
+/// runs as it is.
+fn prioritize(pin: Option<usize>) {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sets the scheduling policy of the calling thread; `param` outlives the call.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        let error = std::io::Error::from_raw_os_error(rc);
+        tracing::warn!(%error, "cannot run the policy queue under SCHED_FIFO");
+    }
+    if let Some(cpu) = pin {
+        let mut set = nix::sched::CpuSet::new();
+        let pinned = set
+            .set(cpu)
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+        if let Err(error) = pinned {
+            tracing::warn!(%error, cpu, "cannot pin the policy queue thread");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::packet::tests::{v4, v6};
+    use super::*;
+    use policy::{NetworkPolicy, PodKey};
+
+    fn pod(ns: &str, name: &str, ip: [u8; 4], ipv6: Option<&str>) -> Pod {
+        Pod {
+            key: PodKey::new(ns, name),
+            labels: [("app".to_string(), name.to_string())].into(),
+            ip: Ipv4Addr::from(ip),
+            ipv6: ipv6.map(|s| s.parse().unwrap()),
+            ports: vec![],
+        }
+    }
+
+    fn policy(yaml: &str) -> NetworkPolicy {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn only_isolated_local_pods_are_queued_by_both_addresses() {
+        let mut c = Cluster::new();
+        c.upsert_namespace("x", Default::default());
+        let web = pod("x", "web", [10, 244, 1, 2], Some("fd00:10:244:1::2"));
+        let db = pod("x", "db", [10, 244, 1, 3], None);
+        let other = pod("x", "other", [10, 244, 1, 4], None);
+        for p in [&web, &db, &other] {
+            c.upsert_pod(p.clone());
+        }
+        assert_eq!(
+            Queued::of(&c, [&web, &db]),
+            Queued::default(),
+            "nothing isolated"
+        );
+        c.upsert_policy(&policy(
+            "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+        ))
+        .unwrap();
+        c.upsert_policy(&policy(
+            "metadata: {name: q, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
+        ))
+        .unwrap();
+        let q = Queued::of(&c, [&web, &db]);
+        let web_ips: BTreeSet<IpAddr> = web.addresses().collect();
+        assert_eq!(q.ingress, web_ips);
+        assert_eq!(
+            q.egress.len(),
+            3,
+            "web's two addresses and db's, not other's: {q:?}"
+        );
+        assert!(q.egress.contains(&IpAddr::from(db.ip)));
+    }
+
+    #[test]
+    fn mid_stream_tcp_and_unreadable_packets_are_dropped_syn_is_judged() {
+        let c = Cluster::new();
+        let mut syn = v4(6, 80);
+        syn[33] = packet::TCP_SYN;
+        assert!(judge_packet(&c, &syn));
+        syn[33] = 0x10;
+        assert!(!judge_packet(&c, &syn));
+        assert!(judge_packet(&c, &v4(17, 53)));
+        assert!(judge_packet(&c, &v6(&[], 6, 80, packet::TCP_SYN)));
+        assert!(!judge_packet(&c, &v6(&[], 6, 80, 0x10)));
+        assert!(!judge_packet(&c, &v4(6, 80)[..30]), "truncated");
+        assert!(!judge_packet(&c, &[0x50; 60]), "not IP");
+    }
+
+    #[test]
+    fn judges_ports_and_icmp_like_the_rules_say() {
+        let mut c = Cluster::new();
+        c.upsert_namespace("x", Default::default());
+        c.upsert_namespace("y", Default::default());
+        c.upsert_pod(pod("x", "p", [10, 244, 1, 10], None));
+        c.upsert_pod(pod("y", "p", [10, 244, 2, 10], None));
+        assert!(judge(&c, &Flow::parse(&v4(6, 80)).unwrap()), "not isolated");
+        c.upsert_policy(&policy(
+            "metadata: {name: web, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - ports: [{port: 80}]\n",
+        ))
+        .unwrap();
+        assert!(judge(&c, &Flow::parse(&v4(6, 80)).unwrap()));
+        assert!(!judge(&c, &Flow::parse(&v4(6, 81)).unwrap()));
+        assert!(
+            !judge(&c, &Flow::parse(&v4(1, 0)).unwrap()),
+            "a port rule does not admit ICMP"
+        );
+        c.upsert_policy(&policy(
+            "metadata: {name: all, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - {}\n",
+        ))
+        .unwrap();
+        assert!(
+            judge(&c, &Flow::parse(&v4(1, 0)).unwrap()),
+            "a rule without ports admits ICMP"
+        );
+    }
+
+    /// A flow between two addresses over TCP to `port`.
+    fn tcp(src: &str, dst: &str, port: u16) -> Flow {
+        Flow {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            transport: Transport::Port(Protocol::Tcp, port),
+        }
+    }
+
+    #[test]
+    fn ipv6_connections_are_judged_like_ipv4_ones() {
+        let mut c = Cluster::new();
+        c.upsert_namespace("x", [("ns".to_string(), "x".to_string())].into());
+        c.upsert_namespace("y", Default::default());
+        c.upsert_pod(pod(
+            "x",
+            "client",
+            [10, 244, 1, 10],
+            Some("fd00:10:244:1::a"),
+        ));
+        c.upsert_pod(pod(
+            "x",
+            "other",
+            [10, 244, 1, 11],
+            Some("fd00:10:244:1::b"),
+        ));
+        c.upsert_pod(pod(
+            "y",
+            "server",
+            [10, 244, 2, 10],
+            Some("fd00:10:244:2::a"),
+        ));
+        // The server admits the client pod, and an IPv6 block minus a hole, on port 80.
+        c.upsert_policy(&policy(
+            "metadata: {name: web, namespace: y}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}\n      podSelector: {matchLabels: {app: client}}\n    - ipBlock: {cidr: \"2001:db8::/32\", except: [\"2001:db8:bad::/48\"]}\n    - ipBlock: {cidr: 192.0.2.0/24}\n    ports: [{port: 80}]\n",
+        ))
+        .unwrap();
+        let server = "fd00:10:244:2::a";
+        assert!(
+            judge(&c, &tcp("fd00:10:244:1::a", server, 80)),
+            "the client pod, by its IPv6 address"
+        );
+        assert!(
+            judge(&c, &tcp("10.244.1.10", "10.244.2.10", 80)),
+            "and by its IPv4 one"
+        );
+        assert!(
+            !judge(&c, &tcp("fd00:10:244:1::a", server, 81)),
+            "another port"
+        );
+        assert!(
+            !judge(&c, &tcp("fd00:10:244:1::b", server, 80)),
+            "another pod"
+        );
+        assert!(
+            judge(&c, &tcp("2001:db8:1::7", server, 80)),
+            "inside the IPv6 block"
+        );
+        assert!(
+            !judge(&c, &tcp("2001:db8:bad::7", server, 80)),
+            "in its except"
+        );
+        assert!(!judge(&c, &tcp("2001:db9::7", server, 80)), "outside it");
+        assert!(
+            judge(&c, &tcp("192.0.2.9", "10.244.2.10", 80)),
+            "IPv4 block, IPv4 source"
+        );
+        assert!(
+            !judge(&c, &tcp("::ffff:192.0.2.9", server, 80)),
+            "an IPv4 block never admits an IPv6 address"
+        );
+        let icmp6 = Flow {
+            src: "fd00:10:244:1::a".parse().unwrap(),
+            dst: server.parse().unwrap(),
+            transport: Transport::Other(58),
+        };
+        assert!(!judge(&c, &icmp6), "a port rule does not admit ICMPv6");
+        // Unknown IPv6 addresses in the pod network are outside every selector.
+        assert!(!judge(&c, &tcp("fd00:10:244:1::99", server, 80)));
+    }
+}
