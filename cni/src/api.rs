@@ -93,7 +93,7 @@ pub enum Response {
 }
 
 /// The state of fabricd's policy view (the answer to [`Request::Policy`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyStatus {
     /// Whether fabricd enforces NetworkPolicy (`--network-policy`); everything else is zero
     /// when it does not.
@@ -107,6 +107,9 @@ pub struct PolicyStatus {
     pub pods: usize,
     /// Namespaces in the view (labeled ones and those of its pods).
     pub namespaces: usize,
+    /// Which netfilter front end carries the queue rules (`nft` or `xtables`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_rules: Option<String>,
 }
 
 /// A port a pod's container declares, in the shape of Kubernetes' `ContainerPort` (the
@@ -468,6 +471,7 @@ mod tests {
             policies: 1,
             pods: 2,
             namespaces: 3,
+            queue_rules: Some("nft".into()),
         });
         let json = serde_json::to_value(&resp).unwrap();
         assert_eq!(json["status"], "policy");

@@ -448,6 +448,7 @@ impl Snapshot {
             policies: self.policies,
             pods: self.pods,
             namespaces: self.namespaces,
+            queue_rules: None,
         }
     }
 }
@@ -503,6 +504,7 @@ impl Publisher {
 pub struct Handle {
     view: View,
     progress: ProgressHandle,
+    rules: crate::enforce::RuleKind,
 }
 
 impl Handle {
@@ -516,7 +518,10 @@ impl Handle {
     /// the revision shortly after; `fabricctl policy sync` asks again).
     pub fn status(&self) -> PolicyStatus {
         self.progress.request();
-        current(&self.view).status()
+        PolicyStatus {
+            queue_rules: Some(self.rules.to_string()),
+            ..current(&self.view).status()
+        }
     }
 }
 
@@ -566,6 +571,7 @@ impl Follower {
         let handle = Handle {
             view: view.clone(),
             progress: range.progress(),
+            rules: rules.kind,
         };
         let follower = Self {
             store,

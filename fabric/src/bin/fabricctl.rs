@@ -487,8 +487,12 @@ async fn policy_sync(
             Ok(Response::Policy(status)) if status.revision >= target => {
                 writeln!(
                     out,
-                    "policy view in sync at revision {} ({} policies, {} pods, {} namespaces)",
-                    status.revision, status.policies, status.pods, status.namespaces
+                    "policy view in sync at revision {} ({} policies, {} pods, {} namespaces; queue rules: {})",
+                    status.revision,
+                    status.policies,
+                    status.pods,
+                    status.namespaces,
+                    status.queue_rules.as_deref().unwrap_or("-")
                 )?;
                 return Ok(());
             }

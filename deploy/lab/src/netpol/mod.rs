@@ -127,6 +127,10 @@ pub fn run(options: &Options, file: &CaseFile, out: &mut impl Write) -> Result<S
         .collect();
     ensure!(!cases.is_empty(), "no case to run");
     let suite = Suite::up(options, file)?;
+    // Which queue rules each node enforces with (nft's native queue, or xtables NFQUEUE).
+    for (node, said) in suite.sync()? {
+        writeln!(out, "{node}: {said}")?;
+    }
     let mut summary = Summary::default();
     for case in cases {
         let result = suite.case(case);
@@ -299,14 +303,18 @@ impl<'a> Suite<'a> {
         self.fabricctl(&args).map(drop)
     }
 
-    /// Waits until every node's fabricd enforces what etcd holds now.
-    fn sync(&self) -> Result<()> {
+    /// Waits until every node's fabricd enforces what etcd holds now; returns what each
+    /// said (`policy view in sync at revision ...; queue rules: ...`).
+    fn sync(&self) -> Result<Vec<(String, String)>> {
+        let mut said = Vec::new();
         for node in self.lab.nodes() {
             let socket = node.socket.display().to_string();
-            self.fabricctl(&["policy", "sync", "--socket", &socket, "--timeout", "15s"])
+            let out = self
+                .fabricctl(&["policy", "sync", "--socket", &socket, "--timeout", "15s"])
                 .with_context(|| format!("{}'s policy view did not catch up", node.name))?;
+            said.push((node.name.clone(), out.trim().to_owned()));
         }
-        Ok(())
+        Ok(said)
     }
 
     fn case(&self, case: &Case) -> CaseResult {
@@ -408,7 +416,7 @@ impl<'a> Suite<'a> {
                 self.label_pod(pod, &model.labels)?;
             }
         }
-        self.sync()
+        self.sync().map(drop)
     }
 
     /// Runs `probes` from their source pods, all sources at once.
