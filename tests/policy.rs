@@ -155,6 +155,12 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
 
     // The running transfer (to 5201, now denied) was cut.
     let report = transfer.finish().unwrap();
+    assert!(
+        report.intervals.first().is_some_and(|bps| *bps > 1e6),
+        "the transfer never flowed before the policies: {:?} {:?}",
+        report.error,
+        report.intervals
+    );
     let tail: f64 = report.intervals.iter().rev().take(3).sum();
     assert!(
         tail < 1e6,
@@ -170,4 +176,78 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     );
     lab.start_fabricd("node2").unwrap();
     eventually(Duration::from_secs(5), || tcp_connect(&lab, "a", b.ip, 80)).unwrap();
+}
+
+#[test]
+fn ipv6_connections_are_judged_and_cut_like_ipv4_ones() {
+    use std::time::Duration;
+
+    use fabric_tests::{eventually, ping, tcp_connect, Listeners, Transfer};
+
+    let mut spec = spec("pol6", 2, 0, Backend::Vxlan);
+    spec.ipv6_network = Some("fd00:10:244::/48".into());
+    let mut lab = up(spec);
+    let a = lab
+        .add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
+        .unwrap();
+    let b = lab
+        .add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
+        .unwrap();
+    let b6 = b.ipv6.expect("a dual-stack pod has an IPv6 address");
+    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
+    let _l80 = Listeners::start_v6(&lab, &["b"], 80).unwrap();
+    let _l81 = Listeners::start_v6(&lab, &["b"], 81).unwrap();
+    tcp_connect(&lab, "a", b6, 80).unwrap();
+    tcp_connect(&lab, "a", b6, 81).unwrap();
+    ping(&lab, "a", b6).unwrap();
+
+    // A long IPv6 transfer that the policies below will cut.
+    let transfer = Transfer::start(&b.netns, b6, &a.netns, 12).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let file = write(&lab, "policies.yaml", POLICIES);
+    lab.fabricctl(&["policy", "apply", "-f", &file]).unwrap();
+    eventually(Duration::from_secs(5), || {
+        anyhow::ensure!(
+            tcp_connect(&lab, "a", b6, 81).is_err(),
+            "port 81 still open over IPv6"
+        );
+        Ok(())
+    })
+    .unwrap();
+    tcp_connect(&lab, "a", b6, 80).unwrap();
+    assert!(
+        ping(&lab, "a", b6).is_err(),
+        "ICMPv6 is not in the allowed ports"
+    );
+    let report = transfer.finish().unwrap();
+    assert!(
+        report.intervals.first().is_some_and(|bps| *bps > 1e6),
+        "the transfer never flowed before the policies: {:?} {:?}",
+        report.error,
+        report.intervals
+    );
+    let tail: f64 = report.intervals.iter().rev().take(3).sum();
+    assert!(
+        tail < 1e6,
+        "the denied IPv6 transfer kept flowing: {:?}",
+        report.intervals
+    );
+    // The destination's node queues b by both addresses.
+    let chain = lab
+        .exec_ok("node2", &["ip6tables", "-S", "FABRIC-POLICY"])
+        .unwrap();
+    assert!(chain.contains(&format!("-d {b6}/128")), "{chain}");
+
+    // An IPv6 ipBlock admits the client by its IPv6 address alone.
+    let a6 = a.ipv6.unwrap();
+    let block = write(
+        &lab,
+        "block.yaml",
+        &format!(
+            "metadata: {{name: from-a6, namespace: y}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - ipBlock: {{cidr: \"{a6}/128\"}}\n    ports: [{{port: 81}}]\n"
+        ),
+    );
+    lab.fabricctl(&["policy", "apply", "-f", &block]).unwrap();
+    eventually(Duration::from_secs(5), || tcp_connect(&lab, "a", b6, 81)).unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! The tests need root (they create network namespaces) and fail, not skip, without it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -205,7 +205,7 @@ impl Transfer {
     /// in `client_netns` (each bounded by `timeout`).
     pub fn start(
         server_netns: &str,
-        server_ip: Ipv4Addr,
+        server_ip: impl Into<IpAddr>,
         client_netns: &str,
         seconds: u32,
     ) -> Result<Self> {
@@ -236,7 +236,7 @@ impl Transfer {
                 "-J",
                 "-c",
             ])
-            .arg(server_ip.to_string())
+            .arg(server_ip.into().to_string())
             .args(["-t", &seconds.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
