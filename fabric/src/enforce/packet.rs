@@ -222,7 +222,7 @@ pub(crate) mod tests {
         let p = Packet::parse(&v6(&chain, 17, 53, 0)).unwrap();
         assert_eq!(p.flow.transport, Transport::Port(Protocol::Udp, 53));
         assert_eq!(p.tcp_flags, None);
-        let p = Packet::parse(&v6(&[hop_by_hop.clone()], 132, 81, 0)).unwrap();
+        let p = Packet::parse(&v6(std::slice::from_ref(&hop_by_hop), 132, 81, 0)).unwrap();
         assert_eq!(p.flow.transport, Transport::Port(Protocol::Sctp, 81));
 
         // ICMPv6 and ESP have no ports.

@@ -275,22 +275,41 @@ pub fn install(options: RuleOptions, queued: &Queued) -> Result<()> {
             .context("installing the policy table (install the nftables package)"),
         RuleKind::Xtables => {
             for family in [Family::V4, Family::V6] {
-                let restore = format!("{}-restore", family.tool());
-                run_stdin(
-                    &restore,
-                    &["-w", "--noflush"],
-                    &xtables(family, options, queued),
-                )
-                .with_context(|| format!("installing the policy chain with {restore}"))?;
-                if !xtables_cmd(family, &["-C", "FORWARD", "-j", CHAIN])?
-                    && !xtables_cmd(family, &["-I", "FORWARD", "1", "-j", CHAIN])?
-                {
-                    bail!("cannot hook {CHAIN} into {}'s FORWARD", family.tool());
+                let needed = family == Family::V4
+                    || queued
+                        .egress
+                        .iter()
+                        .chain(&queued.ingress)
+                        .any(|ip| family.holds(ip));
+                match install_xtables(family, options, queued) {
+                    // A node without IPv6 (ipv6.disable=1) has no pod to queue there.
+                    Err(e) if !needed => tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "no IPv6 policy chain; no IPv6 pod is isolated here"
+                    ),
+                    other => other?,
                 }
             }
             Ok(())
         }
     }
+}
+
+/// Installs one family's chain and hooks it first into FORWARD.
+fn install_xtables(family: Family, options: RuleOptions, queued: &Queued) -> Result<()> {
+    let restore = format!("{}-restore", family.tool());
+    run_stdin(
+        &restore,
+        &["-w", "--noflush"],
+        &xtables(family, options, queued),
+    )
+    .with_context(|| format!("installing the policy chain with {restore}"))?;
+    if !xtables_cmd(family, &["-C", "FORWARD", "-j", CHAIN])?
+        && !xtables_cmd(family, &["-I", "FORWARD", "1", "-j", CHAIN])?
+    {
+        bail!("cannot hook {CHAIN} into {}'s FORWARD", family.tool());
+    }
+    Ok(())
 }
 
 /// Removes the queue rules of both kinds, if any. fabricd calls it when it starts with
