@@ -3,7 +3,7 @@
 //! node; concurrent daemons never share a subnet.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
@@ -244,6 +244,52 @@ fn reserved_subnets_go_to_their_nodes() {
     full_mesh(&lab).unwrap();
 }
 
+/// Gives pod `a` the address `spoofed` as well, pings `to` (pod `b`'s) from it, and asserts
+/// that nothing from `spoofed` reaches `b`. Replies could be lost on the way back anyway, so
+/// only the destination's view shows whether the packet was dropped at the source. The
+/// address is taken away again (IPv6 source selection could otherwise pick it later).
+fn assert_spoof_dropped(
+    lab: &Lab,
+    a: &fabric_lab::Pod,
+    b: &fabric_lab::Pod,
+    spoofed: IpAddr,
+    to: IpAddr,
+) {
+    let (len, filter) = match spoofed {
+        IpAddr::V4(_) => (32, "icmp"),
+        IpAddr::V6(_) => (128, "icmp6"),
+    };
+    let address = format!("{spoofed}/{len}");
+    let mut add = vec!["ip", "addr", "add", &address, "dev", "eth0"];
+    if spoofed.is_ipv6() {
+        add.push("nodad");
+    }
+    lab.exec_ok(&a.name, &add).unwrap();
+    let watch = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &b.netns, "timeout", "4", "tcpdump", "-n", "-c", "1", "-i", "eth0",
+        ])
+        .arg(format!("{filter} and src host {spoofed}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let (source, target) = (spoofed.to_string(), to.to_string());
+    let _ = lab.exec(
+        &a.name,
+        &["ping", "-c", "2", "-W", "1", "-I", &source, &target],
+    );
+    let seen = watch.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        !seen.contains(&source),
+        "a packet from {spoofed} got through: {seen}"
+    );
+    lab.exec_ok(&a.name, &["ip", "addr", "del", &address, "dev", "eth0"])
+        .unwrap();
+}
+
 #[test]
 fn spoofed_source_addresses_are_dropped() {
     let lab = up(spec("spoof", 2, 1, Backend::Vxlan));
@@ -252,42 +298,7 @@ fn spoofed_source_addresses_are_dropped() {
     // The pod claims a neighbour's address (and one outside the cluster) as its own.
     let fake = Ipv4Addr::from(u32::from(a.ip) + 50);
     for spoofed in [fake, Ipv4Addr::new(192, 0, 2, 7)] {
-        lab.exec_ok(
-            &a.name,
-            &["ip", "addr", "add", &format!("{spoofed}/32"), "dev", "eth0"],
-        )
-        .unwrap();
-        // Watch for it at the destination: replies could be lost on the way back anyway, so
-        // only the destination's view shows whether the packet was dropped at the source.
-        let watch = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &b.netns, "timeout", "4", "tcpdump", "-n", "-c", "1", "-i", "eth0",
-            ])
-            .arg(format!("icmp and src host {spoofed}"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        let _ = lab.exec(
-            &a.name,
-            &[
-                "ping",
-                "-c",
-                "2",
-                "-W",
-                "1",
-                "-I",
-                &spoofed.to_string(),
-                &b.ip.to_string(),
-            ],
-        );
-        let seen = watch.wait_with_output().unwrap();
-        let seen = String::from_utf8_lossy(&seen.stdout);
-        assert!(
-            !seen.contains(&spoofed.to_string()),
-            "a packet from {spoofed} got through: {seen}"
-        );
+        assert_spoof_dropped(&lab, &a, &b, spoofed.into(), b.ip.into());
     }
     // Its own address still works.
     ping(&lab, &a.name, b.ip).unwrap();
@@ -375,61 +386,7 @@ fn spoofed_ipv6_source_addresses_are_dropped() {
     // A neighbour's address in the cluster, and one outside it.
     let fake = std::net::Ipv6Addr::from(u128::from(a6) + 50);
     for spoofed in [fake, "2001:db8::7".parse().unwrap()] {
-        lab.exec_ok(
-            &a.name,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{spoofed}/128"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
-        .unwrap();
-        let watch = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &b.netns, "timeout", "4", "tcpdump", "-n", "-c", "1", "-i", "eth0",
-            ])
-            .arg(format!("icmp6 and src host {spoofed}"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        let _ = lab.exec(
-            &a.name,
-            &[
-                "ping",
-                "-c",
-                "2",
-                "-W",
-                "1",
-                "-I",
-                &spoofed.to_string(),
-                &b6.to_string(),
-            ],
-        );
-        let seen = watch.wait_with_output().unwrap();
-        let seen = String::from_utf8_lossy(&seen.stdout);
-        assert!(
-            !seen.contains(&spoofed.to_string()),
-            "a packet from {spoofed} got through: {seen}"
-        );
-        // IPv6 source selection could pick the spoofed address for the check below.
-        lab.exec_ok(
-            &a.name,
-            &[
-                "ip",
-                "addr",
-                "del",
-                &format!("{spoofed}/128"),
-                "dev",
-                "eth0",
-            ],
-        )
-        .unwrap();
+        assert_spoof_dropped(&lab, &a, &b, IpAddr::V6(spoofed), b6.into());
     }
     // Its own address still works.
     ping(&lab, &a.name, b6).unwrap();

@@ -107,6 +107,24 @@ fn policies_apply_list_and_explain_against_registered_pods() {
     );
 }
 
+/// Asserts that `transfer` flowed before the policies came (its first second) and was cut
+/// by them (nothing in its last three seconds).
+fn assert_cut(transfer: fabric_tests::Transfer) {
+    let report = transfer.finish().unwrap();
+    assert!(
+        report.intervals.first().is_some_and(|bps| *bps > 1e6),
+        "the transfer never flowed before the policies: {:?} {:?}",
+        report.error,
+        report.intervals
+    );
+    let tail: f64 = report.intervals.iter().rev().take(3).sum();
+    assert!(
+        tail < 1e6,
+        "the denied transfer kept flowing: {:?}",
+        report.intervals
+    );
+}
+
 #[test]
 fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     use std::time::Duration;
@@ -154,19 +172,7 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     );
 
     // The running transfer (to 5201, now denied) was cut.
-    let report = transfer.finish().unwrap();
-    assert!(
-        report.intervals.first().is_some_and(|bps| *bps > 1e6),
-        "the transfer never flowed before the policies: {:?} {:?}",
-        report.error,
-        report.intervals
-    );
-    let tail: f64 = report.intervals.iter().rev().take(3).sum();
-    assert!(
-        tail < 1e6,
-        "the denied transfer kept flowing: {:?}",
-        report.intervals
-    );
+    assert_cut(transfer);
 
     // With the daemon of the destination down, new connections fail closed.
     lab.stop_fabricd("node2", Signal::SIGKILL).unwrap();
@@ -220,19 +226,7 @@ fn ipv6_connections_are_judged_and_cut_like_ipv4_ones() {
         ping(&lab, "a", b6).is_err(),
         "ICMPv6 is not in the allowed ports"
     );
-    let report = transfer.finish().unwrap();
-    assert!(
-        report.intervals.first().is_some_and(|bps| *bps > 1e6),
-        "the transfer never flowed before the policies: {:?} {:?}",
-        report.error,
-        report.intervals
-    );
-    let tail: f64 = report.intervals.iter().rev().take(3).sum();
-    assert!(
-        tail < 1e6,
-        "the denied IPv6 transfer kept flowing: {:?}",
-        report.intervals
-    );
+    assert_cut(transfer);
     // The destination's node queues b by both addresses.
     let chain = lab
         .exec_ok("node2", &["ip6tables", "-S", "FABRIC-POLICY"])

@@ -166,15 +166,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn routes_via_peers_on_the_segment_and_refuses_others() {
-        let underlay = Underlay {
+    fn underlay() -> Underlay {
+        Underlay {
             iface: "eth0".into(),
             index: 2,
             addr: "172.30.0.11/24".parse().unwrap(),
             mtu: 1500,
             mac: None,
-        };
+        }
+    }
+
+    #[test]
+    fn routes_via_peers_on_the_segment_and_refuses_others() {
+        let underlay = underlay();
         let me = lease("n1", "10.244.1.0/24", "172.30.0.11", "host-gw");
         let leases: Leases = Arc::new(BTreeMap::from_iter(
             [
@@ -204,13 +208,7 @@ mod tests {
 
     #[test]
     fn ipv6_subnets_route_on_link_to_the_peers_underlay_mac() {
-        let underlay = Underlay {
-            iface: "eth0".into(),
-            index: 2,
-            addr: "172.30.0.11/24".parse().unwrap(),
-            mtu: 1500,
-            mac: None,
-        };
+        let underlay = underlay();
         let me = lease("n1", "10.244.1.0/24", "172.30.0.11", "host-gw");
         let mut peer = lease("n2", "10.244.2.0/24", "172.30.0.12", "host-gw");
         peer.ipv6_subnet = Some("fd00:10:244:2::/64".parse().unwrap());
