@@ -15,8 +15,9 @@ fn cases(path: &Path) -> CaseFile {
     CaseFile::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The shared sample file (a verbatim copy of the project's `shared/netpol/sample-cases.yaml`).
 fn sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/netpol/sample-cases.yaml")
+    project("sample-cases.yaml")
 }
 
 fn project(file: &str) -> PathBuf {

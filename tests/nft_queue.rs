@@ -21,7 +21,7 @@ fn native_nft_queue_enforces_the_sample_suite_on_a_kernel_that_has_it() {
     let (kernel, version) = vm_kernel("nft_queue").unwrap();
     let name = lab_name("nftq");
     let script = format!(
-        "uname -r; target/release/fabric-lab netpol --name {name} --cases ../shared/netpol/sample-cases.yaml"
+        "uname -r; target/release/fabric-lab netpol --name {name} --cases tests/netpol/sample-cases.yaml"
     );
     let out = in_vm(&kernel, &script, Duration::from_secs(900)).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
