@@ -245,3 +245,44 @@ fn ipv6_connections_are_judged_and_cut_like_ipv4_ones() {
     lab.fabricctl(&["policy", "apply", "-f", &block]).unwrap();
     eventually(Duration::from_secs(5), || tcp_connect(&lab, "a", b6, 81)).unwrap();
 }
+
+/// A new pod's first connection is judged with its own identity: CNI ADD returns only once
+/// the pod's node enforces the policies that select it (`--policy-setup-timeout`). Before,
+/// the pod was an unknown address for tens of milliseconds, and a connection it opened at
+/// once went through until the view caught up and cut it.
+#[test]
+fn a_new_pod_is_isolated_from_its_first_connection() {
+    use fabric_tests::{tcp_connect, Listeners};
+
+    let mut lab = up(spec("polnew", 2, 0, Backend::Vxlan));
+    let b = lab
+        .add_pod("node2", PodSpec::new("b").namespace("y"))
+        .unwrap();
+    let _l80 = Listeners::start(&lab, &["b"], 80).unwrap();
+    let file = write(
+        &lab,
+        "locked.yaml",
+        "metadata: {name: locked, namespace: x}\nspec:\n  podSelector: {matchLabels: {role: locked}}\n  policyTypes: [Egress]\n",
+    );
+    lab.fabricctl(&["policy", "apply", "-f", &file]).unwrap();
+    let socket = lab.node("node1").unwrap().socket.display().to_string();
+    lab.fabricctl(&["policy", "sync", "--socket", &socket])
+        .unwrap();
+    for i in 0..3 {
+        // A pod no policy selects connects at once: the network is there for new pods.
+        let open = format!("open{i}");
+        lab.add_pod("node1", PodSpec::new(&open).namespace("x"))
+            .unwrap();
+        tcp_connect(&lab, &open, b.ip, 80).unwrap();
+        let locked = format!("locked{i}");
+        lab.add_pod(
+            "node1",
+            PodSpec::new(&locked).namespace("x").label("role", "locked"),
+        )
+        .unwrap();
+        assert!(
+            tcp_connect(&lab, &locked, b.ip, 80).is_err(),
+            "{locked}'s first connection went out before its egress policy was enforced"
+        );
+    }
+}

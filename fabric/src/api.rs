@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use fabric_cni::api::{codes, CniError, PolicyStatus, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -30,6 +31,9 @@ pub struct Serving {
     /// The policy view, once read; `None` when fabricd does not enforce NetworkPolicy
     /// (`--network-policy=false`).
     pub policy: Option<Arc<OnceLock<policies::Handle>>>,
+    /// How long ADD waits for the node to enforce policy on the new pod
+    /// (`--policy-setup-timeout`).
+    pub policy_setup: Duration,
 }
 
 /// Binds the socket at `path` (replacing a stale one) and serves until the process ends.
@@ -117,15 +121,54 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
     };
     match request {
         Request::Add(att) => match pods.add(&att).await {
-            Ok(result) => Response::Ok {
-                result: Some(result),
-            },
+            Ok(added) => {
+                if let Some(revision) = added.registered {
+                    await_policy(serving, &att.key.container_id, revision).await;
+                }
+                Response::Ok {
+                    result: Some(added.result),
+                }
+            }
             Err(e) => Response::Error(e),
         },
         Request::Del(att) => done(pods.del(&att.key).await),
         Request::Check(att) => done(pods.check(&att).await),
         Request::Status | Request::Dataplane | Request::Policy => Response::Ok { result: None },
         Request::Gc { valid } => done(pods.gc(&valid).await),
+    }
+}
+
+/// Waits until the node enforces policy on a pod registered at `revision`, so the runtime
+/// starts it only then: its first packet is judged with its own identity rather than as an
+/// unknown address. Past `--policy-setup-timeout` it goes on with a warning; the pod's
+/// connections that policy denies are cut once the view has it.
+async fn await_policy(serving: &Serving, container: &str, revision: i64) {
+    let Some(handle) = serving.policy.as_ref().and_then(|slot| slot.get()) else {
+        return;
+    };
+    if serving.policy_setup.is_zero() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    if handle
+        .enforced()
+        .reached(revision, serving.policy_setup)
+        .await
+    {
+        tracing::debug!(
+            container,
+            revision,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "policy enforced on the new pod"
+        );
+    } else {
+        tracing::warn!(
+            container,
+            revision,
+            enforced = handle.enforced().revision(),
+            timeout = ?serving.policy_setup,
+            "the new pod starts before its policy is enforced (--policy-setup-timeout passed)"
+        );
     }
 }
 
@@ -156,6 +199,7 @@ mod tests {
             pods: watch::channel(None).1,
             backend: Arc::new(OnceLock::new()),
             policy,
+            policy_setup: Duration::from_secs(5),
         }
     }
 

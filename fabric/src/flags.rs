@@ -88,6 +88,13 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_POLICY_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub policy_queues: Option<u16>,
 
+    /// How long CNI ADD waits, after registering a new pod, until this node enforces policy
+    /// on it (the pod in the view, its queue rules installed), so that its first packet is
+    /// judged with its own identity. Past it, ADD succeeds anyway and a connection the policy
+    /// denies is cut once the view has the pod. 0s does not wait.
+    #[arg(long, env = "FABRIC_POLICY_SETUP_TIMEOUT", default_value = "5s", value_parser = parse_wait)]
+    pub policy_setup_timeout: Duration,
+
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub resync_interval: Duration,
@@ -97,6 +104,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 24h, 90s)"))?;
     if d < Duration::from_secs(2) {
         return Err("must be at least 2s".into());
+    }
+    Ok(d)
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 5s, 500ms)"))?;
+    if d > Duration::from_secs(25) {
+        // The CNI plugin gives up on fabricd after 30 s by default.
+        return Err("must be at most 25s".into());
     }
     Ok(d)
 }
@@ -158,5 +174,13 @@ mod tests {
         assert!(DaemonFlags::try_parse_from(["fabricd", "--lease-ttl", "1s"]).is_err());
         let off = DaemonFlags::try_parse_from(["fabricd", "--healthz-addr", "off"]).unwrap();
         assert_eq!(off.healthz_addr, HealthzAddr(None));
+        assert_eq!(f.policy_setup_timeout, Duration::from_secs(5));
+        let setup = |v: &str| {
+            DaemonFlags::try_parse_from(["fabricd", "--policy-setup-timeout", v])
+                .map(|f| f.policy_setup_timeout)
+        };
+        assert_eq!(setup("0s").unwrap(), Duration::ZERO);
+        assert_eq!(setup("250ms").unwrap(), Duration::from_millis(250));
+        assert!(setup("1m").is_err(), "longer than the plugin waits");
     }
 }

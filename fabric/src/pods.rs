@@ -158,6 +158,16 @@ pub struct Registry {
     pub node: String,
 }
 
+/// A pod attached by [`PodNetwork::add`].
+#[derive(Debug)]
+pub struct Added {
+    /// The CNI result.
+    pub result: AddResult,
+    /// The datastore revision the pod's record was written at, where the store has one; the
+    /// policy view that reached it knows the pod. `None` also when registering failed.
+    pub registered: Option<i64>,
+}
+
 /// The pod network of a node that holds a subnet.
 pub struct PodNetwork {
     subnet: Subnets,
@@ -199,8 +209,8 @@ impl PodNetwork {
         self.subnet.v6
     }
 
-    /// Attaches a pod.
-    pub async fn add(&self, att: &Attachment) -> Result<AddResult, CniError> {
+    /// Attaches a pod and registers it for policy.
+    pub async fn add(&self, att: &Attachment) -> Result<Added, CniError> {
         let netns_path = att.netns.as_deref().ok_or_else(|| {
             CniError::new(codes::INVALID_ENV, "CNI_NETNS is required for ADD", "")
         })?;
@@ -238,8 +248,8 @@ impl PodNetwork {
         match self.wire(att, &netns, netns_path, addr, addr6).await {
             Ok(result) => {
                 self.apply_firewall(&pool);
-                self.register(att, addr, addr6).await;
-                Ok(result)
+                let registered = self.register(att, addr, addr6).await;
+                Ok(Added { result, registered })
             }
             Err(e) => {
                 // Leave nothing behind: the veth pair goes with its host side.
@@ -437,12 +447,18 @@ impl PodNetwork {
     }
 
     /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
-    /// and policy treats an unknown address like any address outside the cluster.
+    /// and policy treats an unknown address like any address outside the cluster. Returns the
+    /// revision of the write (see [`Added::registered`]).
     ///
     /// This is the only write of a pod record: once per ADD of a new container (an ADD of an
     /// attached container fails before it gets here), never on restart or resync. So labels
     /// changed later with `fabricctl pod label` stay until DEL or GC removes the record.
-    async fn register(&self, att: &Attachment, ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) {
+    async fn register(
+        &self,
+        att: &Attachment,
+        ip: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
+    ) -> Option<i64> {
         let record = PodRecord {
             namespace: att
                 .pod_namespace
@@ -459,8 +475,12 @@ impl PodNetwork {
             labels: att.labels.clone(),
             ports: att.ports.clone(),
         };
-        if let Err(e) = self.registry.store.register_pod(&record).await {
-            tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy");
+        match self.registry.store.register_pod(&record).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy");
+                None
+            }
         }
     }
 

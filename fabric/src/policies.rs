@@ -5,10 +5,10 @@
 //! The parts: [`Objects`] mirrors what etcd holds and turns each stored object into
 //! [`Changes`] to the cluster (pure); [`Publisher`] makes the next [`Snapshot`] by applying
 //! changes to a spare cluster rather than rebuilding one (pure); [`Follower`] is the shell
-//! that lists, watches, batches and publishes; [`Handle`] is what the local API asks.
+//! that lists, watches, batches and publishes; [`Enforced`] says up to which etcd revision the
+//! node enforces what etcd holds; [`Handle`] is what the local API asks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use policy::{
     Cluster, ContainerPort, Labels, NetworkPolicy, Pod, PodKey, Policy, PolicyKey, Protocol,
 };
 use serde::Deserialize;
+use tokio::sync::watch;
 
 use crate::enforce::View;
 
@@ -404,13 +405,11 @@ impl Objects {
     }
 }
 
-/// One published policy view: the compiled cluster and the etcd revision it reflects. It
-/// derefs to the [`Cluster`] the packet path judges with.
+/// One published policy view: the compiled cluster and what it holds. It derefs to the
+/// [`Cluster`] the packet path judges with.
 #[derive(Debug)]
 pub struct Snapshot {
     cluster: Cluster,
-    /// Raised in place when etcd reports that nothing changed up to a later revision.
-    revision: AtomicI64,
     policies: usize,
     pods: usize,
     namespaces: usize,
@@ -422,34 +421,67 @@ impl Snapshot {
         let (policies, pods, namespaces) = objects.counts();
         Self {
             cluster,
-            revision: AtomicI64::new(objects.revision()),
             policies,
             pods,
             namespaces,
         }
     }
 
-    /// The etcd revision the view reflects: every change to pods, namespaces and policies up
-    /// to it is in it.
-    pub fn revision(&self) -> i64 {
-        self.revision.load(Ordering::Acquire)
-    }
-
-    /// Notes that nothing the view depends on changed up to `revision`.
-    pub fn advance(&self, revision: i64) {
-        self.revision.fetch_max(revision, Ordering::AcqRel);
-    }
-
-    /// The view's state as the local API reports it.
-    pub fn status(&self) -> PolicyStatus {
+    /// The view's state as the local API reports it, enforced up to `revision`.
+    pub fn status(&self, revision: i64) -> PolicyStatus {
         PolicyStatus {
             enforcing: true,
-            revision: self.revision(),
+            revision,
             policies: self.policies,
             pods: self.pods,
             namespaces: self.namespaces,
             queue_rules: None,
         }
+    }
+}
+
+/// The etcd revision up to which the node enforces what etcd holds: every change to pods,
+/// namespaces and policies up to it is in the published view, the queue rules for the
+/// isolated local pods are installed, and existing connections were judged again. It only
+/// goes up. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Enforced(Arc<watch::Sender<i64>>);
+
+impl Default for Enforced {
+    /// Nothing enforced yet.
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Enforced {
+    /// The revision reached.
+    pub fn revision(&self) -> i64 {
+        *self.0.borrow()
+    }
+
+    /// Notes that `revision` is reached (a lower one changes nothing).
+    pub fn raise(&self, revision: i64) {
+        self.0.send_if_modified(|reached| {
+            let higher = revision > *reached;
+            if higher {
+                *reached = revision;
+            }
+            higher
+        });
+    }
+
+    /// Whether someone waits in [`Self::reached`].
+    pub fn awaited(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
+    /// Waits until `revision` is reached; false if `timeout` passes first.
+    pub async fn reached(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let reached =
+            tokio::time::timeout(timeout, rx.wait_for(|reached| *reached >= revision)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 }
 
@@ -503,6 +535,7 @@ impl Publisher {
 #[derive(Clone)]
 pub struct Handle {
     view: View,
+    enforced: Enforced,
     progress: ProgressHandle,
     rules: crate::enforce::RuleKind,
 }
@@ -513,6 +546,11 @@ impl Handle {
         self.view.clone()
     }
 
+    /// Up to which etcd revision the node enforces what etcd holds.
+    pub fn enforced(&self) -> &Enforced {
+        &self.enforced
+    }
+
     /// The view's state. Also asks etcd to report the watch's progress, so that a view with
     /// nothing new to apply still catches up with writes elsewhere in etcd (the answer raises
     /// the revision shortly after; `fabricctl policy sync` asks again).
@@ -520,7 +558,7 @@ impl Handle {
         self.progress.request();
         PolicyStatus {
             queue_rules: Some(self.rules.to_string()),
-            ..current(&self.view).status()
+            ..current(&self.view).status(self.enforced.revision())
         }
     }
 }
@@ -531,7 +569,8 @@ fn current(view: &View) -> Arc<Snapshot> {
 
 /// Keeps the policy view in step with etcd: an initial listing, then the watch of the policy
 /// objects from the revision after it. Events that arrive together (within [`DEBOUNCE`] of
-/// each other, for at most [`MAX_BATCH`]) are applied as one batch: the view is updated
+/// each other, for at most [`MAX_BATCH`], unless a CNI ADD waits for the view) are applied
+/// as one batch: the view is updated
 /// incrementally, published whole, and the allowed connections inside the cluster network
 /// are judged again, those no longer allowed cut. When the watch breaks or falls behind a
 /// compaction, the objects are listed again and the difference applied the same way.
@@ -541,6 +580,7 @@ pub struct Follower {
     objects: Objects,
     publisher: Publisher,
     view: View,
+    enforced: Enforced,
     networks: crate::pods::Subnets,
     node: String,
     rules: crate::enforce::RuleOptions,
@@ -568,8 +608,10 @@ impl Follower {
         tracing::info!(revision, policies, pods, namespaces, "policy view loaded");
         let first = Snapshot::new(objects.build(), &objects);
         let view: View = Arc::new(RwLock::new(Arc::new(first)));
+        let enforced = Enforced::default();
         let handle = Handle {
             view: view.clone(),
+            enforced: enforced.clone(),
             progress: range.progress(),
             rules: rules.kind,
         };
@@ -579,6 +621,7 @@ impl Follower {
             objects,
             publisher: Publisher::default(),
             view,
+            enforced,
             networks,
             node: node.to_owned(),
             rules,
@@ -587,15 +630,25 @@ impl Follower {
         Ok((follower, handle))
     }
 
-    /// Installs the queue rules for the current view if which local pods are isolated
-    /// changed since the last install (always, the first time).
+    /// Installs the queue rules for the first view: from then on, the node enforces it.
     pub fn install_rules(&mut self) -> anyhow::Result<()> {
+        self.install_queue_rules()?;
+        self.enforced.raise(self.objects.revision());
+        Ok(())
+    }
+
+    /// Installs the queue rules for the current view if which local pods are isolated
+    /// changed since the last install (always, the first time, and after a failed one).
+    fn install_queue_rules(&mut self) -> anyhow::Result<()> {
         let view = current(&self.view);
         let queued = crate::enforce::Queued::of(&view, self.objects.pods_on(&self.node));
         if self.installed.as_ref() == Some(&queued) {
             return Ok(());
         }
-        crate::enforce::rules::install(self.rules, &queued)?;
+        if let Err(e) = crate::enforce::rules::install(self.rules, &queued) {
+            self.installed = None;
+            return Err(e);
+        }
         tracing::info!(
             egress = queued.egress.len(),
             ingress = queued.ingress.len(),
@@ -631,6 +684,10 @@ impl Follower {
         }
         let deadline = Instant::now() + MAX_BATCH;
         loop {
+            if self.enforced.awaited() {
+                // A CNI ADD waits for this view: no batching at its expense.
+                return batch;
+            }
             let quiet = DEBOUNCE.min(deadline.saturating_duration_since(Instant::now()));
             match tokio::time::timeout(quiet, self.range.next()).await {
                 Ok(Some(update)) => batch.push(update),
@@ -662,7 +719,11 @@ impl Follower {
         }
         let revision = self.objects.revision();
         if changes.is_empty() {
-            current(&self.view).advance(revision);
+            // What the node enforces did not change up to `revision` (unless the last
+            // install failed).
+            if self.installed.is_some() {
+                self.enforced.raise(revision);
+            }
             return;
         }
         let started = Instant::now();
@@ -688,13 +749,16 @@ impl Follower {
         );
         // Newly isolated pods are queued before existing connections are judged again, so
         // none slips through between the two.
-        if let Err(e) = self.install_rules() {
-            tracing::warn!(error = %e, "cannot install the queue rules");
-        }
+        let installed = self.install_queue_rules();
         match crate::enforce::rejudge(&next, self.networks) {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
             Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
+        }
+        match installed {
+            Ok(()) => self.enforced.raise(revision),
+            // Not enforced: `fabricctl policy sync` and a waiting ADD say so by timing out.
+            Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
         }
     }
 }
@@ -949,7 +1013,6 @@ mod tests {
                 4 => assert!(!allowed(&next, 12, 13, Protocol::Tcp, 443), "y unlabeled"),
                 _ => {}
             }
-            assert_eq!(next.revision(), rev);
         }
         // Only the first publish had no spare to update.
         assert_eq!(publisher.rebuilds, 1);
@@ -1040,19 +1103,37 @@ mod tests {
         assert_eq!(changes.pods.len(), 2);
         assert_eq!(changes.pods[&PodKey::new("x", "a")], None);
         assert!(changes.pods[&PodKey::new("x", "b")].is_some());
-        // A view's revision only goes up, in place.
-        let snapshot = Snapshot::new(objects.build(), &objects);
-        snapshot.advance(12);
-        snapshot.advance(10);
-        assert_eq!(snapshot.status().revision, 12);
+        let status = Snapshot::new(objects.build(), &objects).status(9);
         assert_eq!(
             (
-                snapshot.status().policies,
-                snapshot.status().pods,
-                snapshot.status().namespaces
+                status.revision,
+                status.policies,
+                status.pods,
+                status.namespaces
             ),
-            (1, 1, 1)
+            (9, 1, 1, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn the_enforced_revision_only_goes_up_and_wakes_waiters() {
+        let enforced = Enforced::default();
+        assert_eq!(enforced.revision(), 0);
+        let waiter = {
+            let enforced = enforced.clone();
+            tokio::spawn(async move { enforced.reached(12, Duration::from_secs(10)).await })
+        };
+        enforced.raise(11);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "11 is not 12");
+        assert!(enforced.awaited());
+        enforced.raise(13);
+        assert!(waiter.await.unwrap(), "13 reaches 12");
+        assert!(!enforced.awaited());
+        enforced.raise(10);
+        assert_eq!(enforced.revision(), 13);
+        assert!(enforced.reached(13, Duration::ZERO).await, "already there");
+        assert!(!enforced.reached(14, Duration::from_millis(20)).await);
     }
 
     #[test]

@@ -285,14 +285,15 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Writes object `name` of `kind` (JSON).
+    /// Writes object `name` of `kind` (JSON); returns the revision of the write.
     pub async fn put_object(
         &self,
         kind: Kind,
         name: &str,
         value: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.client
+    ) -> Result<i64, StoreError> {
+        let resp = self
+            .client
             .clone()
             .put(
                 self.key(&format!("{}{name}", kind.segment())),
@@ -301,7 +302,7 @@ impl EtcdStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     /// Writes every object in `objects` (name, JSON value) of `kind`, in as few transactions
@@ -684,7 +685,7 @@ impl Store for EtcdStore {
         Ok(out)
     }
 
-    async fn register_pod(&self, pod: &PodRecord) -> Result<(), StoreError> {
+    async fn register_pod(&self, pod: &PodRecord) -> Result<Option<i64>, StoreError> {
         let value = serde_json::to_value(pod).expect("json");
         self.put_object(
             Kind::Pods,
@@ -692,6 +693,7 @@ impl Store for EtcdStore {
             &value,
         )
         .await
+        .map(Some)
     }
 
     async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError> {

@@ -78,7 +78,10 @@ pub trait Store: Send + Sync {
     /// already knows its pods, as the Kubernetes API does). Called once per CNI ADD of a new
     /// container, never again for it (not on restart, not on resync), so what operators
     /// change in the record later (`fabricctl pod label`) is not undone.
-    async fn register_pod(&self, pod: &PodRecord) -> Result<(), StoreError>;
+    ///
+    /// Returns the datastore revision the record was written at where the store orders its
+    /// writes so (etcd): a follower of the policy objects that has reached it knows the pod.
+    async fn register_pod(&self, pod: &PodRecord) -> Result<Option<i64>, StoreError>;
 
     /// Forgets the pod attached as `container_id` on `node`.
     async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError>;

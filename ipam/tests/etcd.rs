@@ -120,7 +120,7 @@ fn objects(store: &EtcdStore, update: RangeUpdate) -> (i64, Vec<StoredObject>) {
 async fn follower_reports_listing_changes_and_progress() {
     let etcd = Etcd::start();
     let store = etcd.store().await;
-    store
+    let written = store
         .put_object(Kind::Namespaces, "x", &json!({"labels": {"ns": "x"}}))
         .await
         .unwrap();
@@ -129,6 +129,7 @@ async fn follower_reports_listing_changes_and_progress() {
         panic!("the listing comes first");
     };
     assert_eq!(revision, store.current_revision().await.unwrap());
+    assert_eq!(written, revision, "the write's revision is the store's");
     let listed: Vec<StoredObject> = keys.into_iter().filter_map(|k| store.object(k)).collect();
     assert_eq!(listed.len(), 1);
     assert_eq!(

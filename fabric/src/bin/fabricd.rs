@@ -39,6 +39,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         pods: pods_rx,
         backend: backend_slot.clone(),
         policy: flags.network_policy.then(|| policy_slot.clone()),
+        policy_setup: flags.policy_setup_timeout,
     };
     api::serve(&flags.socket, serving)
         .await
