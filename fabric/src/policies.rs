@@ -440,10 +440,10 @@ impl Snapshot {
     }
 }
 
-/// The etcd revision up to which the node enforces what etcd holds: every change to pods,
-/// namespaces and policies up to it is in the published view, the queue rules for the
-/// isolated local pods are installed, and existing connections were judged again. It only
-/// goes up. Clones share it.
+/// The etcd revision up to which the node enforces what etcd holds on new connections: every
+/// change to pods, namespaces and policies up to it is in the published view, and the queue
+/// rules for the isolated local pods are installed. (Existing connections are judged again
+/// right after, and cut if no longer allowed.) It only goes up. Clones share it.
 #[derive(Debug, Clone)]
 pub struct Enforced(Arc<watch::Sender<i64>>);
 
@@ -749,16 +749,16 @@ impl Follower {
         );
         // Newly isolated pods are queued before existing connections are judged again, so
         // none slips through between the two.
-        let installed = self.install_queue_rules();
+        match self.install_queue_rules() {
+            // New connections are judged by the view from here on: a waiting ADD can go.
+            Ok(()) => self.enforced.raise(revision),
+            // Not enforced: `fabricctl policy sync` and a waiting ADD say so by timing out.
+            Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
+        }
         match crate::enforce::rejudge(&next, self.networks) {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
             Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
-        }
-        match installed {
-            Ok(()) => self.enforced.raise(revision),
-            // Not enforced: `fabricctl policy sync` and a waiting ADD say so by timing out.
-            Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
         }
     }
 }

@@ -167,8 +167,9 @@ enum PolicyAction {
         #[arg(long)]
         cases: PathBuf,
     },
-    /// Wait until the local fabricd's policy view has caught up with etcd (its revision at
-    /// least etcd's current one); exits non-zero after --timeout.
+    /// Wait until the local fabricd enforces what etcd holds now on new connections (its
+    /// view and queue rules at etcd's current revision or later); exits non-zero after
+    /// --timeout.
     Sync {
         #[command(flatten)]
         socket: SocketArg,
