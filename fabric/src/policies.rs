@@ -21,7 +21,7 @@ use policy::{
     Cluster, ContainerPort, Labels, NetworkPolicy, Pod, PodKey, Policy, PolicyKey, Protocol,
 };
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::enforce::View;
 
@@ -444,25 +444,35 @@ impl Snapshot {
 /// change to pods, namespaces and policies up to it is in the published view, and the queue
 /// rules for the isolated local pods are installed. (Existing connections are judged again
 /// right after, and cut if no longer allowed.) It only goes up. Clones share it.
-#[derive(Debug, Clone)]
-pub struct Enforced(Arc<watch::Sender<i64>>);
+#[derive(Debug, Clone, Default)]
+pub struct Enforced(Arc<Reached>);
 
-impl Default for Enforced {
+#[derive(Debug)]
+struct Reached {
+    revision: watch::Sender<i64>,
+    /// Told each time someone starts to wait.
+    waiter: Notify,
+}
+
+impl Default for Reached {
     /// Nothing enforced yet.
     fn default() -> Self {
-        Self(Arc::new(watch::channel(0).0))
+        Self {
+            revision: watch::channel(0).0,
+            waiter: Notify::new(),
+        }
     }
 }
 
 impl Enforced {
     /// The revision reached.
     pub fn revision(&self) -> i64 {
-        *self.0.borrow()
+        *self.0.revision.borrow()
     }
 
     /// Notes that `revision` is reached (a lower one changes nothing).
     pub fn raise(&self, revision: i64) {
-        self.0.send_if_modified(|reached| {
+        self.0.revision.send_if_modified(|reached| {
             let higher = revision > *reached;
             if higher {
                 *reached = revision;
@@ -473,12 +483,19 @@ impl Enforced {
 
     /// Whether someone waits in [`Self::reached`].
     pub fn awaited(&self) -> bool {
-        self.0.receiver_count() > 0
+        self.0.revision.receiver_count() > 0
+    }
+
+    /// Completes once someone starts to wait in [`Self::reached`] (at once if someone did
+    /// since the last time this completed).
+    pub async fn waiter(&self) {
+        self.0.waiter.notified().await
     }
 
     /// Waits until `revision` is reached; false if `timeout` passes first.
     pub async fn reached(&self, revision: i64, timeout: Duration) -> bool {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.0.revision.subscribe();
+        self.0.waiter.notify_one();
         let reached =
             tokio::time::timeout(timeout, rx.wait_for(|reached| *reached >= revision)).await;
         matches!(reached, Ok(Ok(_)))
@@ -631,21 +648,23 @@ impl Follower {
     }
 
     /// Installs the queue rules for the first view: from then on, the node enforces it.
-    pub fn install_rules(&mut self) -> anyhow::Result<()> {
-        self.install_queue_rules()?;
+    pub async fn install_rules(&mut self) -> anyhow::Result<()> {
+        self.install_queue_rules().await?;
         self.enforced.raise(self.objects.revision());
         Ok(())
     }
 
     /// Installs the queue rules for the current view if which local pods are isolated
     /// changed since the last install (always, the first time, and after a failed one).
-    fn install_queue_rules(&mut self) -> anyhow::Result<()> {
+    async fn install_queue_rules(&mut self) -> anyhow::Result<()> {
         let view = current(&self.view);
         let queued = crate::enforce::Queued::of(&view, self.objects.pods_on(&self.node));
         if self.installed.as_ref() == Some(&queued) {
             return Ok(());
         }
-        if let Err(e) = crate::enforce::rules::install(self.rules, &queued) {
+        let (rules, to_install) = (self.rules, queued.clone());
+        let installed = blocking(move || crate::enforce::rules::install(rules, &to_install)).await;
+        if let Err(e) = installed {
             self.installed = None;
             return Err(e);
         }
@@ -671,7 +690,7 @@ impl Follower {
                 continue;
             };
             let batch = self.gather(first).await;
-            self.apply(batch);
+            self.apply(batch).await;
         }
     }
 
@@ -689,14 +708,18 @@ impl Follower {
                 return batch;
             }
             let quiet = DEBOUNCE.min(deadline.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(quiet, self.range.next()).await {
-                Ok(Some(update)) => batch.push(update),
-                Ok(None) | Err(_) => return batch,
+            tokio::select! {
+                next = tokio::time::timeout(quiet, self.range.next()) => match next {
+                    Ok(Some(update)) => batch.push(update),
+                    Ok(None) | Err(_) => return batch,
+                },
+                // An ADD began to wait while the batch gathered: it goes as it is.
+                () = self.enforced.waiter() => return batch,
             }
         }
     }
 
-    fn apply(&mut self, batch: Vec<RangeUpdate>) {
+    async fn apply(&mut self, batch: Vec<RangeUpdate>) {
         let mut changes = Changes::default();
         let updates = batch.len();
         for update in batch {
@@ -749,18 +772,29 @@ impl Follower {
         );
         // Newly isolated pods are queued before existing connections are judged again, so
         // none slips through between the two.
-        match self.install_queue_rules() {
+        match self.install_queue_rules().await {
             // New connections are judged by the view from here on: a waiting ADD can go.
             Ok(()) => self.enforced.raise(revision),
             // Not enforced: `fabricctl policy sync` and a waiting ADD say so by timing out.
             Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
         }
-        match crate::enforce::rejudge(&next, self.networks) {
+        let networks = self.networks;
+        match blocking(move || crate::enforce::rejudge(&next, networks)).await {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
             Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
         }
     }
+}
+
+/// Runs `work` (commands: nft, iptables, conntrack) off the runtime's threads, so the tasks
+/// it wakes meanwhile (an ADD waiting for [`Enforced`]) run at once rather than after it.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))
 }
 
 #[cfg(test)]
@@ -1119,6 +1153,12 @@ mod tests {
     async fn the_enforced_revision_only_goes_up_and_wakes_waiters() {
         let enforced = Enforced::default();
         assert_eq!(enforced.revision(), 0);
+        let follower = {
+            let enforced = enforced.clone();
+            tokio::spawn(async move { enforced.waiter().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!follower.is_finished(), "nobody waits yet");
         let waiter = {
             let enforced = enforced.clone();
             tokio::spawn(async move { enforced.reached(12, Duration::from_secs(10)).await })
@@ -1127,6 +1167,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "11 is not 12");
         assert!(enforced.awaited());
+        tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .expect("the follower learns that someone waits")
+            .unwrap();
         enforced.raise(13);
         assert!(waiter.await.unwrap(), "13 reaches 12");
         assert!(!enforced.awaited());

@@ -281,8 +281,12 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8
     })
 }
 
+/// Waits for `child`, killing it after `timeout`. Polls from every millisecond up to every
+/// 20: a short command (a CNI call the bench times) is seen to end within a millisecond or
+/// so, a long one costs few wake-ups.
 fn wait_bounded(child: &mut Child, timeout: Duration) -> std::io::Result<ExitStatus> {
     let deadline = Instant::now() + timeout;
+    let mut poll = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
@@ -292,7 +296,8 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> std::io::Result<ExitSta
             child.kill()?;
             return child.wait();
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(poll);
+        poll = (poll * 2).min(Duration::from_millis(20));
     }
 }
 

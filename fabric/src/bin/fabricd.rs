@@ -87,6 +87,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         enforce::rules::remove_kind(other).context("removing earlier policy rules")?;
         follower
             .install_rules()
+            .await
             .context("installing the policy rules")?;
         tokio::spawn(follower.run());
         tracing::info!(
