@@ -4,13 +4,26 @@
 //! connections judged, a running transfer cut when policy changes, isolated pods failing
 //! closed while fabricd is down). The full reachability suite is in `netpol.rs`.
 
-use fabric_lab::{Backend, Lab, PodSpec};
+use fabric_lab::{Backend, Lab, Pod, PodSpec};
 use fabric_tests::{spec, up};
 
 fn write(lab: &Lab, name: &str, text: &str) -> String {
     let path = lab.state_dir().join(name);
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// Pod `a` in namespace `x` (labelled `ns=x`) on node1, pod `b` in `y` on node2: the pods
+/// [`POLICIES`] speak of.
+fn pods_a_and_b(lab: &mut Lab) -> (Pod, Pod) {
+    let a = lab
+        .add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
+        .unwrap();
+    let b = lab
+        .add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
+        .unwrap();
+    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
+    (a, b)
 }
 
 const POLICIES: &str = r#"
@@ -37,11 +50,7 @@ spec:
 #[test]
 fn policies_apply_list_and_explain_against_registered_pods() {
     let mut lab = up(spec("polctl", 2, 0, Backend::Vxlan));
-    lab.add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
-        .unwrap();
-    lab.add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
-        .unwrap();
-    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
+    pods_a_and_b(&mut lab);
     lab.fabricctl(&["namespace", "label", "y", "ns=y"]).unwrap();
     let file = write(&lab, "policies.yaml", POLICIES);
     let applied = lab.fabricctl(&["policy", "apply", "-f", &file]).unwrap();
@@ -133,13 +142,7 @@ fn policies_are_enforced_on_new_connections_and_cut_old_ones() {
     use fabric_tests::{eventually, ping, tcp_connect, Listeners, Transfer};
 
     let mut lab = up(spec("polenf", 2, 0, Backend::Vxlan));
-    let a = lab
-        .add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
-        .unwrap();
-    let b = lab
-        .add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
-        .unwrap();
-    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
+    let (a, b) = pods_a_and_b(&mut lab);
     let _l80 = Listeners::start(&lab, &["b"], 80).unwrap();
     let _l81 = Listeners::start(&lab, &["b"], 81).unwrap();
     // Not isolated: everything goes.
@@ -193,14 +196,8 @@ fn ipv6_connections_are_judged_and_cut_like_ipv4_ones() {
     let mut spec = spec("pol6", 2, 0, Backend::Vxlan);
     spec.ipv6_network = Some("fd00:10:244::/48".into());
     let mut lab = up(spec);
-    let a = lab
-        .add_pod("node1", PodSpec::new("a").namespace("x").label("pod", "a"))
-        .unwrap();
-    let b = lab
-        .add_pod("node2", PodSpec::new("b").namespace("y").label("pod", "b"))
-        .unwrap();
+    let (a, b) = pods_a_and_b(&mut lab);
     let b6 = b.ipv6.expect("a dual-stack pod has an IPv6 address");
-    lab.fabricctl(&["namespace", "label", "x", "ns=x"]).unwrap();
     let _l80 = Listeners::start_v6(&lab, &["b"], 80).unwrap();
     let _l81 = Listeners::start_v6(&lab, &["b"], 81).unwrap();
     tcp_connect(&lab, "a", b6, 80).unwrap();
