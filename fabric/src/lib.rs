@@ -5,10 +5,12 @@
 //! plugin over a local unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
 //! cluster ([`nft`]) and reports health ([`health`]). [`policies`] follows the policy view
 //! (pods, namespaces, NetworkPolicies) in the datastore, [`enforce`] judges connections with
-//! it, and [`labels`] checks the label edits `fabricctl` makes.
+//! it, and [`labels`] checks the label edits `fabricctl` makes. [`command`] runs the
+//! netfilter commands they drive.
 
 pub mod agent;
 pub mod api;
+pub mod command;
 pub mod enforce;
 pub mod flags;
 pub mod health;

@@ -1,14 +1,14 @@
 //! fabric's own nftables table (`inet fabric`), replaced atomically as a whole through
 //! `nft -f -` (the way knftables drives nftables): anti-spoofing on every pod's host veth, and
 //! masquerade for pod traffic leaving the cluster network, for IPv4 and (on a dual-stack
-//! network) IPv6.
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+//! network) IPv6. [`apply`] and [`check`] are how fabricd hands `nft` any ruleset, the policy
+//! table's too.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::command::{self, CommandError};
 
 /// The table's name; everything fabric puts in netfilter lives in it.
 pub const TABLE: &str = "fabric";
@@ -76,40 +76,15 @@ pub fn ruleset(cluster: Ipv4Net, cluster6: Option<Ipv6Net>, pods: &[PodPort]) ->
     )
 }
 
-/// Why the table could not be installed.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    /// `nft` could not be run.
-    #[error("cannot run nft (install the nftables package): {0}")]
-    Spawn(std::io::Error),
-    /// `nft` refused the ruleset.
-    #[error("nft refused the ruleset: {0}")]
-    Refused(String),
+/// Installs `ruleset` (nft's own syntax; a table is replaced by flushing or deleting it in
+/// the same ruleset) atomically: all of it or nothing.
+pub fn apply(ruleset: &str) -> Result<(), CommandError> {
+    command::feed("nft", &["-f", "-"], ruleset)
 }
 
-/// Installs `ruleset` atomically.
-pub fn apply(ruleset: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(ruleset.as_bytes())
-        .map_err(NftError::Spawn)?;
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Refused(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
-    }
+/// Whether the kernel and `nft` would take `ruleset`, without installing anything.
+pub fn check(ruleset: &str) -> Result<(), CommandError> {
+    command::feed("nft", &["--check", "-f", "-"], ruleset)
 }
 
 #[cfg(test)]

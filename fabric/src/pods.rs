@@ -247,7 +247,7 @@ impl PodNetwork {
         let addr6 = self.subnet.ipv6_of(addr);
         match self.wire(att, &netns, netns_path, addr, addr6).await {
             Ok(result) => {
-                self.apply_firewall(&pool);
+                self.apply_firewall(&pool).await;
                 let registered = self.register(att, addr, addr6).await;
                 Ok(Added { result, registered })
             }
@@ -420,7 +420,7 @@ impl PodNetwork {
 
     /// Installs the node's nftables table for the pods in `pool`: anti-spoofing per host veth,
     /// masquerade. Failures are logged; the next reconcile pass tries again.
-    fn apply_firewall(&self, pool: &PodPool) {
+    async fn apply_firewall(&self, pool: &PodPool) {
         let pods: Vec<nft::PodPort> = pool
             .allocations()
             .iter()
@@ -436,14 +436,15 @@ impl PodNetwork {
                 }
             })
             .collect();
-        if let Err(e) = nft::apply(&nft::ruleset(self.cluster.v4, self.cluster.v6, &pods)) {
+        let ruleset = nft::ruleset(self.cluster.v4, self.cluster.v6, &pods);
+        if let Err(e) = crate::command::off_runtime(move || nft::apply(&ruleset)).await {
             tracing::error!(error = %e, "cannot install the node's nftables rules");
         }
     }
 
     /// Re-installs the node's nftables table (a reconcile pass: heals hand-made damage).
     pub async fn sync_firewall(&self) {
-        self.apply_firewall(&*self.pool.lock().await);
+        self.apply_firewall(&*self.pool.lock().await).await;
     }
 
     /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
@@ -504,7 +505,7 @@ impl PodNetwork {
             .map_err(|e| internal("cannot record the released address", e))?;
         if let Some(addr) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
-            self.apply_firewall(&pool);
+            self.apply_firewall(&pool).await;
             if let Err(e) = self
                 .registry
                 .store

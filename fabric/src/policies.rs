@@ -663,7 +663,9 @@ impl Follower {
             return Ok(());
         }
         let (rules, to_install) = (self.rules, queued.clone());
-        let installed = blocking(move || crate::enforce::rules::install(rules, &to_install)).await;
+        let installed =
+            crate::command::off_runtime(move || crate::enforce::rules::install(rules, &to_install))
+                .await;
         if let Err(e) = installed {
             self.installed = None;
             return Err(e);
@@ -779,22 +781,12 @@ impl Follower {
             Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
         }
         let networks = self.networks;
-        match blocking(move || crate::enforce::rejudge(&next, networks)).await {
+        match crate::command::off_runtime(move || crate::enforce::rejudge(&next, networks)).await {
             Ok(0) => {}
             Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
             Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
         }
     }
-}
-
-/// Runs `work` (commands: nft, iptables, conntrack) off the runtime's threads, so the tasks
-/// it wakes meanwhile (an ADD waiting for [`Enforced`]) run at once rather than after it.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")))
 }
 
 #[cfg(test)]

@@ -15,13 +15,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
 use super::{ALLOWED, QUEUE};
+use crate::command;
 
 /// fabric's iptables chain.
 pub const CHAIN: &str = "FABRIC-POLICY";
@@ -223,37 +223,13 @@ pub fn detect() -> RuleKind {
                  \t\tmeta l4proto tcp queue flags bypass to 0\n\
                  \t}\n\
                  }\n";
-    match run_stdin("nft", &["--check", "-f", "-"], probe) {
+    match crate::nft::check(probe) {
         Ok(()) => RuleKind::Nft,
         Err(e) => {
             tracing::debug!(error = %format!("{e:#}"), "nft has no native queue here");
             RuleKind::Xtables
         }
     }
-}
-
-/// Runs `program args` with `input` on stdin; fails with its stderr when it fails.
-fn run_stdin(program: &str, args: &[&str], input: &str) -> Result<()> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {program}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{program} refused the rules: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn xtables_cmd(family: Family, args: &[&str]) -> Result<bool> {
@@ -271,7 +247,7 @@ fn xtables_cmd(family: Family, args: &[&str]) -> Result<bool> {
 /// Installs the rules (replacing the previous ones atomically, per family for xtables).
 pub fn install(options: RuleOptions, queued: &Queued) -> Result<()> {
     match options.kind {
-        RuleKind::Nft => run_stdin("nft", &["-f", "-"], &nft(options, queued))
+        RuleKind::Nft => crate::nft::apply(&nft(options, queued))
             .context("installing the policy table (install the nftables package)"),
         RuleKind::Xtables => {
             for family in [Family::V4, Family::V6] {
@@ -298,7 +274,7 @@ pub fn install(options: RuleOptions, queued: &Queued) -> Result<()> {
 /// Installs one family's chain and hooks it first into FORWARD.
 fn install_xtables(family: Family, options: RuleOptions, queued: &Queued) -> Result<()> {
     let restore = format!("{}-restore", family.tool());
-    run_stdin(
+    command::feed(
         &restore,
         &["-w", "--noflush"],
         &xtables(family, options, queued),
@@ -348,7 +324,7 @@ fn remove_table() -> Result<bool> {
         .status()
         .is_ok_and(|s| s.success());
     if existed {
-        run_stdin("nft", &["-f", "-"], &table).context("removing the policy table")?;
+        crate::nft::apply(&table).context("removing the policy table")?;
     }
     Ok(existed)
 }
