@@ -32,9 +32,13 @@ pub enum Request {
     },
     /// The data path's state: peers, handshakes, bytes, drops (for `fabricctl peers`).
     Dataplane,
-    /// The policy view's state: whether NetworkPolicy is enforced, the etcd revision the view
-    /// reflects, what it holds (for `fabricctl policy sync`).
+    /// The policy view's state: whether NetworkPolicy is enforced, the datastore revision the
+    /// view reflects, what it holds (for `fabricctl policy sync`).
     Policy,
+    /// A revision of the datastore such that a view that has reached it enforces everything
+    /// the datastore holds now (`fabricctl policy sync` then waits for the view to reach it).
+    #[serde(rename = "policy-checkpoint")]
+    PolicyCheckpoint,
 }
 
 /// What identifies one attachment: the runtime's container id and interface name.
@@ -90,6 +94,11 @@ pub enum Response {
     },
     /// The answer to [`Request::Policy`].
     Policy(PolicyStatus),
+    /// The answer to [`Request::PolicyCheckpoint`].
+    Checkpoint {
+        /// The revision to wait for.
+        revision: i64,
+    },
 }
 
 /// The state of fabricd's policy view (the answer to [`Request::Policy`]).
@@ -98,8 +107,8 @@ pub struct PolicyStatus {
     /// Whether fabricd enforces NetworkPolicy (`--network-policy`); everything else is zero
     /// when it does not.
     pub enforcing: bool,
-    /// The etcd revision the view reflects: every change to pods, namespaces and policies up
-    /// to it is in the view.
+    /// The datastore revision the view reflects (etcd's, or the Kubernetes source's own
+    /// sequence): every change to pods, namespaces and policies up to it is in the view.
     pub revision: i64,
     /// NetworkPolicies in the view.
     pub policies: usize,

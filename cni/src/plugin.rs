@@ -191,11 +191,13 @@ fn ask(
     match call(&conf.socket, request, conf.timeout) {
         Ok(Response::Ok { result }) => Ok(result),
         Ok(Response::Error(error)) => Err(error),
-        Ok(Response::Dataplane { .. } | Response::Policy(_)) => Err(CniError::new(
-            codes::PLUGIN_SPECIFIC,
-            "fabricd answered with something other than a CNI result",
-            "",
-        )),
+        Ok(Response::Dataplane { .. } | Response::Policy(_) | Response::Checkpoint { .. }) => {
+            Err(CniError::new(
+                codes::PLUGIN_SPECIFIC,
+                "fabricd answered with something other than a CNI result",
+                "",
+            ))
+        }
         Err(error) => Err(call_failure(conf, error, down_code)),
     }
 }

@@ -107,8 +107,9 @@ impl Agent {
         Ok(lease)
     }
 
-    async fn reconcile(&self, local: &Lease, leases: &Leases) {
-        match self.backend.reconcile(local, leases).await {
+    /// Converges the data path to `leases`; true when it is programmed.
+    async fn reconcile(&self, local: &Lease, leases: &Leases) -> bool {
+        let converged = match self.backend.reconcile(local, leases).await {
             Ok(report) => {
                 if report.added + report.removed > 0 {
                     tracing::info!(
@@ -121,12 +122,29 @@ impl Agent {
                 if !self.ready.swap(true, Ordering::Relaxed) {
                     tracing::info!("ready");
                 }
+                true
             }
-            Err(e) => tracing::error!(error = %e, "reconcile failed; retrying on the next pass"),
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed; retrying on the next pass");
+                false
+            }
+        };
         let pods = self.pods.borrow().clone();
         if let Some(pods) = pods {
             pods.sync_firewall().await;
+        }
+        converged
+    }
+
+    /// Tells the datastore the data path for `lease` is programmed, once per lease (retried
+    /// on the next pass when it fails).
+    async fn announce(&self, lease: &Lease, announced: &mut Option<ipnet::Ipv4Net>) {
+        if *announced == Some(lease.subnet) {
+            return;
+        }
+        match self.store.data_path_ready(lease).await {
+            Ok(()) => *announced = Some(lease.subnet),
+            Err(e) => tracing::warn!(error = %e, "cannot report the data path ready; retrying"),
         }
     }
 
@@ -143,19 +161,20 @@ impl Agent {
         let mut renew = tokio::time::interval(renew_every);
         let mut resync = tokio::time::interval(self.resync);
         renew.tick().await;
+        let mut announced = None;
         loop {
-            tokio::select! {
+            let converged = tokio::select! {
                 changed = leases.changed() => {
                     if changed.is_err() {
                         tracing::warn!("lease watch ended; restarting it");
                         leases = retry("watching leases", || self.store.watch_leases()).await;
                     }
                     let snapshot = leases.borrow_and_update().clone();
-                    self.reconcile(&lease, &snapshot).await;
+                    self.reconcile(&lease, &snapshot).await
                 }
                 _ = resync.tick() => {
                     let snapshot = leases.borrow().clone();
-                    self.reconcile(&lease, &snapshot).await;
+                    self.reconcile(&lease, &snapshot).await
                 }
                 _ = renew.tick() => {
                     match self.store.renew_lease(&lease).await {
@@ -166,7 +185,11 @@ impl Agent {
                         }
                         Err(e) => tracing::error!(error = %e, "lease renewal failed; retrying"),
                     }
+                    false
                 }
+            };
+            if converged {
+                self.announce(&lease, &mut announced).await;
             }
         }
     }

@@ -98,8 +98,10 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
             )),
         };
     }
-    if let Request::Policy = request {
-        return policy_status(serving);
+    match request {
+        Request::Policy => return policy_status(serving),
+        Request::PolicyCheckpoint => return policy_checkpoint(serving).await,
+        _ => {}
     }
     let pods = serving.pods.borrow().clone();
     let Some(pods) = pods else {
@@ -107,7 +109,7 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
             Response::Error(CniError::new(
                 code,
                 "fabricd is not ready: this node holds no subnet lease yet",
-                "check the fabricd log: is etcd reachable and the network config set (fabricctl config set)?",
+                "check the fabricd log: is the datastore reachable, the network config set and (Kubernetes) the node's podCIDR assigned?",
             ))
         };
         return match request {
@@ -133,7 +135,9 @@ pub async fn dispatch(request: Request, serving: &Serving) -> Response {
         },
         Request::Del(att) => done(pods.del(&att.key).await),
         Request::Check(att) => done(pods.check(&att).await),
-        Request::Status | Request::Dataplane | Request::Policy => Response::Ok { result: None },
+        Request::Status | Request::Dataplane | Request::Policy | Request::PolicyCheckpoint => {
+            Response::Ok { result: None }
+        }
         Request::Gc { valid } => done(pods.gc(&valid).await),
     }
 }
@@ -185,7 +189,23 @@ fn policy_status(serving: &Serving) -> Response {
         None => Response::Error(CniError::new(
             codes::TRY_AGAIN_LATER,
             "fabricd has not read its policy view yet",
-            "is etcd reachable? check the fabricd log",
+            "is the datastore reachable? check the fabricd log",
+        )),
+    }
+}
+
+/// The answer to [`Request::PolicyCheckpoint`]: the revision `fabricctl policy sync` waits for.
+async fn policy_checkpoint(serving: &Serving) -> Response {
+    let Some(handle) = serving.policy.as_ref().and_then(|slot| slot.get()) else {
+        // Off, or not read yet: the status says which.
+        return policy_status(serving);
+    };
+    match handle.checkpoint().await {
+        Ok(revision) => Response::Checkpoint { revision },
+        Err(e) => Response::Error(CniError::new(
+            codes::TRY_AGAIN_LATER,
+            "cannot read the datastore's current revision",
+            e.to_string(),
         )),
     }
 }

@@ -13,24 +13,15 @@ use ipam::BackendKind;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fabricd", version, about, long_about = None)]
 pub struct DaemonFlags {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "FABRIC_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-
-    /// Key prefix of fabric's data in etcd.
-    #[arg(long, env = "FABRIC_ETCD_PREFIX", default_value = "/fabric")]
-    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub datastore: crate::datastore::DatastoreFlags,
 
     /// Data path between nodes: vxlan, host-gw or wireguard. Defaults to the network config's Backend.Type.
     #[arg(long, env = "FABRIC_BACKEND")]
     pub backend: Option<BackendKind>,
 
-    /// This node's name (defaults to the hostname).
+    /// This node's name: in Kubernetes mode its Node object's [default: $NODE_NAME, else the
+    /// hostname].
     #[arg(long, env = "FABRIC_NODE_NAME")]
     pub node_name: Option<String>,
 
@@ -139,9 +130,11 @@ impl DaemonFlags {
         })
     }
 
-    /// The node name: the flag, else the hostname.
+    /// The node name: the flag, else `NODE_NAME` (what Flannel's DaemonSet sets), else the
+    /// hostname.
     pub fn node_name(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| {
+        let from_env = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
+        self.node_name.clone().or(from_env).unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
@@ -168,8 +161,30 @@ mod tests {
         .unwrap();
         assert_eq!(f.backend, Some(BackendKind::HostGw));
         assert_eq!(f.lease_ttl, Duration::from_secs(30));
-        assert_eq!(f.etcd_endpoints.len(), 2);
-        assert_eq!(f.etcd_prefix, "/fabric");
+        assert_eq!(f.datastore.etcd_endpoints.len(), 2);
+        assert_eq!(f.datastore.etcd_prefix, "/fabric");
+        assert_eq!(f.datastore.kind(), crate::datastore::Datastore::Etcd);
+        let kube = DaemonFlags::try_parse_from([
+            "fabricd",
+            "--kube-subnet-mgr",
+            "--kubeconfig-file",
+            "/k",
+        ])
+        .unwrap();
+        assert_eq!(
+            kube.datastore.kind(),
+            crate::datastore::Datastore::Kubernetes
+        );
+        assert_eq!(
+            kube.datastore.kubeconfig.as_deref(),
+            Some(std::path::Path::new("/k"))
+        );
+        assert_eq!(kube.datastore.kube_annotation_prefix, "fabric.dev");
+        let kube = DaemonFlags::try_parse_from(["fabricd", "--datastore", "kubernetes"]).unwrap();
+        assert_eq!(
+            kube.datastore.kind(),
+            crate::datastore::Datastore::Kubernetes
+        );
         assert!(DaemonFlags::try_parse_from(["fabricd", "--backend", "udp"]).is_err());
         assert!(DaemonFlags::try_parse_from(["fabricd", "--lease-ttl", "1s"]).is_err());
         let off = DaemonFlags::try_parse_from(["fabricd", "--healthz-addr", "off"]).unwrap();

@@ -1,8 +1,9 @@
 //! The node agent (`fabricd`) and the operator's tool (`fabricctl`).
 //!
-//! `fabricd` leases the node's pod subnet through a [`ipam::Store`], keeps the data path to
-//! every other node converged through a [`tunnel::Backend`], wires pods in for the CNI
-//! plugin over a local unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
+//! `fabricd` leases the node's pod subnet through a [`ipam::Store`] (etcd or the Kubernetes
+//! API, chosen by the flags of [`datastore`]), keeps the data path to every other node
+//! converged through a [`tunnel::Backend`], wires pods in for the CNI plugin over a local
+//! unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
 //! cluster ([`nft`]) and reports health ([`health`]). [`policies`] follows the policy view
 //! (pods, namespaces, NetworkPolicies) in the datastore, [`enforce`] judges connections with
 //! it, and [`labels`] checks the label edits `fabricctl` makes. [`command`] runs the
@@ -11,6 +12,7 @@
 pub mod agent;
 pub mod api;
 pub mod command;
+pub mod datastore;
 pub mod enforce;
 pub mod flags;
 pub mod health;

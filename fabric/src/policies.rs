@@ -1,12 +1,12 @@
-//! The cluster's policy view in etcd mode: NetworkPolicy manifests as operators write them
-//! (multi-document YAML), and the [`policy::Cluster`] built from the pods, namespaces and
-//! policies stored under the prefix, kept in step with etcd by a watch.
+//! The cluster's policy view: NetworkPolicy manifests as operators write them (multi-document
+//! YAML), and the [`policy::Cluster`] built from the pods, namespaces and policies of an
+//! [`ObjectSource`] (etcd's prefix, or the Kubernetes API), kept in step by following it.
 //!
-//! The parts: [`Objects`] mirrors what etcd holds and turns each stored object into
+//! The parts: [`Objects`] mirrors what the source holds and turns each stored object into
 //! [`Changes`] to the cluster (pure); [`Publisher`] makes the next [`Snapshot`] by applying
 //! changes to a spare cluster rather than rebuilding one (pure); [`Follower`] is the shell
-//! that lists, watches, batches and publishes; [`Enforced`] says up to which etcd revision the
-//! node enforces what etcd holds; [`Handle`] is what the local API asks.
+//! that lists, watches, batches and publishes; [`Enforced`] says up to which revision of the
+//! source the node enforces what it holds; [`Handle`] is what the local API asks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fabric_cni::api::{PolicyStatus, PortProtocol};
-use ipam::etcd::{EtcdStore, ProgressHandle, RangeFollower, RangeUpdate};
 use ipam::objects::{Kind, StoredObject};
-use ipam::{NamespaceRecord, PodRecord, StoreError};
+use ipam::{
+    NamespaceRecord, ObjectFeed, ObjectSource, ObjectUpdate, PodRecord, ProgressHandle, StoreError,
+};
 use policy::{
     Cluster, ContainerPort, Labels, NetworkPolicy, Pod, PodKey, Policy, PolicyKey, Protocol,
 };
@@ -70,8 +71,8 @@ pub fn policy_name(np: &NetworkPolicy) -> Result<String> {
 }
 
 /// Builds the policy view from the datastore, once (for `fabricctl policy explain`).
-pub async fn load(store: &EtcdStore) -> Result<Cluster> {
-    let (revision, objects) = store.list_all_objects().await?;
+pub async fn load(source: &dyn ObjectSource) -> Result<Cluster> {
+    let (revision, objects) = source.list_objects().await?;
     Ok(Objects::listed(revision, objects).build())
 }
 
@@ -82,7 +83,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// The longest a batch of events is held back while events keep arriving.
 pub const MAX_BATCH: Duration = Duration::from_millis(500);
 
-/// Records stored under their etcd names, each naming a logical object (a pod, a policy);
+/// Records stored under their datastore names, each naming a logical object (a pod, a policy);
 /// when several records name the same object (a stale record beside its successor), the
 /// newest write counts.
 #[derive(Debug)]
@@ -216,7 +217,7 @@ impl Changes {
     }
 }
 
-/// The policy objects as etcd holds them, decoded, and the etcd revision they reflect.
+/// The policy objects as the source holds them, decoded, and the source revision they reflect.
 /// Unreadable records are skipped with a warning (an invalid policy is left out, it does not
 /// take the view down).
 #[derive(Debug, Default)]
@@ -262,7 +263,7 @@ impl Objects {
         out
     }
 
-    /// The etcd revision the objects reflect.
+    /// The source revision the objects reflect.
     pub fn revision(&self) -> i64 {
         self.revision
     }
@@ -440,9 +441,9 @@ impl Snapshot {
     }
 }
 
-/// The etcd revision up to which the node enforces what etcd holds on new connections: every
-/// change to pods, namespaces and policies up to it is in the published view, and the queue
-/// rules for the isolated local pods are installed. (Existing connections are judged again
+/// The source revision up to which the node enforces what the datastore holds on new
+/// connections: every change to pods, namespaces and policies up to it is in the published
+/// view, and the queue rules for the isolated local pods are installed. (Existing connections are judged again
 /// right after, and cut if no longer allowed.) It only goes up. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct Enforced(Arc<Reached>);
@@ -554,6 +555,7 @@ pub struct Handle {
     view: View,
     enforced: Enforced,
     progress: ProgressHandle,
+    source: Arc<dyn ObjectSource>,
     rules: crate::enforce::RuleKind,
 }
 
@@ -563,9 +565,17 @@ impl Handle {
         self.view.clone()
     }
 
-    /// Up to which etcd revision the node enforces what etcd holds.
+    /// Up to which revision of the source the node enforces what it holds.
     pub fn enforced(&self) -> &Enforced {
         &self.enforced
+    }
+
+    /// A revision such that once the view has reached it, the node enforces everything the
+    /// datastore held when this was called (see [`ObjectSource::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<i64, StoreError> {
+        let revision = self.source.checkpoint().await?;
+        self.progress.request();
+        Ok(revision)
     }
 
     /// The view's state. Also asks etcd to report the watch's progress, so that a view with
@@ -584,16 +594,15 @@ fn current(view: &View) -> Arc<Snapshot> {
     view.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Keeps the policy view in step with etcd: an initial listing, then the watch of the policy
-/// objects from the revision after it. Events that arrive together (within [`DEBOUNCE`] of
-/// each other, for at most [`MAX_BATCH`], unless a CNI ADD waits for the view) are applied
-/// as one batch: the view is updated
-/// incrementally, published whole, and the allowed connections inside the cluster network
+/// Keeps the policy view in step with the source: an initial listing, then the changes after
+/// it. Events that arrive together (within [`DEBOUNCE`] of each other, for at most
+/// [`MAX_BATCH`], unless a CNI ADD waits for the view) are applied as one batch: the view is
+/// updated incrementally, published whole, and the allowed connections inside the cluster network
 /// are judged again, those no longer allowed cut. When the watch breaks or falls behind a
 /// compaction, the objects are listed again and the difference applied the same way.
 pub struct Follower {
-    store: EtcdStore,
-    range: RangeFollower,
+    source: Arc<dyn ObjectSource>,
+    feed: ObjectFeed,
     objects: Objects,
     publisher: Publisher,
     view: View,
@@ -605,22 +614,22 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Lists the policy objects and builds the first view; fails if etcd cannot be read.
+    /// Lists the policy objects and builds the first view; fails if the source cannot be read.
     /// `node` is this node's name (its pods are the ones it queues), `rules` how the queue
     /// rules are built.
     pub async fn start(
-        store: EtcdStore,
+        source: Arc<dyn ObjectSource>,
         networks: crate::pods::Subnets,
         node: &str,
         rules: crate::enforce::RuleOptions,
     ) -> Result<(Self, Handle), StoreError> {
-        let mut range = store.follow_objects().await?;
-        let Some(RangeUpdate::Listed { revision, keys }) = range.next().await else {
+        let mut feed = source.follow().await?;
+        let Some(ObjectUpdate::Listed { revision, objects }) = feed.next().await else {
             return Err(StoreError::Unavailable(
                 "the policy object follower did not list".into(),
             ));
         };
-        let objects = Objects::listed(revision, keys.into_iter().filter_map(|k| store.object(k)));
+        let objects = Objects::listed(revision, objects);
         let (policies, pods, namespaces) = objects.counts();
         tracing::info!(revision, policies, pods, namespaces, "policy view loaded");
         let first = Snapshot::new(objects.build(), &objects);
@@ -629,12 +638,13 @@ impl Follower {
         let handle = Handle {
             view: view.clone(),
             enforced: enforced.clone(),
-            progress: range.progress(),
+            progress: feed.progress(),
+            source: source.clone(),
             rules: rules.kind,
         };
         let follower = Self {
-            store,
-            range,
+            source,
+            feed,
             objects,
             publisher: Publisher::default(),
             view,
@@ -682,11 +692,11 @@ impl Follower {
     /// Runs until the process ends.
     pub async fn run(mut self) {
         loop {
-            let Some(first) = self.range.next().await else {
+            let Some(first) = self.feed.next().await else {
                 tracing::warn!("the policy object watch ended; following again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                match self.store.follow_objects().await {
-                    Ok(range) => self.range = range,
+                match self.source.follow().await {
+                    Ok(feed) => self.feed = feed,
                     Err(e) => tracing::warn!(error = %e, "cannot follow the policy objects"),
                 }
                 continue;
@@ -697,9 +707,9 @@ impl Follower {
     }
 
     /// `first` and whatever follows it closely.
-    async fn gather(&mut self, first: RangeUpdate) -> Vec<RangeUpdate> {
+    async fn gather(&mut self, first: ObjectUpdate) -> Vec<ObjectUpdate> {
         let mut batch = vec![first];
-        if matches!(batch[0], RangeUpdate::Progress { .. }) {
+        if matches!(batch[0], ObjectUpdate::Progress { .. }) {
             // Nothing to debounce: a revision to note.
             return batch;
         }
@@ -711,7 +721,7 @@ impl Follower {
             }
             let quiet = DEBOUNCE.min(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
-                next = tokio::time::timeout(quiet, self.range.next()) => match next {
+                next = tokio::time::timeout(quiet, self.feed.next()) => match next {
                     Ok(Some(update)) => batch.push(update),
                     Ok(None) | Err(_) => return batch,
                 },
@@ -721,25 +731,21 @@ impl Follower {
         }
     }
 
-    async fn apply(&mut self, batch: Vec<RangeUpdate>) {
+    async fn apply(&mut self, batch: Vec<ObjectUpdate>) {
         let mut changes = Changes::default();
         let updates = batch.len();
         for update in batch {
             match update {
-                RangeUpdate::Listed { revision, keys } => {
-                    let objects = keys
-                        .into_iter()
-                        .filter_map(|k| self.store.object(k))
-                        .collect();
+                ObjectUpdate::Listed { revision, objects } => {
                     self.objects.relist(revision, objects, &mut changes);
                 }
-                RangeUpdate::Changed { revision, keys } => {
-                    for object in keys.into_iter().filter_map(|k| self.store.object(k)) {
+                ObjectUpdate::Changed { revision, objects } => {
+                    for object in objects {
                         self.objects.apply(object, &mut changes);
                     }
                     self.objects.advance(revision);
                 }
-                RangeUpdate::Progress { revision } => self.objects.advance(revision),
+                ObjectUpdate::Progress { revision } => self.objects.advance(revision),
             }
         }
         let revision = self.objects.revision();

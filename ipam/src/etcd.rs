@@ -22,12 +22,14 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::NetworkConfig;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseRecord, LeaseRequest, Leases};
 use crate::objects::{Kind, PodRecord, StoredObject, Versioned};
-use crate::store::{Renewal, Store, StoreError};
+use crate::store::{
+    ObjectFeed, ObjectSource, ObjectUpdate, ProgressHandle, Renewal, Store, StoreError,
+};
 use crate::subnet::{choose, Choice, Occupancy};
 
 /// How many times one acquire call retries after losing a race for a subnet.
@@ -122,19 +124,6 @@ pub enum RangeUpdate {
     },
 }
 
-/// Asks a follower's watch to report how far it has got; etcd answers with a
-/// [`RangeUpdate::Progress`] once the watch has delivered everything up to its current
-/// revision. Requests made while one is pending are merged.
-#[derive(Debug, Clone, Default)]
-pub struct ProgressHandle(Arc<Notify>);
-
-impl ProgressHandle {
-    /// Requests a progress report.
-    pub fn request(&self) {
-        self.0.notify_one();
-    }
-}
-
 /// A key range followed by a task of its own (see [`EtcdStore::follow_range`]); dropping it
 /// stops the task.
 #[derive(Debug)]
@@ -153,6 +142,43 @@ impl RangeFollower {
     /// Asks for a progress report (see [`ProgressHandle`]).
     pub fn progress(&self) -> ProgressHandle {
         self.progress.clone()
+    }
+}
+
+#[async_trait]
+impl ObjectSource for EtcdStore {
+    async fn follow(&self) -> Result<ObjectFeed, StoreError> {
+        let mut range = self.follow_objects().await?;
+        let progress = range.progress();
+        let (tx, updates) = mpsc::channel(FOLLOW_QUEUE);
+        let store = self.clone();
+        tokio::spawn(async move {
+            while let Some(update) = range.next().await {
+                let update = match update {
+                    RangeUpdate::Listed { revision, keys } => ObjectUpdate::Listed {
+                        revision,
+                        objects: store.objects_of(keys),
+                    },
+                    RangeUpdate::Changed { revision, keys } => ObjectUpdate::Changed {
+                        revision,
+                        objects: store.objects_of(keys),
+                    },
+                    RangeUpdate::Progress { revision } => ObjectUpdate::Progress { revision },
+                };
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ObjectFeed { updates, progress })
+    }
+
+    async fn list_objects(&self) -> Result<(i64, Vec<StoredObject>), StoreError> {
+        self.list_all_objects().await
+    }
+
+    async fn checkpoint(&self) -> Result<i64, StoreError> {
+        self.current_revision().await
     }
 }
 
@@ -498,6 +524,10 @@ impl EtcdStore {
     /// objects with [`Self::object`].
     pub async fn follow_objects(&self) -> Result<RangeFollower, StoreError> {
         self.follow_range(self.objects_range()).await
+    }
+
+    fn objects_of(&self, keys: Vec<KeyState>) -> Vec<StoredObject> {
+        keys.into_iter().filter_map(|k| self.object(k)).collect()
     }
 
     /// Removes the reservation on `subnet`; returns whether there was one.

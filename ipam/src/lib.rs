@@ -7,7 +7,9 @@
 
 pub mod config;
 pub mod etcd;
+pub mod kube;
 pub mod lease;
+pub mod memory;
 pub mod objects;
 pub mod pool;
 pub mod store;
@@ -17,4 +19,6 @@ pub use config::{ipv6_host, BackendConfig, BackendKind, ConfigError, Ipv6Config,
 pub use lease::{Lease, LeaseRequest, Leases};
 pub use objects::{NamespaceRecord, PodRecord};
 pub use pool::{PodPool, PoolError};
-pub use store::{Renewal, Store, StoreError};
+pub use store::{
+    ObjectFeed, ObjectSource, ObjectUpdate, ProgressHandle, Renewal, Store, StoreError,
+};

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fabric::datastore::{Connected, DatastoreFlags};
 use fabric::labels;
 use fabric::policies::{parse_manifests, policy_name};
 use fabric_cni::api::{call, codes, Request, Response};
 use ipam::etcd::EtcdStore;
 use ipam::objects::Kind;
-use ipam::{NamespaceRecord, NetworkConfig, PodRecord, Store};
+use ipam::{NamespaceRecord, NetworkConfig, PodRecord};
 use ipnet::Ipv4Net;
 
 /// How often `policy sync` asks fabricd.
@@ -25,24 +26,8 @@ const LABEL_ATTEMPTS: usize = 10;
 #[derive(Debug, Parser)]
 #[command(name = "fabricctl", version, about)]
 struct Cli {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "FABRIC_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379",
-        global = true
-    )]
-    etcd_endpoints: Vec<String>,
-
-    /// Key prefix of fabric's data in etcd.
-    #[arg(
-        long,
-        env = "FABRIC_ETCD_PREFIX",
-        default_value = "/fabric",
-        global = true
-    )]
-    etcd_prefix: String,
+    #[command(flatten)]
+    datastore: DatastoreFlags,
 
     #[command(subcommand)]
     command: Command,
@@ -273,14 +258,22 @@ async fn run(cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
+        Command::Policy {
+            action: PolicyAction::Sync { socket, timeout },
+        } => return policy_sync(&mut out, &socket.socket, *timeout).await,
         _ => {}
     }
-    let store = EtcdStore::connect(&cli.etcd_endpoints, &cli.etcd_prefix).await?;
+    let connected = cli.datastore.connect().await?;
+    let store = connected.store();
     match cli.command {
         Command::Config {
             action: ConfigAction::Set { .. },
         } => {
-            let config = store.put_config(&document.expect("read above")).await?;
+            let etcd = etcd_only(
+                &connected,
+                "the network config is the file --net-config-path (the fabric-config ConfigMap): edit it with kubectl",
+            )?;
+            let config = etcd.put_config(&document.expect("read above")).await?;
             writeln!(out, "network config written: {}", config.to_json())?;
         }
         Command::Config {
@@ -330,22 +323,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Reserve { subnet, node } => {
-            store.reserve(subnet, &node).await?;
+            let etcd = etcd_only(&connected, NODE_IPAM)?;
+            etcd.reserve(subnet, &node).await?;
             writeln!(out, "{subnet} reserved for {node}")?;
         }
         Command::Unreserve { subnet } => {
-            if store.unreserve(subnet).await? {
+            let etcd = etcd_only(&connected, NODE_IPAM)?;
+            if etcd.unreserve(subnet).await? {
                 writeln!(out, "reservation on {subnet} removed")?;
             } else {
                 writeln!(out, "{subnet} was not reserved")?;
             }
         }
-        Command::Policy { action } => policy_command(&mut out, &store, action).await?,
-        Command::Namespace { action } => namespace_command(&mut out, &store, action).await?,
-        Command::Pod { action } => pod_command(&mut out, &store, action).await?,
+        Command::Policy { action } => policy_command(&mut out, &connected, action).await?,
+        Command::Namespace { action } => {
+            let etcd = etcd_only(
+                &connected,
+                "namespaces are the API's: kubectl label namespace NS k=v",
+            )?;
+            namespace_command(&mut out, etcd, action).await?
+        }
+        Command::Pod { action } => pod_command(&mut out, &connected, action).await?,
         Command::Peers { .. } => unreachable!("answered above"),
         Command::Reservations => {
-            let rows = store
+            let rows = etcd_only(&connected, NODE_IPAM)?
                 .reservations()
                 .await?
                 .into_iter()
@@ -356,13 +357,33 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// What a subnet reservation is in Kubernetes mode.
+const NODE_IPAM: &str =
+    "subnets are the nodes' spec.podCIDRs, assigned by kube-controller-manager: \
+     set a node's podCIDR when you create it to pin one";
+
+/// What NetworkPolicies are in Kubernetes mode.
+const API_POLICIES: &str =
+    "NetworkPolicies are the API's: kubectl apply -f / kubectl delete networkpolicy";
+
+/// The etcd store, or an error saying what to do instead in Kubernetes mode.
+fn etcd_only<'a>(connected: &'a Connected, instead: &str) -> Result<&'a EtcdStore> {
+    match connected {
+        Connected::Etcd(etcd) => Ok(etcd),
+        Connected::Kubernetes(_) => {
+            bail!("not in Kubernetes mode (--datastore kubernetes): {instead}")
+        }
+    }
+}
+
 async fn policy_command(
     out: &mut impl Write,
-    store: &EtcdStore,
+    connected: &Connected,
     action: PolicyAction,
 ) -> Result<()> {
     match action {
         PolicyAction::Apply { file } => {
+            let store = etcd_only(connected, API_POLICIES)?;
             let policies = parse_manifests(&read_text(&file)?)?;
             let objects = policies
                 .iter()
@@ -375,6 +396,7 @@ async fn policy_command(
             }
         }
         PolicyAction::Delete { names, file } => {
+            let store = etcd_only(connected, API_POLICIES)?;
             let mut names = names;
             if let Some(file) = file {
                 for np in parse_manifests(&read_text(&file)?)? {
@@ -398,11 +420,11 @@ async fn policy_command(
             }
         }
         PolicyAction::List { output } => {
-            let all: std::collections::BTreeMap<String, serde_json::Value> = store
-                .list_objects(Kind::Policies)
-                .await?
+            let (_, objects) = connected.source().list_objects().await?;
+            let all: std::collections::BTreeMap<String, serde_json::Value> = objects
                 .into_iter()
-                .map(|(name, v)| (name, v.value))
+                .filter(|o| o.kind == Kind::Policies)
+                .filter_map(|o| Some((o.name, serde_json::from_slice(o.value.as_deref()?).ok()?)))
                 .collect();
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?,
@@ -425,7 +447,7 @@ async fn policy_command(
             }
         }
         PolicyAction::Explain { from, to, port } => {
-            let cluster = fabric::policies::load(store).await?;
+            let cluster = fabric::policies::load(connected.source().as_ref()).await?;
             let endpoint = |who: &str| -> Result<policy::Endpoint> {
                 if let Ok(ip) = who.parse::<std::net::IpAddr>() {
                     return Ok(cluster.endpoint(ip));
@@ -455,26 +477,46 @@ async fn policy_command(
             );
             write!(out, "{explanation}")?;
         }
-        PolicyAction::Sync { socket, timeout } => {
-            policy_sync(out, store, &socket.socket, timeout).await?
+        PolicyAction::Sync { .. } | PolicyAction::Eval { .. } => {
+            unreachable!("answered before connecting")
         }
-        PolicyAction::Eval { .. } => unreachable!("answered before connecting"),
     }
     Ok(())
 }
 
-/// Waits until fabricd at `socket` reports a policy view at etcd's current revision or later.
-async fn policy_sync(
-    out: &mut impl Write,
-    store: &EtcdStore,
-    socket: &Path,
-    timeout: Duration,
-) -> Result<()> {
+/// Waits until fabricd at `socket` reports a policy view at or past the checkpoint it names
+/// for the datastore's current state (etcd's current revision; in Kubernetes mode the update
+/// after which its watches match a fresh listing of the API).
+async fn policy_sync(out: &mut impl Write, socket: &Path, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let target = store
-        .current_revision()
-        .await
-        .context("asking etcd for its revision")?;
+    let target = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = call(
+            socket,
+            &Request::PolicyCheckpoint,
+            left.max(Duration::from_secs(1)),
+        );
+        match answer {
+            Ok(Response::Checkpoint { revision }) => break revision,
+            Ok(Response::Policy(status)) if !status.enforcing => bail!(
+                "fabricd at {} does not enforce NetworkPolicy (it runs with \
+                 --network-policy=false): there is no policy view to sync",
+                socket.display()
+            ),
+            Ok(Response::Error(e)) if e.code == codes::DECODE_FAILURE => bail!(
+                "fabricd at {} does not understand the checkpoint request: is it older than \
+                 this fabricctl? ({e})",
+                socket.display()
+            ),
+            // Not loaded yet, or the datastore is slow to answer: ask again until the deadline.
+            Ok(Response::Error(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(SYNC_POLL).await
+            }
+            Ok(Response::Error(e)) => bail!("fabricd cannot name the datastore's revision: {e}"),
+            Ok(other) => bail!("fabricd answered {other:?} to the checkpoint request"),
+            Err(e) => bail!("asking fabricd at {} (--socket): {e}", socket.display()),
+        }
+    };
     // The view revisions fabricd reported (first and latest), and the latest failure.
     let mut seen: Option<(i64, i64)> = None;
     let mut failure: Option<String>;
@@ -530,7 +572,7 @@ async fn policy_sync(
                 .map(|f| format!("; last error: {f}"))
                 .unwrap_or_default();
             bail!(
-                "policy view not in sync after {}: etcd is at revision {target}, {view}{failure}",
+                "policy view not in sync after {}: the datastore is at revision {target}, {view}{failure}",
                 humantime::format_duration(timeout)
             );
         }
@@ -551,13 +593,17 @@ fn relabel(
     ))
 }
 
-async fn pod_command(out: &mut impl Write, store: &EtcdStore, action: PodAction) -> Result<()> {
+async fn pod_command(out: &mut impl Write, connected: &Connected, action: PodAction) -> Result<()> {
     match action {
         PodAction::Label {
             pod,
             labels,
             replace,
         } => {
+            let store = etcd_only(
+                connected,
+                "pods are the API's: kubectl label pod NS/NAME k=v",
+            )?;
             let key = pod_key(&pod)?;
             for _ in 0..LABEL_ATTEMPTS {
                 let records = pod_records(store).await?;
@@ -587,11 +633,14 @@ async fn pod_command(out: &mut impl Write, store: &EtcdStore, action: PodAction)
             bail!("pod {key} kept changing while it was being labeled; try again")
         }
         PodAction::List { output } => {
-            let mut records: Vec<PodRecord> = pod_records(store)
-                .await?
-                .into_iter()
-                .map(|(_, _, r)| r)
-                .collect();
+            let mut records: Vec<PodRecord> = match connected {
+                Connected::Etcd(store) => pod_records(store)
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, r)| r)
+                    .collect(),
+                Connected::Kubernetes(store) => store.pods().await?,
+            };
             records.sort_by(|a, b| {
                 (&a.namespace, &a.name, &a.node).cmp(&(&b.namespace, &b.name, &b.node))
             });
@@ -710,7 +759,7 @@ fn peers(out: &mut impl Write, socket: &Path, output: Output) -> Result<()> {
     let report = match answer {
         Response::Dataplane { report } => report,
         Response::Error(e) => anyhow::bail!("fabricd: {e}"),
-        Response::Ok { .. } | Response::Policy(_) => {
+        Response::Ok { .. } | Response::Policy(_) | Response::Checkpoint { .. } => {
             anyhow::bail!("fabricd gave no data path report")
         }
     };

@@ -9,8 +9,6 @@ use fabric::agent::{retry, Agent};
 use fabric::flags::DaemonFlags;
 use fabric::state::StateDir;
 use fabric::{api, enforce, health, policies};
-use ipam::etcd::EtcdStore;
-use ipam::Store;
 use tokio::sync::watch;
 use tunnel::{Netlink, Underlay};
 
@@ -54,11 +52,11 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let underlay = Underlay::detect(&netlink, flags.iface.as_deref(), flags.public_ip).await?;
     tracing::info!(%node, iface = %underlay.iface, ip = %underlay.ip(), mtu = underlay.mtu, "underlay");
 
-    let etcd = retry("connecting to etcd", || async {
-        EtcdStore::connect(&flags.etcd_endpoints, &flags.etcd_prefix).await
-    })
-    .await;
-    let config = retry("reading the network config", || etcd.network_config()).await;
+    let datastore = flags.datastore.kind();
+    let connected = retry("connecting to the datastore", || flags.datastore.connect()).await;
+    let store = connected.store();
+    tracing::info!(?datastore, "datastore");
+    let config = retry("reading the network config", || store.network_config()).await;
     if flags.network_policy {
         let rules = enforce::RuleOptions {
             kind: flags
@@ -73,7 +71,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         };
         // The first view before the queue opens: no connection is judged against nothing.
         let (mut follower, handle) = retry("reading the policy objects", || {
-            policies::Follower::start(etcd.clone(), networks, &node, rules)
+            policies::Follower::start(connected.source(), networks, &node, rules)
         })
         .await;
         let view = handle.view();
@@ -101,7 +99,6 @@ async fn run(flags: DaemonFlags) -> Result<()> {
             "NetworkPolicy enforcement is off; removed the queue rules of an earlier run"
         );
     }
-    let store: Arc<dyn Store> = Arc::new(etcd);
     let mut backend_config = config.backend.clone();
     if let Some(kind) = flags.backend.filter(|k| *k != config.backend.kind) {
         tracing::info!(flag = %kind, config = %config.backend.kind, "--backend overrides the network config's Backend.Type");

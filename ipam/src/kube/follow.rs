@@ -1,0 +1,149 @@
+//! One list-then-watch loop for every resource fabric follows in the API (nodes, pods,
+//! namespaces, NetworkPolicies): a consistent listing, then a watch from the listing's
+//! resource version, a fresh listing when the API says the version is gone (410) and a new
+//! watch from the last version seen whenever a watch ends. Failures back off with jitter.
+//!
+//! kube-runtime's reflector does the same, but hides the listing's resource version and the
+//! moment a listing completes, which the object source needs (see [`super::objects`]).
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::Metadata;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::core::ObjectMeta;
+use kube::Api;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+/// Server-side timeout of one watch request (the API server ends it then; we watch again).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// What the loop reports.
+#[derive(Debug)]
+pub(crate) enum Seen<K> {
+    /// Every object, replacing whatever was reported before.
+    Listed(Vec<K>),
+    /// An object created or changed.
+    Applied(K),
+    /// An object deleted (its last state).
+    Deleted(K),
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug)]
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self(Duration::from_millis(200))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// The next delay: the current one, jittered by ±25 %, doubling up to 10 s.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+    }
+}
+
+/// Follows every object of `api` until the process ends, calling `on` for each report.
+pub(crate) async fn follow<K>(api: Api<K>, what: &'static str, mut on: impl FnMut(Seen<K>))
+where
+    K: Metadata<Ty = ObjectMeta> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut backoff = Backoff::new();
+    'list: loop {
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(resource = what, error = %e, retry_in = ?delay, "cannot list");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let mut version = list.metadata.resource_version.clone().unwrap_or_default();
+        tracing::debug!(resource = what, objects = list.items.len(), %version, "listed");
+        on(Seen::Listed(list.items));
+        loop {
+            // Bookmarks are asked for by default: they keep `version` fresh while quiet.
+            let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+            let stream = match api.watch(&params, &version).await {
+                Ok(stream) => stream,
+                Err(kube::Error::Api(status)) if status.code == 410 => continue 'list,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(resource = what, error = %e, retry_in = ?delay, "cannot watch");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            let mut stream = stream.boxed();
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(event)) => {
+                        backoff.reset();
+                        match event {
+                            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                                version = resource_version(&o).unwrap_or(version);
+                                on(Seen::Applied(o));
+                            }
+                            WatchEvent::Deleted(o) => {
+                                version = resource_version(&o).unwrap_or(version);
+                                on(Seen::Deleted(o));
+                            }
+                            WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
+                            WatchEvent::Error(status) if status.code == 410 => {
+                                tracing::debug!(resource = what, "watch expired; listing again");
+                                continue 'list;
+                            }
+                            WatchEvent::Error(status) => {
+                                tracing::warn!(resource = what, error = %status.message, "watch error; watching again");
+                                tokio::time::sleep(backoff.next_delay()).await;
+                                break;
+                            }
+                        }
+                    }
+                    // The server ended the watch (its timeout): watch again from here.
+                    Ok(None) => break,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(resource = what, error = %e, retry_in = ?delay, "watch broke");
+                        tokio::time::sleep(delay).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An object's resource version.
+pub(crate) fn resource_version<K: Metadata<Ty = ObjectMeta>>(object: &K) -> Option<String> {
+    object.metadata().resource_version.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        let mut b = Backoff::new();
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(150) && first <= Duration::from_millis(250));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        let capped = b.next_delay();
+        assert!(capped >= Duration::from_millis(7500) && capped <= Duration::from_millis(12500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,504 @@
+//! The policy objects from the API: every Pod, Namespace and NetworkPolicy, followed with
+//! [`super::follow`], translated into the records the policy view is built from (pure,
+//! [`pod_record`], [`namespace_record`], [`policy_record`]), and numbered.
+//!
+//! The API's resource versions order events within one resource type but are opaque across
+//! types, so the source numbers the updates it emits itself: revision `n` is the `n`th
+//! update. A checkpoint ([`Objects::checkpoint`]) lists all three types afresh and, once what
+//! the watches delivered matches the listing object for object, names the last update emitted:
+//! a follower that has applied it reflects the API as it was when the checkpoint began.
+//!
+//! Beside the API's pods, the source holds the pods this node just attached (CNI ADD), known
+//! before their `status.podIPs` are written: a record under `<node>/<container id>` with the
+//! labels and ports read from the API and the address fabricd gave the pod. The API's own
+//! record (`<node>/<namespace>/<name>`, newer) takes over once the kubelet writes the status.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fabric_cni::api::{ContainerPort, PortProtocol};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+
+use super::follow::{follow, resource_version, Seen};
+use crate::objects::{Kind, NamespaceRecord, PodRecord, StoredObject};
+use crate::store::{ObjectFeed, ObjectUpdate, ProgressHandle, StoreError};
+
+/// How long a checkpoint waits for the watches to catch up with its listing.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often a checkpoint compares again while it waits.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+
+/// Updates queued for the follower before the source waits for it.
+const FEED_QUEUE: usize = 256;
+
+/// The record name of the API's pod `namespace/name` on `node`.
+fn api_pod_name(node: &str, namespace: &str, name: &str) -> String {
+    format!("{node}/{namespace}/{name}")
+}
+
+/// The record name of a pod this node attached as `container_id`.
+pub(crate) fn local_pod_name(node: &str, container_id: &str) -> String {
+    format!("{node}/{container_id}")
+}
+
+/// The pod record of an API pod: `None` for pods policy does not see (host network, no IPv4
+/// address yet, finished, not on a node).
+pub fn pod_record(pod: &Pod) -> Option<PodRecord> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let node = spec.node_name.clone()?;
+    let ips: Vec<IpAddr> = match status.pod_ips.as_ref() {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|i| i.ip.parse().ok()).collect(),
+        _ => status
+            .pod_ip
+            .iter()
+            .filter_map(|i| i.parse().ok())
+            .collect(),
+    };
+    let ip = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })?;
+    let ipv6 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    Some(PodRecord {
+        namespace: pod.metadata.namespace.clone()?,
+        name: pod.metadata.name.clone()?,
+        node,
+        container_id: pod.metadata.uid.clone().unwrap_or_default(),
+        ip,
+        ipv6,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ports: container_ports(pod),
+    })
+}
+
+/// The ports a pod's containers declare (what NetworkPolicy named ports resolve against).
+pub fn container_ports(pod: &Pod) -> Vec<ContainerPort> {
+    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(ContainerPort {
+                name: p.name.clone(),
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => PortProtocol::Udp,
+                    Some("SCTP") => PortProtocol::Sctp,
+                    _ => PortProtocol::Tcp,
+                },
+            })
+        })
+        .collect()
+}
+
+/// A namespace's record: its labels.
+pub fn namespace_record(ns: &Namespace) -> NamespaceRecord {
+    NamespaceRecord {
+        labels: ns.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+/// A policy's record: the object without its managed fields and status.
+pub fn policy_record(np: &NetworkPolicy) -> serde_json::Value {
+    let mut np = np.clone();
+    np.metadata.managed_fields = None;
+    serde_json::to_value(np).unwrap_or_default()
+}
+
+/// One API object as the source keeps it: its resource version (for checkpoints) and its
+/// record (`None` when policy does not see it).
+#[derive(Debug, Clone)]
+struct Entry {
+    version: String,
+    object: Option<StoredObject>,
+}
+
+/// What one resource type's watch has delivered.
+#[derive(Debug, Default)]
+struct Followed {
+    listed: bool,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// The revision of the last update emitted.
+    revision: i64,
+    /// Where updates go, once someone follows.
+    feed: Option<mpsc::UnboundedSender<ObjectUpdate>>,
+    kinds: BTreeMap<Kind, Followed>,
+    /// Pods attached by this node, by record name.
+    local: BTreeMap<String, StoredObject>,
+    started: bool,
+}
+
+impl Shared {
+    fn all_listed(&self) -> bool {
+        Kind::ALL
+            .iter()
+            .all(|k| self.kinds.get(k).is_some_and(|f| f.listed))
+    }
+
+    /// Every record, each at the revision of the update that last changed it.
+    fn everything(&self) -> Vec<StoredObject> {
+        let api = self.kinds.values().flat_map(|f| f.entries.values());
+        api.filter_map(|e| e.object.clone())
+            .chain(self.local.values().cloned())
+            .collect()
+    }
+
+    /// The revision the next update will have.
+    fn next_revision(&self) -> i64 {
+        self.revision + 1
+    }
+
+    /// Emits the whole state (every type listed) as a listing.
+    fn emit_listing(&mut self) {
+        if !self.all_listed() {
+            return;
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        let objects = self.everything();
+        self.send(ObjectUpdate::Listed { revision, objects });
+    }
+
+    /// Emits one changed object (once every type is listed; before, the listing carries it).
+    fn emit_change(&mut self, object: StoredObject) {
+        if !self.all_listed() {
+            return;
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        self.send(ObjectUpdate::Changed {
+            revision,
+            objects: vec![object],
+        });
+    }
+
+    fn send(&mut self, update: ObjectUpdate) {
+        if let Some(feed) = &self.feed {
+            if feed.send(update).is_err() {
+                self.feed = None;
+            }
+        }
+    }
+
+    /// A type's listing: replaces what its watch delivered before.
+    fn listed(&mut self, kind: Kind, mut entries: BTreeMap<String, Entry>) {
+        let revision = self.next_revision();
+        for object in entries.values_mut().filter_map(|e| e.object.as_mut()) {
+            object.mod_revision = revision;
+        }
+        let followed = self.kinds.entry(kind).or_default();
+        followed.entries = entries;
+        followed.listed = true;
+        self.emit_listing();
+    }
+
+    /// One object created, changed (`Some`) or deleted (`None`).
+    fn changed(&mut self, kind: Kind, name: String, mut entry: Option<Entry>) {
+        let revision = self.next_revision();
+        if let Some(object) = entry.as_mut().and_then(|e| e.object.as_mut()) {
+            object.mod_revision = revision;
+        }
+        let followed = self.kinds.entry(kind).or_default();
+        let before = match &entry {
+            Some(entry) => followed.entries.insert(name.clone(), entry.clone()),
+            None => followed.entries.remove(&name),
+        };
+        let before = before.and_then(|e| e.object);
+        match (before, entry.and_then(|e| e.object)) {
+            (_, Some(object)) => self.emit_change(object),
+            (Some(_), None) => self.emit_change(StoredObject {
+                kind,
+                name,
+                value: None,
+                mod_revision: revision,
+            }),
+            (None, None) => {}
+        }
+    }
+
+    /// The resource versions a type's watch delivered, by name.
+    fn versions(&self, kind: Kind) -> BTreeMap<&str, &str> {
+        self.kinds
+            .get(&kind)
+            .map(|f| {
+                f.entries
+                    .iter()
+                    .map(|(n, e)| (n.as_str(), e.version.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// How a followed type names its records and what they hold.
+type Namer<K> = fn(&K) -> Option<(String, Option<Vec<u8>>)>;
+
+fn pod_entry(p: &Pod) -> Option<(String, Option<Vec<u8>>)> {
+    let ns = p.metadata.namespace.as_deref()?;
+    let name = p.metadata.name.as_deref()?;
+    let node = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("");
+    let record = pod_record(p).and_then(|r| serde_json::to_vec(&r).ok());
+    Some((api_pod_name(node, ns, name), record))
+}
+
+fn namespace_entry(n: &Namespace) -> Option<(String, Option<Vec<u8>>)> {
+    let record = serde_json::to_vec(&namespace_record(n)).ok();
+    Some((n.metadata.name.clone()?, record))
+}
+
+fn policy_entry(np: &NetworkPolicy) -> Option<(String, Option<Vec<u8>>)> {
+    let ns = np.metadata.namespace.as_deref()?;
+    let name = np.metadata.name.as_deref()?;
+    let record = serde_json::to_vec(&policy_record(np)).ok();
+    Some((format!("{ns}/{name}"), record))
+}
+
+fn entry_of<K>(kind: Kind, namer: Namer<K>, object: &K) -> Option<(String, Entry)>
+where
+    K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>,
+{
+    let (name, value) = namer(object)?;
+    let version = resource_version(object).unwrap_or_default();
+    let object = value.map(|value| StoredObject {
+        kind,
+        name: name.clone(),
+        value: Some(value),
+        mod_revision: 0,
+    });
+    Some((name, Entry { version, object }))
+}
+
+/// The object source's side of the API: what the watches delivered, shared by the watch
+/// tasks, [`Objects::register`] and [`Objects::checkpoint`].
+#[derive(Clone)]
+pub(crate) struct Objects {
+    client: Client,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Objects {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            shared: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts following (the watches start with the first call); the feed begins with a
+    /// listing of everything once every type is listed.
+    pub(crate) fn feed(&self) -> ObjectFeed {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (out, updates) = mpsc::channel(FEED_QUEUE);
+        // The watch tasks emit under the lock, without waiting; this task carries the
+        // updates on, in order, at the follower's pace.
+        tokio::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                if out.send(update).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let start = {
+            let mut shared = self.lock();
+            shared.feed = Some(tx);
+            shared.emit_listing();
+            !std::mem::replace(&mut shared.started, true)
+        };
+        if start {
+            self.spawn::<Pod>(Kind::Pods, "pods", pod_entry);
+            self.spawn::<Namespace>(Kind::Namespaces, "namespaces", namespace_entry);
+            self.spawn::<NetworkPolicy>(Kind::Policies, "networkpolicies", policy_entry);
+        }
+        ObjectFeed {
+            updates,
+            progress: ProgressHandle::default(),
+        }
+    }
+
+    /// Follows every object of type `K` in a task of its own.
+    fn spawn<K>(&self, kind: Kind, what: &'static str, namer: Namer<K>)
+    where
+        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
+            + kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let shared = self.shared.clone();
+        tokio::spawn(follow(api, what, move |seen| {
+            let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match seen {
+                Seen::Listed(items) => {
+                    let entries = items
+                        .iter()
+                        .filter_map(|o| entry_of(kind, namer, o))
+                        .collect();
+                    shared.listed(kind, entries);
+                }
+                Seen::Applied(o) => {
+                    if let Some((name, entry)) = entry_of(kind, namer, &o) {
+                        shared.changed(kind, name, Some(entry));
+                    }
+                }
+                Seen::Deleted(o) => {
+                    if let Some((name, _)) = entry_of(kind, namer, &o) {
+                        shared.changed(kind, name, None);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Adds (`Some`) or removes a pod this node attached; returns the revision of the update
+    /// that carries it (the next listing's, when the types are not all listed yet).
+    pub(crate) fn local_pod(&self, name: String, record: Option<&PodRecord>) -> i64 {
+        let mut shared = self.lock();
+        let revision = shared.next_revision();
+        let object = StoredObject {
+            kind: Kind::Pods,
+            name: name.clone(),
+            value: record.and_then(|r| serde_json::to_vec(r).ok()),
+            mod_revision: revision,
+        };
+        match record {
+            Some(_) => shared.local.insert(name, object.clone()),
+            None => shared.local.remove(&name),
+        };
+        shared.emit_change(object);
+        revision
+    }
+
+    /// Lists every type afresh and waits until the watches have delivered exactly what the
+    /// listing holds; returns the revision of the last update emitted by then.
+    pub(crate) async fn checkpoint(&self) -> Result<i64, StoreError> {
+        let deadline = tokio::time::Instant::now() + CHECKPOINT_PATIENCE;
+        loop {
+            let listed = [
+                (Kind::Pods, self.versions::<Pod>(pod_entry).await?),
+                (
+                    Kind::Namespaces,
+                    self.versions::<Namespace>(namespace_entry).await?,
+                ),
+                (
+                    Kind::Policies,
+                    self.versions::<NetworkPolicy>(policy_entry).await?,
+                ),
+            ];
+            {
+                let shared = self.lock();
+                let caught_up = shared.all_listed()
+                    && listed.iter().all(|(kind, versions)| {
+                        let seen = shared.versions(*kind);
+                        seen.len() == versions.len()
+                            && versions
+                                .iter()
+                                .all(|(n, v)| seen.get(n.as_str()) == Some(&v.as_str()))
+                    });
+                if caught_up {
+                    return Ok(shared.revision);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "the API watches did not catch up with a listing within {CHECKPOINT_PATIENCE:?}"
+                )));
+            }
+            tokio::time::sleep(CHECKPOINT_POLL).await;
+        }
+    }
+
+    /// Every object of type `K` now in the API: record name and resource version.
+    async fn versions<K>(&self, namer: Namer<K>) -> Result<BTreeMap<String, String>, StoreError>
+    where
+        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
+            + kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(super::unavailable)?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| {
+                let (name, _) = namer(o)?;
+                Some((name, resource_version(o).unwrap_or_default()))
+            })
+            .collect())
+    }
+
+    /// Every object now in the API (and this node's attached pods), read once.
+    pub(crate) async fn list(&self) -> Result<Vec<StoredObject>, StoreError> {
+        let mut out = Vec::new();
+        out.extend(self.list_kind::<Pod>(Kind::Pods, pod_entry).await?);
+        out.extend(
+            self.list_kind::<Namespace>(Kind::Namespaces, namespace_entry)
+                .await?,
+        );
+        out.extend(
+            self.list_kind::<NetworkPolicy>(Kind::Policies, policy_entry)
+                .await?,
+        );
+        out.extend(self.lock().local.values().cloned());
+        Ok(out)
+    }
+
+    async fn list_kind<K>(
+        &self,
+        kind: Kind,
+        namer: Namer<K>,
+    ) -> Result<Vec<StoredObject>, StoreError>
+    where
+        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
+            + kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(super::unavailable)?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|o| entry_of(kind, namer, o)?.1.object)
+            .collect())
+    }
+}
