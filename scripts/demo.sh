@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Command one: set up, then bring up a 3-node lab cluster with 2 pods per node on VXLAN and
 # show pods talking across nodes. The lab stays up: look around, then tear it down.
+# Extra arguments go to `fabric-lab up`: `--datastore kubernetes` runs the nodes against a real
+# Kubernetes control plane in the lab (then `target/release/fabric-lab kubectl -- get nodes`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what fabric needs on Debian (bookworm) and builds the release binaries.
-# Idempotent: packages already present are not reinstalled.
+# Installs what fabric needs on Debian (bookworm), builds the pinned etcd and Kubernetes control
+# plane the Kubernetes-mode lab runs (deploy/lab/k8s/build.sh; cached, skipped when up to date)
+# and the release binaries. Idempotent: packages already present are not reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(etcd-server etcd-client iperf3 protobuf-compiler iptables nftables iproute2
-          iputils-ping netcat-openbsd wireguard-tools containernetworking-plugins tcpdump conntrack procps)
+          iputils-ping netcat-openbsd wireguard-tools containernetworking-plugins tcpdump conntrack procps
+          openssl)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -29,5 +31,8 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install the Rust toolchain (https://rustup.rs) and re-run" >&2
   exit 1
 fi
+step "building the Kubernetes-mode lab's etcd and control plane (deploy/lab/k8s/build.sh)"
+./deploy/lab/k8s/build.sh >/dev/null
+
 step "building release binaries (cargo build --release)"
 cargo build --release --workspace --bins

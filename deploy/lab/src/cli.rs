@@ -1,7 +1,7 @@
 //! The `fabric-lab` command line: argument parsing (clap) and the commands: `up`, `status`,
-//! `exec` and `down`, printed for a person (tables) or a program (`-o json`); `netpol`, the
-//! end-to-end reachability suite; and the in-pod agent's hidden `serve`, `probe` and
-//! `connect-rate`.
+//! `exec`, `kubectl` (Kubernetes mode) and `down`, printed for a person (tables) or a program
+//! (`-o json`); `netpol`, the end-to-end reachability suite; and the in-pod agent's hidden
+//! `serve`, `probe` and `connect-rate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use crate::demo::{self, IperfOptions};
 use crate::netpol;
 use crate::porter::{self, Target};
 use crate::process::Cmd;
-use crate::spec::{Backend, LabSpec, Reservation, BIN_DIR_ENV};
+use crate::spec::{Backend, Datastore, LabSpec, Reservation, BIN_DIR_ENV};
 use crate::state::{Node, Pod};
 use crate::{teardown, Lab};
 
@@ -39,8 +39,11 @@ pub enum Command {
     Up(UpArgs),
     /// Show a lab's nodes and pods.
     Status(StatusArgs),
-    /// Run a command inside a pod, node, `etcd` or `sw` namespace of a lab.
+    /// Run a command inside a pod, node, `etcd`, `cp` or `sw` namespace of a lab.
     Exec(ExecArgs),
+    /// Run the pinned kubectl against a Kubernetes-mode lab's apiserver, as its admin (from
+    /// inside the lab: the apiserver is not reachable from the host's namespace).
+    Kubectl(KubectlArgs),
     /// Stop a lab's processes, delete its namespaces and its state dir.
     Down(DownArgs),
     /// Run NetworkPolicy reachability cases end to end on a lab of their own (built for the
@@ -69,6 +72,10 @@ pub struct NetpolArgs {
     /// The backend the nodes run: vxlan, host-gw or wireguard.
     #[arg(long, default_value_t = Backend::Vxlan)]
     pub backend: Backend,
+    /// Where namespaces, labels and policies live: etcd (written with fabricctl) or
+    /// kubernetes (a control plane in the lab, written with kubectl).
+    #[arg(long, default_value_t = Datastore::Etcd)]
+    pub datastore: Datastore,
     /// Each probe's timeout (a denied connection takes this long to be called denied).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -139,6 +146,10 @@ pub struct UpArgs {
     /// The backend: vxlan, host-gw or wireguard.
     #[arg(long, default_value_t = Backend::Vxlan)]
     pub backend: Backend,
+    /// The datastore: etcd, or kubernetes (etcd, kube-apiserver and kube-controller-manager
+    /// in the lab; built by deploy/lab/k8s/build.sh).
+    #[arg(long, default_value_t = Datastore::Etcd)]
+    pub datastore: Datastore,
     /// Subnet lease TTL (e.g. 24h, 90s).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
@@ -194,6 +205,16 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// `fabric-lab kubectl`.
+#[derive(Debug, Args)]
+pub struct KubectlArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// kubectl's arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
 /// `fabric-lab down`.
 #[derive(Debug, Args)]
 pub struct DownArgs {
@@ -219,6 +240,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Up(args) => up(args),
         Command::Status(args) => status(args).map(|()| 0),
         Command::Exec(args) => exec(args),
+        Command::Kubectl(args) => kubectl(args),
         Command::Down(args) => down(args).map(|()| 0),
         Command::Netpol(args) => netpol(args),
         Command::Serve(args) => porter::serve::serve(&args.ports).map(|()| 0),
@@ -242,6 +264,7 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.nodes = args.nodes;
     spec.pods_per_node = args.pods_per_node;
     spec.backend = args.backend;
+    spec.datastore = args.datastore;
     spec.lease_ttl = args.lease_ttl;
     spec.network = args.network;
     spec.subnet_len = args.subnet_len;
@@ -279,6 +302,9 @@ fn up(args: UpArgs) -> Result<u8> {
     println!("  fabric-lab exec{name_flag} {example} -- ip addr");
     println!("  fabric-lab exec{name_flag} node1 -- ip route");
     println!("  fabric-lab status{name_flag}");
+    if lab.is_kubernetes() {
+        println!("  fabric-lab kubectl{name_flag} -- get nodes -o wide");
+    }
     println!("Logs and state: {}", lab.state_dir().display());
     println!("Tear down:");
     println!("  fabric-lab down{name_flag}");
@@ -330,9 +356,20 @@ fn run_demo(lab: &Lab) -> Result<()> {
 
 fn status(args: StatusArgs) -> Result<()> {
     let mut lab = Lab::attach(&args.lab.name)?;
-    // Fresh subnets if etcd is up; the recorded ones otherwise. Nothing is written.
+    // Fresh subnets if the datastore is up; the recorded ones otherwise. Nothing is written.
     let etcd_running = lab.state().etcd.as_ref().is_some_and(|d| d.is_running());
-    let live = etcd_running.then(|| lab.subnets().ok()).flatten();
+    let datastore_up = if lab.is_kubernetes() {
+        lab.apiserver_running()
+    } else {
+        etcd_running
+    };
+    let live = datastore_up.then(|| lab.subnets().ok()).flatten();
+    let control_plane: Vec<_> = lab
+        .state()
+        .control_plane
+        .iter()
+        .map(|c| (c.name.clone(), c.daemon.pid, c.daemon.is_running()))
+        .collect();
     let nodes: Vec<Node> = lab
         .nodes()
         .iter()
@@ -349,8 +386,15 @@ fn status(args: StatusArgs) -> Result<()> {
             let doc = json!({
                 "name": lab.name(),
                 "backend": lab.backend(),
+                "datastore": lab.datastore(),
+                "kubeconfig": lab.kubeconfig(),
                 "state_dir": lab.state_dir(),
                 "etcd": { "pid": lab.state().etcd.as_ref().map(|d| d.pid), "running": etcd_running },
+                "control_plane": control_plane.iter().map(|(name, pid, running)| json!({
+                    "name": name,
+                    "pid": pid,
+                    "running": running,
+                })).collect::<Vec<_>>(),
                 "nodes": nodes.iter().map(|n| json!({
                     "name": n.name,
                     "netns": n.netns,
@@ -371,17 +415,30 @@ fn status(args: StatusArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         OutputFormat::Table => {
+            let datastore = if lab.is_kubernetes() {
+                let parts: Vec<String> = control_plane
+                    .iter()
+                    .map(|(name, pid, running)| {
+                        format!("{name} pid {pid} ({})", running_word(*running))
+                    })
+                    .collect();
+                format!("kubernetes [{}]", parts.join(", "))
+            } else {
+                match &lab.state().etcd {
+                    Some(d) => format!("etcd pid {} ({})", d.pid, running_word(etcd_running)),
+                    None => "etcd stopped".to_string(),
+                }
+            };
             println!(
-                "lab {}: backend {}, network {}, etcd {}, state {}",
+                "lab {}: backend {}, network {}, {datastore}, state {}",
                 lab.name(),
                 lab.backend(),
                 lab.state().network,
-                match &lab.state().etcd {
-                    Some(d) => format!("pid {} ({})", d.pid, running_word(etcd_running)),
-                    None => "stopped".to_string(),
-                },
                 lab.state_dir().display()
             );
+            if let Some(kubeconfig) = lab.kubeconfig() {
+                println!("kubeconfig {}", kubeconfig.display());
+            }
             println!();
             print_tables(&nodes, lab.pods());
         }
@@ -394,6 +451,7 @@ fn netpol(args: NetpolArgs) -> Result<u8> {
     let file = netpol::load(&args.cases)?;
     let mut options = netpol::Options::new(args.name);
     options.backend = args.backend;
+    options.datastore = args.datastore;
     options.bin_dir = args.bin_dir;
     options.timeout = args.timeout;
     options.retries = args.retries;
@@ -407,6 +465,12 @@ fn exec(args: ExecArgs) -> Result<u8> {
     let netns = lab.netns(&args.target)?;
     let (program, rest) = args.command.split_first().context("no command given")?;
     let code = Cmd::in_netns(&netns, program).args(rest).interactive()?;
+    Ok(u8::try_from(code).unwrap_or(1))
+}
+
+fn kubectl(args: KubectlArgs) -> Result<u8> {
+    let lab = Lab::attach(&args.lab.name)?;
+    let code = lab.kubectl()?.cmd(&args.args).interactive()?;
     Ok(u8::try_from(code).unwrap_or(1))
 }
 
@@ -584,6 +648,53 @@ mod tests {
             assert_eq!(exec.command, ["ip", "-4", "addr"]);
         }
         assert!(Cli::try_parse_from(["fabric-lab", "exec", "node1"]).is_err());
+    }
+
+    #[test]
+    fn parses_datastore_and_kubectl() {
+        let cli = Cli::try_parse_from(["fabric-lab", "up", "--datastore", "kubernetes"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.datastore, Datastore::Kubernetes);
+        let cli = Cli::try_parse_from(["fabric-lab", "up"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.datastore, Datastore::Etcd);
+        assert!(Cli::try_parse_from(["fabric-lab", "up", "--datastore", "consul"]).is_err());
+        let cli = Cli::try_parse_from([
+            "fabric-lab",
+            "netpol",
+            "--cases",
+            "c.yaml",
+            "--datastore",
+            "kubernetes",
+        ])
+        .unwrap();
+        let Command::Netpol(n) = cli.command else {
+            panic!("not netpol")
+        };
+        assert_eq!(n.datastore, Datastore::Kubernetes);
+
+        let cli = Cli::try_parse_from([
+            "fabric-lab",
+            "kubectl",
+            "--name",
+            "kx1",
+            "--",
+            "get",
+            "nodes",
+            "-o",
+            "wide",
+        ])
+        .unwrap();
+        let Command::Kubectl(k) = cli.command else {
+            panic!("not kubectl")
+        };
+        assert_eq!(k.lab.name, "kx1");
+        assert_eq!(k.args, ["get", "nodes", "-o", "wide"]);
+        assert!(Cli::try_parse_from(["fabric-lab", "kubectl"]).is_err());
     }
 
     #[test]

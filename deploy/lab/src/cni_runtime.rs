@@ -281,6 +281,19 @@ impl Invocation {
         self
     }
 
+    /// Adds the `CNI_ARGS` containerd passes besides the pod's name for a Kubernetes pod:
+    /// `K8S_POD_INFRA_CONTAINER_ID=<sandbox id>;K8S_POD_UID=<metadata.uid>`.
+    pub fn k8s_sandbox(mut self, sandbox_id: &str, uid: &str) -> Self {
+        self.args.extend([
+            (
+                "K8S_POD_INFRA_CONTAINER_ID".to_string(),
+                sandbox_id.to_string(),
+            ),
+            ("K8S_POD_UID".to_string(), uid.to_string()),
+        ]);
+        self
+    }
+
     /// Sets a capability argument (`runtimeConfig` entry for plugins declaring it).
     pub fn capability(mut self, name: impl Into<String>, value: Value) -> Self {
         self.capability_args.insert(name.into(), value);
@@ -724,6 +737,15 @@ mod tests {
         assert_eq!(get("CNI_IFNAME"), Some("eth0"));
         assert_eq!(get("CNI_PATH"), Some("/bin:/usr/lib/cni"));
         assert!(get("CNI_ARGS").unwrap().contains("K8S_POD_NAME=node1-pod1"));
+
+        let sandbox = Invocation::new("lab-x-a", None)
+            .k8s_pod("x", "a")
+            .k8s_sandbox("lab-x-a", "6f1c-uid");
+        assert_eq!(
+            cni_args(&sandbox.args),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;\
+             K8S_POD_INFRA_CONTAINER_ID=lab-x-a;K8S_POD_UID=6f1c-uid"
+        );
 
         let status = plugin_env(CniCommand::Status, &inv, "/p");
         assert_eq!(

@@ -1,6 +1,9 @@
 //! [`Lab`]: a running cluster, what `up` builds and every other operation acts on. It owns
 //! the orchestration (the order of steps, recording each in the state file before acting) and
-//! delegates the mechanics to the other modules.
+//! delegates the mechanics to the other modules; the Kubernetes-mode steps are in the
+//! `kubernetes` submodule (`lab/kubernetes.rs`).
+
+mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,12 +15,17 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use crate::cni_runtime::{self, CniCommand, Conflist, Invocation, Runtime};
+use crate::node::NodeDatastore;
 use crate::process::{self, Cmd};
-use crate::spec::{Backend, LabSpec, PodSpec};
+use crate::spec::{Backend, Datastore, LabSpec, PodSpec};
 use crate::state::{LabState, Layout, Node, Pod, STATE_VERSION};
 use crate::teardown::{self, DownReport};
 use crate::topology::{self, ETCD_IP, POD_IFACE, SWITCH_IP};
-use crate::{etcd, netns, node};
+use crate::{etcd, kube, netns, node};
+
+/// Capabilities a Kubernetes-mode fabricd reads from the Pod object instead of CNI
+/// `runtimeConfig`; the lab does not pass them there.
+const API_CAPABILITIES: [&str; 2] = ["labels", "containerPorts"];
 
 /// Where standard CNI plugins (portmap, bandwidth, ...) are installed.
 pub const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
@@ -39,15 +47,39 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds a lab: switch, etcd, network config, nodes (fabricd ready on each), pods. On
-    /// failure everything created so far is removed again.
+    /// Builds a lab: switch, etcd (or the Kubernetes control plane), network config, nodes
+    /// (fabricd ready on each), pods. On failure everything created so far is removed again.
     pub fn up(spec: LabSpec) -> Result<Lab> {
         spec.validate()?;
         spec.check_binaries()?;
-        ensure!(
-            crate::spec::is_executable(&etcd::binary()),
-            "etcd not found (install Debian's etcd-server)"
-        );
+        let kube_bin_dir = match spec.datastore {
+            Datastore::Etcd => {
+                ensure!(
+                    crate::spec::is_executable(&etcd::binary()),
+                    "etcd not found (install Debian's etcd-server)"
+                );
+                None
+            }
+            Datastore::Kubernetes => {
+                let dir = kube::binaries::bin_dir()?;
+                kube::binaries::check(&dir)?;
+                ensure!(
+                    process::which("openssl").is_some(),
+                    "openssl not found (the lab makes its Kubernetes PKI with it: apt-get install \
+                     openssl)"
+                );
+                let manifest =
+                    kube::manifest_path(std::env::var_os(kube::MANIFEST_ENV), &spec.bin_dir);
+                ensure!(
+                    manifest.is_file(),
+                    "{} not found: fabric's RBAC comes from the deployment manifest (set {} to \
+                     use another file)",
+                    manifest.display(),
+                    kube::MANIFEST_ENV
+                );
+                Some(dir)
+            }
+        };
         if teardown::exists(&spec.name)? {
             bail!(
                 "lab {name:?} already exists (remove it with `fabric-lab down --name {name}`)",
@@ -66,13 +98,17 @@ impl Lab {
                 version: STATE_VERSION,
                 name: spec.name.clone(),
                 backend: spec.backend,
+                datastore: spec.datastore,
                 network: spec.network.clone(),
                 subnet_len: spec.subnet_len,
+                ipv6_network: spec.ipv6_network.clone(),
                 lease_ttl: spec.lease_ttl,
                 bin_dir: spec.bin_dir.clone(),
+                kube_bin_dir,
                 reservations: spec.reservations.clone(),
                 namespaces: Vec::new(),
                 etcd: None,
+                control_plane: Vec::new(),
                 nodes: Vec::new(),
                 pods: Vec::new(),
             },
@@ -109,11 +145,16 @@ impl Lab {
         self.create_netns(&sw)?;
         netns::create_bridge(&sw, SWITCH_IP)?;
 
-        let etcd_ns = topology::etcd_netns(&name);
-        self.step(&format!("etcd in {etcd_ns} at {ETCD_IP}"));
-        self.create_netns(&etcd_ns)?;
-        netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
-        self.start_etcd()?;
+        match spec.datastore {
+            Datastore::Etcd => {
+                let etcd_ns = topology::etcd_netns(&name);
+                self.step(&format!("etcd in {etcd_ns} at {ETCD_IP}"));
+                self.create_netns(&etcd_ns)?;
+                netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
+                self.start_etcd()?;
+            }
+            Datastore::Kubernetes => self.build_control_plane(spec)?,
+        }
 
         self.step(&format!(
             "network config: {} in /{} subnets, backend {}",
@@ -121,10 +162,12 @@ impl Lab {
         ));
         let net_conf = self.layout.net_conf();
         write_json(&net_conf, &spec.net_conf())?;
-        self.fabricctl(&["config", "set", "-f", &net_conf.display().to_string()])?;
-        for r in &spec.reservations {
-            self.step(&format!("reserving {} for {}", r.subnet, r.node));
-            self.fabricctl(&["reserve", &r.subnet, &r.node])?;
+        if spec.datastore == Datastore::Etcd {
+            self.fabricctl(&["config", "set", "-f", &net_conf.display().to_string()])?;
+            for r in &spec.reservations {
+                self.step(&format!("reserving {} for {}", r.subnet, r.node));
+                self.fabricctl(&["reserve", &r.subnet, &r.node])?;
+            }
         }
         write_json(
             &self.layout.conflist(),
@@ -136,6 +179,9 @@ impl Lab {
         let names = (0..spec.nodes)
             .map(|_| self.create_node())
             .collect::<Result<Vec<_>>>()?;
+        if self.is_kubernetes() {
+            self.prepare_kube_nodes(&names)?;
+        }
         for name in &names {
             self.spawn_fabricd(name)?;
         }
@@ -210,6 +256,11 @@ impl Lab {
         self.state.backend
     }
 
+    /// Where the nodes keep their state.
+    pub fn datastore(&self) -> Datastore {
+        self.state.datastore
+    }
+
     /// Everything the state file records.
     pub fn state(&self) -> &LabState {
         &self.state
@@ -273,7 +324,8 @@ impl Lab {
         topology::etcd_netns(&self.state.name)
     }
 
-    /// The namespace `target` names: a pod, a node, `etcd`, `sw`, or a lab namespace itself.
+    /// The namespace `target` names: a pod, a node, `etcd`, `sw`, `cp` (the Kubernetes control
+    /// plane, also `etcd` in Kubernetes mode), or a lab namespace itself.
     pub fn netns(&self, target: &str) -> Result<String> {
         let name = &self.state.name;
         if let Some(pod) = self.state.find_pod(target) {
@@ -283,6 +335,7 @@ impl Lab {
             return Ok(node.netns.clone());
         }
         match target {
+            "cp" | "etcd" if self.is_kubernetes() => return Ok(self.control_plane_netns()),
             "etcd" => return Ok(self.etcd_netns()),
             "sw" | "switch" => return Ok(self.switch_netns()),
             _ => {}
@@ -293,9 +346,10 @@ impl Lab {
         let pods: Vec<String> = self.state.pods.iter().map(Pod::qualified_name).collect();
         let nodes: Vec<&str> = self.state.nodes.iter().map(|n| n.name.as_str()).collect();
         bail!(
-            "lab {name} has no {target:?}: try a pod ({}), a node ({}), etcd or sw",
+            "lab {name} has no {target:?}: try a pod ({}), a node ({}), {} or sw",
             pods.join(", "),
-            nodes.join(", ")
+            nodes.join(", "),
+            if self.is_kubernetes() { "cp" } else { "etcd" }
         )
     }
 
@@ -320,8 +374,13 @@ impl Lab {
 
     // ---- etcd -----------------------------------------------------------------------------
 
-    /// Starts etcd (again) and waits until it is healthy.
+    /// Starts etcd (again) and waits until it is healthy (etcd mode).
     pub fn start_etcd(&mut self) -> Result<()> {
+        ensure!(
+            !self.is_kubernetes(),
+            "lab {} runs etcd inside its Kubernetes control plane",
+            self.state.name
+        );
         if let Some(d) = self.state.etcd.as_ref().filter(|d| d.is_running()) {
             bail!("etcd is already running (pid {})", d.pid);
         }
@@ -342,9 +401,13 @@ impl Lab {
 
     // ---- nodes ----------------------------------------------------------------------------
 
-    /// Adds node `node(N+1)`: namespace, underlay link, fabricd; waits until it is ready.
+    /// Adds node `node(N+1)`: namespace, underlay link (in Kubernetes mode its Node object,
+    /// pod CIDRs and kubeconfig), fabricd; waits until it is ready.
     pub fn add_node(&mut self) -> Result<Node> {
         let name = self.create_node()?;
+        if self.is_kubernetes() {
+            self.prepare_kube_nodes(std::slice::from_ref(&name))?;
+        }
         self.spawn_fabricd(&name)?;
         node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
         if let Err(e) = self.refresh_subnets() {
@@ -382,11 +445,20 @@ impl Lab {
     fn spawn_fabricd(&mut self, node_name: &str) -> Result<()> {
         let fabricd = self.state.bin_dir.join("fabricd");
         let (backend, ttl) = (self.state.backend, self.state.lease_ttl);
+        let datastore = match self.state.datastore {
+            Datastore::Etcd => NodeDatastore::Etcd,
+            Datastore::Kubernetes => NodeDatastore::Kubernetes {
+                kubeconfig: self.layout.node_kubeconfig(node_name),
+                net_conf: self.layout.net_conf(),
+            },
+        };
         let node = self.node_mut(node_name)?;
         if let Some(d) = node.fabricd.as_ref().filter(|d| d.is_running()) {
             bail!("fabricd on {node_name} is already running (pid {})", d.pid);
         }
-        node.fabricd = Some(node::start_fabricd(&fabricd, node, backend, ttl)?);
+        node.fabricd = Some(node::start_fabricd(
+            &fabricd, node, backend, ttl, &datastore,
+        )?);
         self.save()
     }
 
@@ -448,24 +520,42 @@ impl Lab {
 
     // ---- control plane --------------------------------------------------------------------
 
-    /// Runs `fabricctl ARGS...` against the lab's etcd (from the switch namespace); returns its
-    /// stdout.
+    /// Runs `fabricctl ARGS...` against the lab's datastore: etcd (from the switch namespace),
+    /// or kube-apiserver with the admin kubeconfig (from the control plane's namespace).
+    /// Returns its stdout.
     pub fn fabricctl(&self, args: &[&str]) -> Result<String> {
+        let fabricctl = self.state.bin_dir.join("fabricctl");
+        let cmd = match self.state.datastore {
+            Datastore::Etcd => Cmd::in_netns(&self.switch_netns(), fabricctl)
+                .args(["--etcd-endpoints", &topology::etcd_endpoint()])
+                .args(["--etcd-prefix", topology::ETCD_PREFIX]),
+            Datastore::Kubernetes => Cmd::in_netns(&self.control_plane_netns(), fabricctl)
+                .args(["--datastore", "kubernetes", "--kubeconfig"])
+                .arg(self.layout.admin_kubeconfig()),
+        };
+        cmd.args(args).timeout(FABRICCTL_TIMEOUT).run()
+    }
+
+    /// Runs `fabricctl ARGS...` with no datastore flags, for the subcommands that only talk to
+    /// a node's fabricd over its socket (`policy sync --socket`); returns its stdout.
+    pub fn fabricctl_local(&self, args: &[&str]) -> Result<String> {
         Cmd::in_netns(&self.switch_netns(), self.state.bin_dir.join("fabricctl"))
-            .args(["--etcd-endpoints", &topology::etcd_endpoint()])
-            .args(["--etcd-prefix", topology::ETCD_PREFIX])
             .args(args)
             .timeout(FABRICCTL_TIMEOUT)
             .run()
     }
 
-    /// `fabricctl leases -o json`, parsed.
+    /// The nodes' subnets: `fabricctl leases -o json` in etcd mode; in Kubernetes mode the
+    /// nodes' `spec.podCIDRs` (`kubectl get nodes`), as `[{"node", "subnet", "pod_cidrs"}]`.
     pub fn leases(&self) -> Result<Value> {
+        if self.is_kubernetes() {
+            return self.kube_leases();
+        }
         let out = self.fabricctl(&["leases", "-o", "json"])?;
         serde_json::from_str(&out).with_context(|| format!("parsing `fabricctl leases`: {out}"))
     }
 
-    /// The leased subnet of every node, by node name, as etcd has them now.
+    /// The leased subnet of every node, by node name, as the datastore has them now.
     pub fn subnets(&self) -> Result<BTreeMap<String, String>> {
         Ok(subnets_by_node(&self.leases()?))
     }
@@ -497,7 +587,9 @@ impl Lab {
     }
 
     /// Creates a pod on `node`: a namespace with `lo` up, attached by CNI ADD exactly as a
-    /// container runtime does. A failed ADD is rolled back (DEL, namespace deleted).
+    /// container runtime does. In Kubernetes mode the lab plays the kubelet around it: the
+    /// Namespace and the Pod object (bound to `node`) come first, the pod's status after ADD.
+    /// A failed ADD is rolled back (DEL, namespace and Pod object deleted).
     pub fn add_pod(&mut self, node: &str, spec: PodSpec) -> Result<Pod> {
         let namespace = spec.k8s_namespace().to_string();
         topology::validate_pod_name("pod name", &spec.name)?;
@@ -514,58 +606,75 @@ impl Lab {
             None => Conflist::fabric_default(None),
         }
         .with_default_socket(&node_info.socket);
+        let kube = self.is_kubernetes();
+        let uid = if kube {
+            self.ensure_namespace(&namespace)?;
+            Some(self.create_pod_object(node, &spec)?)
+        } else {
+            None
+        };
         let mut inv = Invocation::new(netns.clone(), Some(topology::netns_path(&netns)))
-            .k8s_pod(&namespace, &spec.name)
-            .ips(&spec.ips, self.state.subnet_len);
-        if !spec.labels.is_empty() {
+            .k8s_pod(&namespace, &spec.name);
+        if let Some(uid) = &uid {
+            inv = inv.k8s_sandbox(&netns, uid);
+        }
+        inv = inv.ips(&spec.ips, self.state.subnet_len);
+        if !kube && !spec.labels.is_empty() {
             inv = inv.capability("labels", json!(spec.labels));
         }
         for (name, value) in &spec.capability_args {
-            inv = inv.capability(name.clone(), value.clone());
+            if !(kube && API_CAPABILITIES.contains(&name.as_str())) {
+                inv = inv.capability(name.clone(), value.clone());
+            }
         }
         inv.ifname = POD_IFACE.to_string();
 
         self.step(&format!("pod {namespace}/{} on {node}: CNI ADD", spec.name));
-        self.create_netns(&netns)?;
-        let runtime = self.cni_runtime(node)?;
-        let attached = runtime
-            .add(&conflist, &inv)
-            .map_err(anyhow::Error::from)
-            .and_then(|result| {
-                let ip = cni_runtime::first_ipv4(&result)
-                    .with_context(|| format!("CNI result without an IPv4 address: {result}"))?;
-                Ok((result, ip))
-            });
-        let (result, ip) = match attached {
-            Ok(ok) => ok,
+        let attached = self.create_netns(&netns).and_then(|()| {
+            let result = self.cni_runtime(node)?.add(&conflist, &inv)?;
+            let ip = cni_runtime::first_ipv4(&result)
+                .with_context(|| format!("CNI result without an IPv4 address: {result}"))?;
+            let pod = Pod {
+                name: spec.name.clone(),
+                namespace: namespace.clone(),
+                netns: netns.clone(),
+                node: node.to_string(),
+                ip,
+                ipv6: cni_runtime::first_ipv6(&result),
+                container_id: netns.clone(),
+                ifname: inv.ifname.clone(),
+                conflist: conflist.to_value(),
+                result,
+                capability_args: inv.capability_args.clone(),
+                uid: uid.clone(),
+            };
+            if kube {
+                self.report_pod_status(&pod)?;
+            }
+            Ok(pod)
+        });
+        let pod = match attached {
+            Ok(pod) => pod,
             Err(e) => {
-                let _ = runtime.del(&conflist, &inv);
+                if let Ok(runtime) = self.cni_runtime(node) {
+                    let _ = runtime.del(&conflist, &inv);
+                }
                 let _ = netns::delete(&netns);
+                if kube {
+                    let _ = self.delete_pod_object(&namespace, &spec.name);
+                }
                 self.state.namespaces.retain(|n| *n != netns);
                 self.save()?;
                 return Err(e.context(format!("attaching pod {namespace}/{} on {node}", spec.name)));
             }
-        };
-        let pod = Pod {
-            name: spec.name,
-            namespace,
-            netns: netns.clone(),
-            node: node.to_string(),
-            ip,
-            ipv6: cni_runtime::first_ipv6(&result),
-            container_id: netns,
-            ifname: inv.ifname,
-            conflist: conflist.to_value(),
-            result,
-            capability_args: inv.capability_args,
         };
         self.state.pods.push(pod.clone());
         self.save()?;
         Ok(pod)
     }
 
-    /// Deletes a pod: CNI DEL (with the cached ADD result), then its namespace. If DEL fails the
-    /// pod is kept, so the call can be retried.
+    /// Deletes a pod: CNI DEL (with the cached ADD result), in Kubernetes mode the Pod object,
+    /// then its namespace. If DEL fails the pod is kept, so the call can be retried.
     pub fn del_pod(&mut self, target: &str) -> Result<()> {
         let pod = self.pod(target)?.clone();
         let conflist = Conflist::from_value(pod.conflist.clone())?;
@@ -574,6 +683,9 @@ impl Lab {
         self.cni_runtime(&pod.node)?
             .del(&conflist, &inv)
             .with_context(|| format!("detaching pod {}", pod.qualified_name()))?;
+        if self.is_kubernetes() {
+            self.delete_pod_object(&pod.namespace, &pod.name)?;
+        }
         netns::delete(&pod.netns)?;
         self.state.pods.retain(|p| p.netns != pod.netns);
         self.state.namespaces.retain(|n| *n != pod.netns);
@@ -587,6 +699,9 @@ impl Lab {
             Some(topology::netns_path(&pod.netns)),
         )
         .k8s_pod(&pod.namespace, &pod.name);
+        if let Some(uid) = &pod.uid {
+            inv = inv.k8s_sandbox(&pod.container_id, uid);
+        }
         inv.ifname = pod.ifname.clone();
         inv.cached_result = Some(pod.result.clone());
         inv.capability_args = pod.capability_args.clone();

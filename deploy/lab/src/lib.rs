@@ -9,6 +9,16 @@
 //! the lab starts is tracked by PID in the state file under `/run/fabric-lab/NAME/` and ended
 //! by PID.
 //!
+//! With [`Datastore::Kubernetes`] (`fabric-lab up --datastore kubernetes`) `NAME-etcd` gives way
+//! to a real Kubernetes control plane in `NAME-cp` (172.30.0.3): etcd 3.6 on loopback,
+//! kube-apiserver on `https://172.30.0.3:6443` (lab CA, Node and RBAC authorization) and
+//! kube-controller-manager assigning the nodes' pod CIDRs, all built by
+//! `deploy/lab/k8s/build.sh` at pinned versions. The lab plays the kubelet: it registers each
+//! node (Node object, addresses) before its fabricd starts, gives fabricd a kubeconfig with a
+//! token of the manifest's `fabric` ServiceAccount (RBAC applied from
+//! `deploy/kubernetes/fabric.yaml`), creates each pod's Pod object before CNI ADD and writes
+//! its status after. `fabric-lab kubectl` runs the pinned kubectl as the lab's admin.
+//!
 //! ```no_run
 //! use fabric_lab::{Lab, LabSpec, PodSpec};
 //!
@@ -25,6 +35,7 @@
 //!
 //! Modules: [`spec`] (what to build), [`topology`] (names and addresses), [`state`] (the state
 //! dir), [`process`] (commands and daemons), [`netns`] (namespaces and links), [`etcd`],
+//! [`kube`] (the Kubernetes control plane, PKI, kubeconfigs, kubectl and API objects),
 //! [`node`] (fabricd), [`cni_runtime`], [`demo`] (ping, iperf3), [`teardown`], [`lab`] (the
 //! orchestration), [`netpol`] (the reachability suite), [`porter`] (the in-pod agent) and
 //! [`cli`].
@@ -33,6 +44,7 @@ pub mod cli;
 pub mod cni_runtime;
 pub mod demo;
 pub mod etcd;
+pub mod kube;
 pub mod lab;
 pub mod netns;
 pub mod netpol;
@@ -47,6 +59,6 @@ pub mod topology;
 pub use cni_runtime::{CniCommand, Conflist, Invocation};
 pub use lab::Lab;
 pub use nix::sys::signal::Signal;
-pub use spec::{Backend, LabSpec, PodSpec, Reservation};
+pub use spec::{Backend, Datastore, LabSpec, PodSpec, Reservation};
 pub use state::{Node, Pod};
 pub use teardown::DownReport;

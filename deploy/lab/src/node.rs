@@ -1,7 +1,8 @@
-//! The node agent as the lab runs it: fabricd's command line, starting it inside the node's
-//! namespace, and waiting until its local API answers `Status`.
+//! The node agent as the lab runs it: fabricd's command line (against the lab's etcd, or the
+//! lab's kube-apiserver with the node's ServiceAccount kubeconfig), starting it inside the
+//! node's namespace, and waiting until its local API answers `Status`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -31,24 +32,63 @@ pub fn wg_iface(netns: &str) -> String {
     format!("wg{hash:08x}")
 }
 
+/// Where fabricd keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeDatastore {
+    /// The lab's etcd (`--etcd-endpoints`, `--etcd-prefix`).
+    Etcd,
+    /// The lab's kube-apiserver.
+    Kubernetes {
+        /// The node's kubeconfig (the `fabric` ServiceAccount's token).
+        kubeconfig: PathBuf,
+        /// The network config (`--net-config-path`), which etcd would otherwise hold.
+        net_conf: PathBuf,
+    },
+}
+
+impl NodeDatastore {
+    /// fabricd's flags for this datastore.
+    pub fn args(&self) -> Vec<(&'static str, String)> {
+        match self {
+            NodeDatastore::Etcd => vec![
+                ("--etcd-endpoints", topology::etcd_endpoint()),
+                ("--etcd-prefix", topology::ETCD_PREFIX.to_string()),
+            ],
+            NodeDatastore::Kubernetes {
+                kubeconfig,
+                net_conf,
+            } => vec![
+                ("--datastore", "kubernetes".to_string()),
+                ("--kubeconfig", kubeconfig.display().to_string()),
+                ("--net-config-path", net_conf.display().to_string()),
+            ],
+        }
+    }
+}
+
 /// fabricd's arguments for `node`.
-pub fn fabricd_args(node: &Node, backend: Backend, lease_ttl: Duration) -> Vec<String> {
-    [
-        ("--etcd-endpoints", topology::etcd_endpoint()),
-        ("--etcd-prefix", topology::ETCD_PREFIX.to_string()),
-        ("--backend", backend.to_string()),
-        ("--node-name", node.name.clone()),
-        ("--iface", UNDERLAY_IFACE.to_string()),
-        ("--state-dir", node.state_dir.display().to_string()),
-        ("--socket", node.socket.display().to_string()),
-        ("--lease-ttl", format_ttl(lease_ttl)),
-        ("--healthz-addr", HEALTHZ_ADDR.to_string()),
-        ("--wg-iface", wg_iface(&node.netns)),
-    ]
-    .into_iter()
-    .flat_map(|(flag, value)| [flag.to_string(), value])
-    .chain(node.fabricd_flags.iter().cloned())
-    .collect()
+pub fn fabricd_args(
+    node: &Node,
+    backend: Backend,
+    lease_ttl: Duration,
+    datastore: &NodeDatastore,
+) -> Vec<String> {
+    datastore
+        .args()
+        .into_iter()
+        .chain([
+            ("--backend", backend.to_string()),
+            ("--node-name", node.name.clone()),
+            ("--iface", UNDERLAY_IFACE.to_string()),
+            ("--state-dir", node.state_dir.display().to_string()),
+            ("--socket", node.socket.display().to_string()),
+            ("--lease-ttl", format_ttl(lease_ttl)),
+            ("--healthz-addr", HEALTHZ_ADDR.to_string()),
+            ("--wg-iface", wg_iface(&node.netns)),
+        ])
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .chain(node.fabricd_flags.iter().cloned())
+        .collect()
 }
 
 /// Starts fabricd for `node` (own session, `RUST_LOG=info`, output appended to its log).
@@ -57,6 +97,7 @@ pub fn start_fabricd(
     node: &Node,
     backend: Backend,
     lease_ttl: Duration,
+    datastore: &NodeDatastore,
 ) -> Result<Daemon> {
     std::fs::create_dir_all(&node.state_dir)
         .with_context(|| format!("creating {}", node.state_dir.display()))?;
@@ -67,7 +108,7 @@ pub fn start_fabricd(
         Err(e) => return Err(e).with_context(|| format!("removing {}", node.socket.display())),
     }
     Cmd::in_netns(&node.netns, fabricd)
-        .args(fabricd_args(node, backend, lease_ttl))
+        .args(fabricd_args(node, backend, lease_ttl, datastore))
         .env("RUST_LOG", "info")
         .spawn_daemon(&node.log)
         .with_context(|| format!("starting fabricd on {}", node.name))
@@ -128,7 +169,12 @@ mod tests {
             fabricd: None,
             fabricd_flags: Vec::new(),
         };
-        let args = fabricd_args(&node, Backend::HostGw, Duration::from_secs(30));
+        let args = fabricd_args(
+            &node,
+            Backend::HostGw,
+            Duration::from_secs(30),
+            &NodeDatastore::Etcd,
+        );
         assert_eq!(
             args.join(" "),
             format!(
@@ -139,6 +185,20 @@ mod tests {
                 wg_iface(&node.netns)
             )
         );
+        let kube = NodeDatastore::Kubernetes {
+            kubeconfig: layout.node_kubeconfig("node2"),
+            net_conf: layout.net_conf(),
+        };
+        let args = fabricd_args(&node, Backend::Vxlan, Duration::from_secs(30), &kube);
+        assert!(
+            args.join(" ").starts_with(
+                "--datastore kubernetes --kubeconfig /run/fabric-lab/t/nodes/node2/kubeconfig \
+                 --net-config-path /run/fabric-lab/t/net-conf.json --backend vxlan \
+                 --node-name node2 --iface eth0"
+            ),
+            "{args:?}"
+        );
+        assert!(!args.iter().any(|a| a.starts_with("--etcd")));
         assert_ne!(wg_iface("a-node1"), wg_iface("b-node1"));
         assert_eq!(wg_iface("a-node1").len(), 10);
     }

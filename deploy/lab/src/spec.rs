@@ -69,6 +69,50 @@ impl FromStr for Backend {
     }
 }
 
+/// Where the nodes keep their state: the lab's etcd, or a Kubernetes control plane the lab
+/// runs (`fabricd --datastore kubernetes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Datastore {
+    /// Debian's etcd in `NAME-etcd`; fabricd leases subnets there.
+    #[default]
+    #[serde(rename = "etcd")]
+    Etcd,
+    /// etcd, kube-apiserver and kube-controller-manager in `NAME-cp`; subnets are the nodes'
+    /// `spec.podCIDRs`.
+    #[serde(rename = "kubernetes")]
+    Kubernetes,
+}
+
+impl Datastore {
+    /// Both datastores.
+    pub const ALL: [Datastore; 2] = [Datastore::Etcd, Datastore::Kubernetes];
+
+    /// The name used on the command line and by `fabricd --datastore`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datastore::Etcd => "etcd",
+            Datastore::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for Datastore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Datastore {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Datastore::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .with_context(|| format!("unknown datastore {s:?} (expected etcd or kubernetes)"))
+    }
+}
+
 /// A subnet pinned to a node before the nodes start (`fabricctl reserve SUBNET NODE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
@@ -108,6 +152,8 @@ pub struct LabSpec {
     pub pods_per_node: usize,
     /// The backend every node runs.
     pub backend: Backend,
+    /// Where the nodes keep their state.
+    pub datastore: Datastore,
     /// The subnet lease TTL passed to fabricd.
     pub lease_ttl: Duration,
     /// The cluster's pod network (net-conf.json `Network`).
@@ -128,7 +174,7 @@ pub struct LabSpec {
 }
 
 impl LabSpec {
-    /// The defaults: 3 nodes, 2 pods each, vxlan, 24 h leases, 10.244.0.0/16 in /24s, the
+    /// The defaults: 3 nodes, 2 pods each, vxlan, etcd, 24 h leases, 10.244.0.0/16 in /24s, the
     /// discovered bin dir (see [`default_bin_dir`]).
     pub fn new(name: impl Into<String>) -> Self {
         LabSpec {
@@ -136,6 +182,7 @@ impl LabSpec {
             nodes: 3,
             pods_per_node: 2,
             backend: Backend::Vxlan,
+            datastore: Datastore::Etcd,
             lease_ttl: Duration::from_secs(24 * 3600),
             network: "10.244.0.0/16".to_string(),
             subnet_len: 24,
@@ -166,6 +213,13 @@ impl LabSpec {
             self.subnet_len,
             network.prefix_len()
         );
+        if self.datastore == Datastore::Kubernetes {
+            let services: Ipv4Net = topology::SERVICE_CIDR.parse()?;
+            ensure!(
+                !network.contains(&services.network()) && !services.contains(&network.network()),
+                "network {network} overlaps the lab's Kubernetes service network {services}"
+            );
+        }
         if let Some(v6) = &self.ipv6_network {
             v6.parse::<ipnet::Ipv6Net>()
                 .with_context(|| format!("IPv6 network {v6:?} is not an IPv6 CIDR"))?;
@@ -236,14 +290,16 @@ pub struct PodSpec {
     pub name: String,
     /// The pod's Kubernetes namespace (`K8S_POD_NAMESPACE`); `None` means `default`.
     pub namespace: Option<String>,
-    /// Labels passed through the `labels` capability.
+    /// The pod's labels: passed through the `labels` capability (etcd mode), or set on the Pod
+    /// object (Kubernetes mode).
     pub labels: BTreeMap<String, String>,
     /// Addresses requested through the `ips` capability.
     pub ips: Vec<Ipv4Addr>,
     /// A conflist to use instead of the lab's default; `fabric-cni` plugins without a `socket`
     /// get the node's.
     pub conflist: Option<serde_json::Value>,
-    /// Other capability arguments (e.g. `portMappings` for the portmap plugin).
+    /// Other capability arguments (e.g. `portMappings` for the portmap plugin). In Kubernetes
+    /// mode `containerPorts` becomes the Pod's container ports instead.
     pub capability_args: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -355,6 +411,19 @@ mod tests {
     }
 
     #[test]
+    fn datastore_names_round_trip() {
+        for d in Datastore::ALL {
+            assert_eq!(d.to_string().parse::<Datastore>().unwrap(), d);
+            assert_eq!(
+                serde_json::to_value(d).unwrap(),
+                serde_json::json!(d.as_str())
+            );
+        }
+        assert_eq!(Datastore::default(), Datastore::Etcd);
+        assert!("k8s".parse::<Datastore>().is_err());
+    }
+
+    #[test]
     fn bin_dir_discovery() {
         let exe = Path::new("/w/target/release/fabric-lab");
         assert_eq!(
@@ -396,8 +465,16 @@ mod tests {
         bad.reservations
             .push("10.245.1.0/24=node1".parse().unwrap());
         assert!(bad.validate().is_err());
+        let mut bad = spec.clone();
+        bad.datastore = Datastore::Kubernetes;
+        bad.network = "10.96.0.0/16".into();
+        assert!(bad.validate().is_err());
+        bad.network = "10.0.0.0/8".into();
+        assert!(bad.validate().is_err());
         let mut ok = spec;
         ok.reservations.push("10.244.1.0/24=node1".parse().unwrap());
+        ok.validate().unwrap();
+        ok.datastore = Datastore::Kubernetes;
         ok.validate().unwrap();
     }
 

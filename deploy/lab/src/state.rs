@@ -7,11 +7,17 @@
 //! state.json                 LabState: spec, namespaces, processes, nodes, pods
 //! net-conf.json              the network config given to `fabricctl config set`
 //! cni/10-fabric.conflist     the default conflist (each node's `socket` is filled in per call)
-//! etcd/                      etcd's data dir
+//! etcd/                      etcd's data dir (either mode)
 //! logs/etcd.log              etcd's stdout+stderr
+//! logs/kube-*.log            kube-apiserver's and kube-controller-manager's (Kubernetes mode)
 //! logs/nodeK.log             fabricd's stdout+stderr on nodeK (appended across restarts)
 //! nodes/nodeK/               fabricd's --state-dir on nodeK
 //! nodes/nodeK/fabricd.sock   fabricd's local API socket on nodeK
+//! nodes/nodeK/kubeconfig     fabricd's kubeconfig: the `fabric` ServiceAccount's token
+//! kube/pki/                  the lab CA, serving and client certificates, service-account key
+//! kube/admin.kubeconfig      system:masters, for the lab's own kubectl calls
+//! kube/<component>.kubeconfig  kube-controller-manager's
+//! kube/cache/                kubectl's discovery cache
 //! ```
 
 use std::net::Ipv4Addr;
@@ -22,7 +28,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::process::Daemon;
-use crate::spec::{Backend, Reservation};
+use crate::spec::{Backend, Datastore, Reservation};
 
 /// Where every lab's state dir lives.
 pub const STATE_ROOT: &str = "/run/fabric-lab";
@@ -95,6 +101,36 @@ impl Layout {
     /// `nodes/<node>/fabricd.sock`.
     pub fn node_socket(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("fabricd.sock")
+    }
+
+    /// `nodes/<node>/kubeconfig`: fabricd's credentials in Kubernetes mode.
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("kubeconfig")
+    }
+
+    /// `kube/`: the Kubernetes control plane's files.
+    pub fn kube_dir(&self) -> PathBuf {
+        self.root.join("kube")
+    }
+
+    /// `kube/pki/`: the lab CA and the certificates and keys it signed.
+    pub fn pki(&self) -> PathBuf {
+        self.kube_dir().join("pki")
+    }
+
+    /// `kube/<user>.kubeconfig`.
+    pub fn kubeconfig(&self, user: &str) -> PathBuf {
+        self.kube_dir().join(format!("{user}.kubeconfig"))
+    }
+
+    /// `kube/admin.kubeconfig` (system:masters).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.kubeconfig("admin")
+    }
+
+    /// `kube/cache/`: kubectl's discovery cache (kept out of `$HOME`).
+    pub fn kubectl_cache(&self) -> PathBuf {
+        self.kube_dir().join("cache")
     }
 
     /// Creates the state dir and its fixed subdirectories. Fails if the state dir exists:
@@ -192,6 +228,9 @@ pub struct Pod {
     /// again on CHECK and DEL as a runtime does.
     #[serde(default)]
     pub capability_args: serde_json::Map<String, serde_json::Value>,
+    /// The Pod object's `metadata.uid` (Kubernetes mode; `K8S_POD_UID` in `CNI_ARGS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl Pod {
@@ -205,6 +244,15 @@ impl Pod {
     }
 }
 
+/// A control-plane daemon (Kubernetes mode): what it is and its process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    /// `etcd`, `kube-apiserver`, `kube-controller-manager`; also its log's name.
+    pub name: String,
+    /// Its process.
+    pub daemon: Daemon,
+}
+
 /// What the state file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabState {
@@ -214,23 +262,36 @@ pub struct LabState {
     pub name: String,
     /// The backend the nodes run.
     pub backend: Backend,
+    /// Where the nodes keep their state.
+    #[serde(default)]
+    pub datastore: Datastore,
     /// The pod network.
     pub network: String,
     /// Node subnet length.
     pub subnet_len: u8,
+    /// The IPv6 pod network of a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<String>,
     /// Lease TTL given to fabricd.
     #[serde(with = "humantime_duration")]
     pub lease_ttl: Duration,
     /// Where the fabric binaries are.
     pub bin_dir: PathBuf,
+    /// Where the pinned etcd and Kubernetes binaries are (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_bin_dir: Option<PathBuf>,
     /// Reservations made before the nodes started.
     #[serde(default)]
     pub reservations: Vec<Reservation>,
     /// Every namespace the lab created (recorded just before creating it), in order.
     pub namespaces: Vec<String>,
-    /// etcd, while running.
+    /// etcd, while running (etcd mode).
     #[serde(default)]
     pub etcd: Option<Daemon>,
+    /// The Kubernetes control plane's daemons in start order (Kubernetes mode), each recorded
+    /// as soon as it is started; stopped in reverse order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_plane: Vec<Component>,
     /// The nodes, in order.
     pub nodes: Vec<Node>,
     /// The pods, in creation order.
@@ -262,6 +323,14 @@ impl LabState {
         text.push(b'\n');
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// The control-plane daemon called `name`, if started.
+    pub fn component(&self, name: &str) -> Option<&Daemon> {
+        self.control_plane
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| &c.daemon)
     }
 
     /// The node called `name`.
@@ -317,10 +386,13 @@ mod tests {
             version: STATE_VERSION,
             name: "t".into(),
             backend: Backend::HostGw,
+            datastore: Datastore::Etcd,
             network: "10.244.0.0/16".into(),
             subnet_len: 24,
+            ipv6_network: None,
             lease_ttl: Duration::from_secs(86400),
             bin_dir: "/w/target/release".into(),
+            kube_bin_dir: None,
             reservations: vec!["10.244.1.0/24=node1".parse().unwrap()],
             namespaces: vec!["t-sw".into(), "t-etcd".into(), "t-node1".into()],
             etcd: Some(Daemon {
@@ -328,6 +400,7 @@ mod tests {
                 binary: "/usr/bin/etcd".into(),
                 start_time: 7,
             }),
+            control_plane: Vec::new(),
             nodes: vec![Node {
                 name: "node1".into(),
                 netns: "t-node1".into(),
@@ -360,6 +433,7 @@ mod tests {
             conflist: serde_json::json!({"name": "fabric"}),
             result: serde_json::json!({"ips": [{"address": "10.244.1.10/24"}]}),
             capability_args: serde_json::Map::new(),
+            uid: None,
         }
     }
 
@@ -403,6 +477,47 @@ mod tests {
         newer["version"] = serde_json::json!(STATE_VERSION + 1);
         std::fs::write(layout.state_file(), newer.to_string()).unwrap();
         assert!(LabState::load(&layout).is_err());
+    }
+
+    #[test]
+    fn kubernetes_state_round_trips_and_old_files_read_as_etcd() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::at(dir.path().join("k"));
+        layout.create().unwrap();
+        let mut state = sample(&layout);
+        state.save(&layout).unwrap();
+        let mut old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(layout.state_file()).unwrap()).unwrap();
+        assert!(old.get("control_plane").is_none());
+        old.as_object_mut().unwrap().remove("datastore");
+        std::fs::write(layout.state_file(), old.to_string()).unwrap();
+        assert_eq!(LabState::load(&layout).unwrap().datastore, Datastore::Etcd);
+
+        state.datastore = Datastore::Kubernetes;
+        state.kube_bin_dir = Some("/c/bin".into());
+        state.etcd = None;
+        state.control_plane.push(Component {
+            name: "kube-apiserver".into(),
+            daemon: Daemon {
+                pid: 43,
+                binary: "/c/bin/kube-apiserver".into(),
+                start_time: 8,
+            },
+        });
+        state.pods[0].uid = Some("0b1c".into());
+        state.save(&layout).unwrap();
+        let back = LabState::load(&layout).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.component("kube-apiserver").unwrap().pid, 43);
+        assert!(back.component("etcd").is_none());
+        assert_eq!(
+            layout.node_kubeconfig("node1"),
+            dir.path().join("k/nodes/node1/kubeconfig")
+        );
+        assert_eq!(
+            layout.admin_kubeconfig(),
+            dir.path().join("k/kube/admin.kubeconfig")
+        );
     }
 
     #[test]

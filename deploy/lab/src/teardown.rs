@@ -62,12 +62,20 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
 
     let namespaces = lab_namespaces(name, state)?;
 
-    // 1. The processes we recorded: fabricd first (it may clean up after itself), then etcd.
+    // 1. The processes we recorded: fabricd first (it may clean up after itself), then the
+    // Kubernetes control plane in reverse start order, then etcd.
     if let Some(state) = state {
         let recorded = state
             .nodes
             .iter()
             .filter_map(|n| Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?)))
+            .chain(
+                state
+                    .control_plane
+                    .iter()
+                    .rev()
+                    .map(|c| (c.name.clone(), &c.daemon)),
+            )
             .chain(state.etcd.iter().map(|d| ("etcd".to_string(), d)));
         for (what, daemon) in recorded {
             stop_recorded(&what, daemon, &mut report);
@@ -139,11 +147,12 @@ pub fn lab_namespaces(name: &str, state: Option<&LabState>) -> Result<Vec<String
         .filter(|ns| topology::netns_belongs_to(ns, name, &others))
         .filter(|ns| !namespaces.contains(ns))
         .collect();
-    // Without records, delete infrastructure last: switch, etcd, nodes, then the rest.
+    // Without records, delete infrastructure last: switch, etcd or control plane, nodes, then
+    // the rest.
     let rank = |ns: &String| {
         if *ns == topology::switch_netns(name) {
             0
-        } else if *ns == topology::etcd_netns(name) {
+        } else if *ns == topology::etcd_netns(name) || *ns == topology::control_plane_netns(name) {
             1
         } else if topology::node_index(&ns[name.len() + 1..]).is_some() {
             2

@@ -2,8 +2,10 @@
 //! member has, and which names are legal. Pure functions only.
 //!
 //! Every namespace of lab `NAME` starts with `NAME-`: `NAME-sw` (the underlay switch, bridge
-//! `br0` with [`SWITCH_IP`]), `NAME-etcd` ([`ETCD_IP`]), `NAME-nodeK` (`172.30.0.(10+K)`) and one
-//! namespace per pod, `NAME-<pod>` (`NAME-<k8s-namespace>-<pod>` outside `default`).
+//! `br0` with [`SWITCH_IP`]), `NAME-etcd` ([`ETCD_IP`], etcd mode) or `NAME-cp`
+//! ([`CONTROL_PLANE_IP`], the Kubernetes control plane, Kubernetes mode), `NAME-nodeK`
+//! (`172.30.0.(10+K)`) and one namespace per pod, `NAME-<pod>` (`NAME-<k8s-namespace>-<pod>`
+//! outside `default`).
 
 use std::net::Ipv4Addr;
 
@@ -17,6 +19,14 @@ pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 /// etcd's client port.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// The Kubernetes control plane's address on the underlay (kube-apiserver listens here).
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+/// kube-apiserver's secure port.
+pub const APISERVER_PORT: u16 = 6443;
+/// The Kubernetes service network (the apiserver's `kubernetes` Service is its first address).
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The `kubernetes` Service's cluster IP, the first address of [`SERVICE_CIDR`].
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// The etcd key prefix fabric uses.
 pub const ETCD_PREFIX: &str = "/fabric";
 /// The bridge in the switch namespace.
@@ -83,6 +93,16 @@ pub fn switch_netns(lab: &str) -> String {
 /// etcd's namespace.
 pub fn etcd_netns(lab: &str) -> String {
     format!("{lab}-etcd")
+}
+
+/// The Kubernetes control plane's namespace.
+pub fn control_plane_netns(lab: &str) -> String {
+    format!("{lab}-cp")
+}
+
+/// kube-apiserver's URL as seen from the underlay.
+pub fn apiserver_url() -> String {
+    format!("https://{CONTROL_PLANE_IP}:{APISERVER_PORT}")
 }
 
 /// The name of node `k` (1-based).
@@ -176,6 +196,7 @@ mod tests {
     fn namespace_names() {
         assert_eq!(switch_netns("lab"), "lab-sw");
         assert_eq!(etcd_netns("lab"), "lab-etcd");
+        assert_eq!(control_plane_netns("lab"), "lab-cp");
         assert_eq!(node_netns("lab", &node_name(3)), "lab-node3");
         assert_eq!(
             pod_netns("lab", DEFAULT_POD_NAMESPACE, &default_pod_name("node1", 2)),
@@ -199,6 +220,7 @@ mod tests {
         assert_eq!(node_index("node0"), None);
         assert_eq!(node_index("etcd"), None);
         assert_eq!(etcd_endpoint(), "http://172.30.0.2:2379");
+        assert_eq!(apiserver_url(), "https://172.30.0.3:6443");
     }
 
     #[test]

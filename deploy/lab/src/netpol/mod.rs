@@ -11,6 +11,13 @@
 //! parallel, each bounded by a timeout); outcomes are compared with the expectations; the
 //! policies are deleted and the labels restored.
 //!
+//! With `--datastore kubernetes` the lab runs a Kubernetes control plane and everything goes
+//! through the API instead, with the pinned kubectl: Namespaces (`kubectl create ns`, labels
+//! with `kubectl label ns --overwrite`), the pods' labels and container ports on their Pod
+//! objects (overrides with `kubectl label pod --overwrite`, `key-` for removals), policies
+//! with `kubectl apply -f` / `kubectl delete -f`. The sync is the same `fabricctl policy sync`
+//! over each node's socket.
+//!
 //! A probe expected to connect that timed out is tried again (a loaded machine can be slow);
 //! a connection that policy should have stopped is never retried: one leak fails the case.
 //! Loopback probes (a pod to itself) are reported but, as upstream, never fail a case.
@@ -28,7 +35,7 @@ use serde_json::json;
 
 use crate::porter::{self, Outcome};
 use crate::process::{Cmd, Daemon};
-use crate::spec::{Backend, LabSpec, PodSpec};
+use crate::spec::{Backend, Datastore, LabSpec, PodSpec};
 use crate::Lab;
 
 use plan::{Expectation, Mismatch, Observed, Placement, ProbeKey};
@@ -40,6 +47,9 @@ pub struct Options {
     pub name: String,
     /// The backend the nodes run.
     pub backend: Backend,
+    /// Where namespaces, labels and policies are written: etcd (`fabricctl`) or the lab's
+    /// Kubernetes API (`kubectl`).
+    pub datastore: Datastore,
     /// Where `fabricd`, `fabricctl`, `fabric-cni` and `fabric-lab` are.
     pub bin_dir: Option<PathBuf>,
     /// Each probe's timeout.
@@ -58,6 +68,7 @@ impl Options {
         Options {
             name: name.into(),
             backend: Backend::Vxlan,
+            datastore: Datastore::Etcd,
             bin_dir: None,
             timeout: Duration::from_secs(1),
             retries: 2,
@@ -194,6 +205,7 @@ impl<'a> Suite<'a> {
         spec.nodes = placement.node_count();
         spec.pods_per_node = 0;
         spec.backend = options.backend;
+        spec.datastore = options.datastore;
         spec.network = placement.network.to_string();
         spec.subnet_len = plan::SUBNET_LEN;
         spec.reservations = placement.reservations.clone();
@@ -289,29 +301,77 @@ impl<'a> Suite<'a> {
         self.lab.fabricctl(args)
     }
 
+    fn kube(&self) -> bool {
+        self.options.datastore == Datastore::Kubernetes
+    }
+
+    /// Gives namespace `ns` exactly `labels` (creating it first in Kubernetes mode).
     fn label_namespace(&self, ns: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        if self.kube() {
+            self.lab.ensure_namespace(ns)?;
+            return self.lab.replace_labels(None, "namespace", ns, labels);
+        }
         let mut args = vec!["namespace", "label", ns, "--replace"];
         let pairs = pairs(labels);
         args.extend(pairs.iter().map(String::as_str));
         self.fabricctl(&args).map(drop)
     }
 
+    /// Gives pod `namespace/name` exactly `labels`.
     fn label_pod(&self, pod: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        if self.kube() {
+            let (ns, name) = pod
+                .split_once('/')
+                .with_context(|| format!("pod {pod:?} is not namespace/name"))?;
+            return self.lab.replace_labels(Some(ns), "pod", name, labels);
+        }
         let mut args = vec!["pod", "label", pod, "--replace"];
         let pairs = pairs(labels);
         args.extend(pairs.iter().map(String::as_str));
         self.fabricctl(&args).map(drop)
     }
 
-    /// Waits until every node's fabricd enforces what etcd holds now; returns what each
-    /// said (`policy view in sync at revision ...; queue rules: ...`).
+    /// Writes the case's policies to the datastore.
+    fn apply_policies(&self) -> Result<()> {
+        let file = self.policy_file.display().to_string();
+        if self.kube() {
+            self.lab.kubectl()?.run(&["apply", "-f", &file])?;
+        } else {
+            self.fabricctl(&["policy", "apply", "-f", &file])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the case's policies from the datastore.
+    fn delete_policies(&self) -> Result<()> {
+        let file = self.policy_file.display().to_string();
+        if self.kube() {
+            self.lab.kubectl()?.run(&[
+                "delete",
+                "-f",
+                &file,
+                "--ignore-not-found",
+                "--wait=false",
+            ])?;
+        } else {
+            self.fabricctl(&["policy", "delete", "-f", &file])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node's fabricd enforces what the datastore holds now; returns what
+    /// each said (`policy view in sync at revision ...; queue rules: ...`).
     fn sync(&self) -> Result<Vec<(String, String)>> {
         let mut said = Vec::new();
         for node in self.lab.nodes() {
             let socket = node.socket.display().to_string();
-            let out = self
-                .fabricctl(&["policy", "sync", "--socket", &socket, "--timeout", "15s"])
-                .with_context(|| format!("{}'s policy view did not catch up", node.name))?;
+            let args = ["policy", "sync", "--socket", &socket, "--timeout", "15s"];
+            let out = if self.kube() {
+                self.lab.fabricctl_local(&args)
+            } else {
+                self.fabricctl(&args)
+            }
+            .with_context(|| format!("{}'s policy view did not catch up", node.name))?;
             said.push((node.name.clone(), out.trim().to_owned()));
         }
         Ok(said)
@@ -349,8 +409,7 @@ impl<'a> Suite<'a> {
         }
         if !case.policies.is_empty() {
             self.write_policies(case)?;
-            let file = self.policy_file.display().to_string();
-            self.fabricctl(&["policy", "apply", "-f", &file])
+            self.apply_policies()
                 .context("applying the case's policies")?;
         }
         self.sync()?;
@@ -390,8 +449,7 @@ impl<'a> Suite<'a> {
     /// Deletes the case's policies and puts the overridden labels back as the model has them.
     fn clean(&self, case: &Case) -> Result<()> {
         if !case.policies.is_empty() {
-            let file = self.policy_file.display().to_string();
-            self.fabricctl(&["policy", "delete", "-f", &file])
+            self.delete_policies()
                 .context("deleting the case's policies")?;
         }
         if let Some(o) = &case.model_overrides {
