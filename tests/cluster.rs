@@ -6,33 +6,11 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::ensure;
 use fabric_lab::{Backend, Lab, PodSpec, Signal};
-use fabric_tests::{eventually, kernel_state, ping, spec, subnets, tcp_connect, up, Listeners};
+use fabric_tests::{eventually, full_mesh, kernel_state, ping, spec, subnets, tcp_connect, up, Listeners};
 
 const PORT: u16 = 8080;
-
-/// Every pod pings every other pod; every cross-node pair opens a TCP connection.
-fn full_mesh(lab: &Lab) -> Result<()> {
-    let pods = lab.pods().to_vec();
-    ensure!(!pods.is_empty(), "the lab has no pods");
-    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-    let _listeners = Listeners::start(lab, &names, PORT)?;
-    for from in &pods {
-        for to in &pods {
-            if from.name == to.name {
-                continue;
-            }
-            eventually(Duration::from_secs(5), || ping(lab, &from.name, to.ip))?;
-            if from.node != to.node {
-                eventually(Duration::from_secs(5), || {
-                    tcp_connect(lab, &from.name, to.ip, PORT)
-                })?;
-            }
-        }
-    }
-    Ok(())
-}
 
 fn pod_ips(lab: &Lab) -> BTreeSet<Ipv4Addr> {
     lab.pods().iter().map(|p| p.ip).collect()

@@ -1,13 +1,14 @@
 //! The NetworkPolicy reachability suite end to end (`fabric-lab netpol`): every case of the
 //! shared sample file and of the project's own files (`tests/netpol/`: upstream e2e and
-//! generated) on a 3-node lab with real servers and real probes, on vxlan and on wireguard.
+//! generated) on a 3-node lab with real servers and real probes, on vxlan and on wireguard,
+//! with etcd and with the Kubernetes API (policies, labels and namespaces written by kubectl).
 //! A deliberately wrong expectation must fail its case, so the suite is seen to be able to
 //! fail.
 
 use std::path::{Path, PathBuf};
 
 use fabric_lab::netpol::{self, Options};
-use fabric_lab::Backend;
+use fabric_lab::{Backend, Datastore};
 use fabric_tests::{lab_name, require_root};
 use policy::cases::{CaseFile, Expect};
 
@@ -28,9 +29,19 @@ fn project(file: &str) -> PathBuf {
 
 /// Runs `file` on a fresh lab and returns the printed report and the summary.
 fn run(tag: &str, backend: Backend, file: &CaseFile) -> (String, netpol::Summary) {
+    run_on(tag, backend, Datastore::Etcd, file)
+}
+
+fn run_on(
+    tag: &str,
+    backend: Backend,
+    datastore: Datastore,
+    file: &CaseFile,
+) -> (String, netpol::Summary) {
     require_root();
     let mut options = Options::new(lab_name(tag));
     options.backend = backend;
+    options.datastore = datastore;
     options.progress = false;
     let mut out = Vec::new();
     let summary = netpol::run(&options, file, &mut out)
@@ -111,5 +122,26 @@ fn upstream_e2e_cases_pass_on_vxlan() {
 fn generated_cases_pass_on_vxlan() {
     let file = cases(&project("generated-cases.yaml"));
     let (text, summary) = run("npgen", Backend::Vxlan, &file);
+    assert_all_pass(&text, &summary, file.cases.len());
+}
+
+#[test]
+fn kube_sample_cases_pass() {
+    let file = cases(&sample());
+    let (text, summary) = run_on("kns", Backend::Vxlan, Datastore::Kubernetes, &file);
+    assert_all_pass(&text, &summary, file.cases.len());
+}
+
+#[test]
+fn kube_upstream_e2e_cases_pass() {
+    let file = cases(&project("e2e-cases.yaml"));
+    let (text, summary) = run_on("kne2e", Backend::Vxlan, Datastore::Kubernetes, &file);
+    assert_all_pass(&text, &summary, file.cases.len());
+}
+
+#[test]
+fn kube_generated_cases_pass_on_wireguard() {
+    let file = cases(&project("generated-cases.yaml"));
+    let (text, summary) = run_on("kngen", Backend::Wireguard, Datastore::Kubernetes, &file);
     assert_all_pass(&text, &summary, file.cases.len());
 }

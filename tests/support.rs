@@ -76,7 +76,7 @@ pub fn ping(lab: &Lab, from: &str, ip: impl Into<IpAddr>) -> Result<()> {
     Ok(())
 }
 
-/// TCP listeners (`nc -lk`) in lab namespaces, ended when dropped.
+/// Servers in lab namespaces (`nc -lk`, or the lab's in-pod server), ended when dropped.
 pub struct Listeners(Vec<Child>);
 
 impl Listeners {
@@ -90,16 +90,26 @@ impl Listeners {
         Self::start_family(lab, targets, port, "-6")
     }
 
+    /// Starts the lab's in-pod server (`fabric-lab serve`: TCP answers a line, UDP echoes,
+    /// what `fabric-lab probe` expects) on `port` in each target's namespace (bounded to 120 s).
+    pub fn porter(lab: &Lab, targets: &[&str], port: u16) -> Result<Self> {
+        let lab_bin = lab.state().bin_dir.join("fabric-lab").display().to_string();
+        let port = port.to_string();
+        Self::spawn(lab, targets, &[&lab_bin, "serve", "--port", &port])
+    }
+
     fn start_family(lab: &Lab, targets: &[&str], port: u16, family: &str) -> Result<Self> {
+        Self::spawn(lab, targets, &["nc", family, "-lk", "-p", &port.to_string()])
+    }
+
+    fn spawn(lab: &Lab, targets: &[&str], argv: &[&str]) -> Result<Self> {
         let mut children = Vec::new();
         for target in targets {
             let netns = lab.netns(target)?;
             children.push(
                 Command::new("ip")
-                    .args([
-                        "netns", "exec", &netns, "timeout", "120", "nc", family, "-lk", "-p",
-                    ])
-                    .arg(port.to_string())
+                    .args(["netns", "exec", &netns, "timeout", "120"])
+                    .args(argv)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()?,
@@ -336,4 +346,29 @@ pub fn in_vm(
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run vng (pip install virtme-ng): {e}"))?;
     Ok(out)
+}
+
+/// The port [`full_mesh`] listens on in every pod.
+pub const MESH_PORT: u16 = 8080;
+
+/// Every pod pings every other pod; every cross-node pair opens a TCP connection.
+pub fn full_mesh(lab: &Lab) -> Result<()> {
+    let pods = lab.pods().to_vec();
+    anyhow::ensure!(!pods.is_empty(), "the lab has no pods");
+    let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let _listeners = Listeners::start(lab, &names, MESH_PORT)?;
+    for from in &pods {
+        for to in &pods {
+            if from.name == to.name {
+                continue;
+            }
+            eventually(Duration::from_secs(5), || ping(lab, &from.name, to.ip))?;
+            if from.node != to.node {
+                eventually(Duration::from_secs(5), || {
+                    tcp_connect(lab, &from.name, to.ip, MESH_PORT)
+                })?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -153,7 +153,7 @@ impl Lab {
                 netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
                 self.start_etcd()?;
             }
-            Datastore::Kubernetes => self.build_control_plane(spec)?,
+            Datastore::Kubernetes => self.build_control_plane()?,
         }
 
         self.step(&format!(
@@ -404,15 +404,22 @@ impl Lab {
     /// Adds node `node(N+1)`: namespace, underlay link (in Kubernetes mode its Node object,
     /// pod CIDRs and kubeconfig), fabricd; waits until it is ready.
     pub fn add_node(&mut self) -> Result<Node> {
+        let name = self.add_node_unready()?.name;
+        node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
+        if let Err(e) = self.refresh_subnets() {
+            self.step(&format!("warning: cannot read the leases: {e:#}"));
+        }
+        Ok(self.node(&name)?.clone())
+    }
+
+    /// Like [`Self::add_node`], but returns once fabricd is started, ready or not (in
+    /// Kubernetes mode with kube-controller-manager stopped, the node has no pod CIDR yet).
+    pub fn add_node_unready(&mut self) -> Result<Node> {
         let name = self.create_node()?;
         if self.is_kubernetes() {
             self.prepare_kube_nodes(std::slice::from_ref(&name))?;
         }
         self.spawn_fabricd(&name)?;
-        node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
-        if let Err(e) = self.refresh_subnets() {
-            self.step(&format!("warning: cannot read the leases: {e:#}"));
-        }
         Ok(self.node(&name)?.clone())
     }
 
@@ -784,7 +791,7 @@ impl Drop for Lab {
 }
 
 /// Sends `signal` to a daemon and waits for it to exit.
-fn stop_daemon(what: &str, daemon: &process::Daemon, signal: Signal) -> Result<()> {
+pub(crate) fn stop_daemon(what: &str, daemon: &process::Daemon, signal: Signal) -> Result<()> {
     ensure!(
         daemon.signal(signal)?,
         "{what} (pid {}) is not running",

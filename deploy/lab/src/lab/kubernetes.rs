@@ -18,7 +18,7 @@ use crate::kube::control_plane::{self, PodNetworks, APISERVER, CONTROLLER_MANAGE
 use crate::kube::kubeconfig::{self, Credential};
 use crate::kube::{self, objects, Kubectl};
 use crate::process::{self, Daemon};
-use crate::spec::{Datastore, LabSpec, PodSpec};
+use crate::spec::{Datastore, PodSpec};
 use crate::state::{Component, Pod};
 use crate::topology::{self, CONTROL_PLANE_IP, SWITCH_IP};
 use crate::{etcd, netns};
@@ -82,7 +82,7 @@ impl Lab {
 
     /// Makes the PKI and kubeconfigs, starts etcd, kube-apiserver and kube-controller-manager
     /// in `NAME-cp`, waits until the apiserver is ready, and applies fabric's RBAC.
-    pub(super) fn build_control_plane(&mut self, spec: &LabSpec) -> Result<()> {
+    pub(super) fn build_control_plane(&mut self) -> Result<()> {
         let cp = self.control_plane_netns();
         self.step(&format!(
             "Kubernetes control plane in {cp} at {CONTROL_PLANE_IP}: etcd, kube-apiserver, \
@@ -122,14 +122,7 @@ impl Lab {
         )?;
         self.step("waiting for kube-apiserver to be ready");
         control_plane::wait_apiserver_ready(&self.kubectl()?, &apiserver, &self.layout)?;
-        let networks = PodNetworks {
-            ipv4: spec.network.clone(),
-            ipv4_len: spec.subnet_len,
-            ipv6: spec.ipv6_network.clone().map(|n| (n, IPV6_SUBNET_LEN)),
-        };
-        let args =
-            control_plane::controller_manager_args(&self.state.name, &self.layout, &pki, &networks);
-        self.start_component(CONTROLLER_MANAGER, &args)?;
+        self.start_controller_manager()?;
 
         let manifest =
             kube::manifest_path(std::env::var_os(kube::MANIFEST_ENV), &self.state.bin_dir);
@@ -148,6 +141,39 @@ impl Lab {
             ])
             .context("applying fabric's RBAC")?;
         Ok(())
+    }
+
+    /// Starts kube-controller-manager (node IPAM on the lab's networks).
+    pub fn start_controller_manager(&mut self) -> Result<()> {
+        let networks = PodNetworks {
+            ipv4: self.state.network.clone(),
+            ipv4_len: self.state.subnet_len,
+            ipv6: self.state.ipv6_network.clone().map(|n| (n, IPV6_SUBNET_LEN)),
+        };
+        let pki = Pki::at(self.layout.pki());
+        let args =
+            control_plane::controller_manager_args(&self.state.name, &self.layout, &pki, &networks);
+        self.state.control_plane.retain(|c| c.name != CONTROLLER_MANAGER);
+        self.start_component(CONTROLLER_MANAGER, &args)?;
+        Ok(())
+    }
+
+    /// Stops kube-controller-manager (nodes registered meanwhile get no pod CIDR until it
+    /// runs again).
+    pub fn stop_controller_manager(&mut self) -> Result<()> {
+        let daemon = self
+            .state
+            .component(CONTROLLER_MANAGER)
+            .cloned()
+            .context("kube-controller-manager is not part of this lab")?;
+        super::stop_daemon(CONTROLLER_MANAGER, &daemon, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Whether kube-controller-manager runs.
+    fn controller_manager_running(&self) -> bool {
+        self.state
+            .component(CONTROLLER_MANAGER)
+            .is_some_and(Daemon::is_running)
     }
 
     /// Starts one control-plane daemon in `NAME-cp` and records it.
@@ -174,7 +200,8 @@ impl Lab {
     }
 
     /// Registers `nodes` as their kubelets would (Node object, then its addresses on
-    /// `nodes/status`), waits until each has its pod CIDRs, and writes each node's fabricd
+    /// `nodes/status`), waits until each has its pod CIDRs (unless kube-controller-manager is
+    /// stopped: then they get them once it runs again), and writes each node's fabricd
     /// kubeconfig with a fresh token of fabric's ServiceAccount.
     pub(super) fn prepare_kube_nodes(&mut self, nodes: &[String]) -> Result<()> {
         let kubectl = self.kubectl()?;
@@ -197,8 +224,10 @@ impl Lab {
                 ])
                 .with_context(|| format!("reporting Node {name}'s addresses"))?;
         }
-        self.step("waiting for kube-controller-manager to assign the nodes' pod CIDRs");
-        self.wait_pod_cidrs(nodes)?;
+        if self.controller_manager_running() {
+            self.step("waiting for kube-controller-manager to assign the nodes' pod CIDRs");
+            self.wait_pod_cidrs(nodes)?;
+        }
         for name in nodes {
             self.write_node_kubeconfig(name)?;
         }
