@@ -6,6 +6,8 @@
 //!   path built by hand with `ip` in the same node namespaces ([`anchor`]), interleaved
 //!   repetitions, 1 and 4 streams ([`throughput`]).
 //! - `cni`: CNI ADD / CHECK / DEL latency percentiles over N pods ([`cni`]).
+//! - `control`: the control plane in etcd mode beside Kubernetes mode: policy change to
+//!   enforced, node join to converged, fabricd RSS ([`control`]).
 //! - `policy`: NetworkPolicy enforcement's cost, iperf3 and new connections/s with enforcement
 //!   off, on with no policies and on with 1,000 policies ([`enforcement`]).
 //! - `wireguard`: fabric's wireguard backend beside the raw underlay, kernel VXLAN (hand-built
@@ -20,6 +22,7 @@
 mod anchor;
 mod chart;
 mod cni;
+mod control;
 mod enforcement;
 mod interleave;
 mod iperf;
@@ -96,6 +99,19 @@ enum Command {
         #[arg(long, default_value = "benchnp")]
         name: String,
     },
+    /// The control plane, etcd vs the Kubernetes API (two 3-node labs, interleaved): policy
+    /// change to enforced on every node, node join to routed everywhere, fabricd RSS.
+    Control {
+        /// Policy changes per lab.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// Node joins per lab.
+        #[arg(long, default_value_t = 10)]
+        joins: usize,
+        /// Lab name prefix: the labs are NAMEe (etcd) and NAMEk (Kubernetes).
+        #[arg(long, default_value = "benchcp")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -135,6 +151,15 @@ fn main() -> Result<()> {
             }),
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
+        Command::Control {
+            changes,
+            joins,
+            name,
+        } => control::run(&control::Options {
+            name,
+            changes,
+            joins,
+        })?,
         Command::Policy {
             reps,
             seconds,

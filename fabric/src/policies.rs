@@ -596,9 +596,10 @@ fn current(view: &View) -> Arc<Snapshot> {
 
 /// Keeps the policy view in step with the source: an initial listing, then the changes after
 /// it. Events that arrive together (within [`DEBOUNCE`] of each other, for at most
-/// [`MAX_BATCH`], unless a CNI ADD waits for the view) are applied as one batch: the view is
-/// updated incrementally, published whole, and the allowed connections inside the cluster network
-/// are judged again, those no longer allowed cut. When the watch breaks or falls behind a
+/// [`MAX_BATCH`], unless a CNI ADD waits for the view or the source reports it has caught up)
+/// are applied as one batch: the view is updated incrementally, published whole, and the
+/// allowed connections inside the cluster network are judged again, those no longer allowed
+/// cut. When the watch breaks or falls behind a
 /// compaction, the objects are listed again and the difference applied the same way.
 pub struct Follower {
     source: Arc<dyn ObjectSource>,
@@ -722,6 +723,12 @@ impl Follower {
             let quiet = DEBOUNCE.min(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
                 next = tokio::time::timeout(quiet, self.feed.next()) => match next {
+                    // The source has caught up (nothing is pending behind a progress report):
+                    // the batch is complete.
+                    Ok(Some(update @ ObjectUpdate::Progress { .. })) => {
+                        batch.push(update);
+                        return batch;
+                    }
                     Ok(Some(update)) => batch.push(update),
                     Ok(None) | Err(_) => return batch,
                 },
