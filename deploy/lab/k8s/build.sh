@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control plane and etcd the Kubernetes-mode lab runs, from their
-# official Go modules at the pins in versions.env (wrapper modules kubernetes/ and etcd/; their
-# go.mod files are made by the gen.sh beside them). The binaries are cached outside the source
+# Builds the real Kubernetes control plane, etcd and CoreDNS the Kubernetes-mode lab runs, from
+# their official Go modules at the pins in versions.env (wrapper modules kubernetes/, etcd/ and
+# coredns/; their go.mod files are made by the gen.sh beside them). The binaries are cached outside the source
 # tree, in $FABRIC_K8S_CACHE (default ~/.cache/fabric/k8s/<pin>/bin), and the build is skipped
 # when the cache was built from exactly these go.mod/go.sum files and this Go.
 #
@@ -18,13 +18,13 @@ if [ "${1:-}" = --bin-dir ]; then echo "$bin"; exit 0; fi
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 command -v go >/dev/null || { echo "go is missing: the lab's Kubernetes control plane is built with Go (1.26)" >&2; exit 1; }
 
-stamp="$( (go version; cat "$here/versions.env" "$here"/kubernetes/go.{mod,sum} "$here"/etcd/go.{mod,sum} "$0") | sha256sum | cut -d' ' -f1)"
-tools=(etcd etcdctl kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl)
+stamp="$( (go version; cat "$here/versions.env" "$here"/{kubernetes,etcd,coredns}/go.{mod,sum} "$0") | sha256sum | cut -d' ' -f1)"
+tools=(etcd etcdctl kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl coredns)
 up_to_date=1
 [ "$(cat "$bin/.stamp" 2>/dev/null)" = "$stamp" ] || up_to_date=0
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || up_to_date=0; done
 if [ "$up_to_date" = 1 ]; then
-  step "Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION are built ($bin)"
+  step "Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION and CoreDNS $COREDNS_VERSION are built ($bin)"
   echo "$bin"; exit 0
 fi
 
@@ -52,6 +52,7 @@ build etcd etcdctl go.etcd.io/etcd/etcdctl/v3 ""
 for t in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do
   build kubernetes "$t" "k8s.io/kubernetes/cmd/$t" "$kver"
 done
+build coredns coredns github.com/coredns/coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
 echo "$stamp" > "$bin/.stamp"
-step "Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION built ($bin)"
+step "Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION and CoreDNS $COREDNS_VERSION built ($bin)"
 echo "$bin"
