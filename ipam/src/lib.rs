@@ -1,9 +1,11 @@
 //! Address management for fabric: the network config, per-node subnet leases, pod address
-//! allocation, and the [`Store`] seam through which a node agent reaches its datastore.
+//! allocation, and the seams through which a node agent reaches its datastore: [`Store`]
+//! (config, leases, peers) and [`ObjectSource`] (pods, namespaces, NetworkPolicies).
 //!
-//! The allocation logic ([`subnet`], [`pool`]) is pure and tested without a datastore; the
-//! [`etcd`] module is the thin shell that speaks to a real etcd. A Kubernetes implementation
-//! of [`Store`] (node `spec.podCIDR` plus annotations) slots in beside it.
+//! The allocation logic ([`subnet`], [`pool`]) is pure and tested without a datastore. Both
+//! seams have three implementations: [`etcd`] (bare metal, a real etcd), [`kube`] (the
+//! Kubernetes API: node `spec.podCIDRs` plus annotations, the API's own pods and policies) and
+//! [`memory`] (for unit tests of what holds them).
 
 pub mod config;
 pub mod etcd;

@@ -7,7 +7,7 @@
 //!   `nodes/status`, and the node condition `NetworkUnavailable=False` is set once its routes
 //!   are programmed ([`node`]).
 //! - Peers are every Node that carries those annotations and a podCIDR, followed by a watch
-//!   ([`follow`]); a node deleted from the API is a peer gone.
+//!   (`follow`); a node deleted from the API is a peer gone.
 //! - Pods, Namespaces and NetworkPolicies are the API's own ([`objects`]); `register_pod`
 //!   reads the pod being attached from the API (labels, ports) so policy knows it before its
 //!   `status.podIPs` are written.

@@ -1,10 +1,10 @@
 //! The policy objects from the API: every Pod, Namespace and NetworkPolicy, followed with
-//! [`super::follow`], translated into the records the policy view is built from (pure,
+//! `follow`, translated into the records the policy view is built from (pure,
 //! [`pod_record`], [`namespace_record`], [`policy_record`]), and numbered.
 //!
 //! The API's resource versions order events within one resource type but are opaque across
 //! types, so the source numbers the updates it emits itself: revision `n` is the `n`th
-//! update. A checkpoint ([`Objects::checkpoint`]) lists all three types afresh and, once what
+//! update. A checkpoint (`Objects::checkpoint`) lists all three types afresh and, once what
 //! the watches delivered matches the listing object for object, names the last update emitted:
 //! a follower that has applied it reflects the API as it was when the checkpoint began.
 //!
@@ -293,7 +293,7 @@ where
 }
 
 /// The object source's side of the API: what the watches delivered, shared by the watch
-/// tasks, [`Objects::register`] and [`Objects::checkpoint`].
+/// tasks, `Objects::local_pod` and `Objects::checkpoint`.
 #[derive(Clone)]
 pub(crate) struct Objects {
     client: Client,
