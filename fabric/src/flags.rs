@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use ipam::BackendKind;
 
-/// fabric's node agent: leases this node's pod subnet, keeps tunnels to every other node
-/// converged, and wires pods in for the fabric CNI plugin.
+/// fabric's node agent: leases this node's pod subnet (from etcd, or the Kubernetes API's
+/// node podCIDRs), keeps tunnels to every other node converged, wires pods in for the fabric
+/// CNI plugin and enforces NetworkPolicy on their connections.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "fabricd", version, about, long_about = None)]
+#[command(name = "fabricd", version, long_about = None)]
 pub struct DaemonFlags {
     #[command(flatten)]
     pub datastore: crate::datastore::DatastoreFlags,
