@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs what fabric needs on Debian (bookworm), builds the pinned etcd and Kubernetes control
-# plane the Kubernetes-mode lab runs (deploy/lab/k8s/build.sh; cached, skipped when up to date)
+# Installs what fabric needs on Debian (bookworm) (curl and dnsutils for the Kubernetes demo's
+# client pod), builds the pinned etcd, Kubernetes control plane and CoreDNS the Kubernetes-mode
+# lab runs (deploy/lab/k8s/build.sh; cached, skipped when up to date)
 # and the release binaries. Idempotent: packages already present are not reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(etcd-server etcd-client iperf3 protobuf-compiler iptables nftables iproute2
           iputils-ping netcat-openbsd wireguard-tools containernetworking-plugins tcpdump conntrack procps
-          openssl)
+          openssl curl dnsutils)
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

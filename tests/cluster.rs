@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use fabric_lab::{Backend, Lab, PodSpec, Signal};
-use fabric_tests::{eventually, full_mesh, kernel_state, ping, spec, subnets, tcp_connect, up, Listeners};
+use fabric_tests::{
+    eventually, full_mesh, kernel_state, ping, spec, subnets, tcp_connect, up, Listeners,
+};
 
 const PORT: u16 = 8080;
 

@@ -85,7 +85,7 @@ fn no_forbidden(lab: &Lab) -> Result<()> {
         let log = std::fs::read_to_string(&node.log)?;
         if let Some(line) = log
             .lines()
-            .find(|l| l.contains("403") || l.contains("Forbidden") || l.contains("forbidden"))
+            .find(|l| l.contains(" 403") || l.contains("Forbidden") || l.contains("forbidden"))
         {
             bail!("{}: fabricd was refused by the API: {line}", node.name);
         }
@@ -240,7 +240,10 @@ fn kube_node_waits_for_its_pod_cidr_then_joins() {
     lab.add_pod(&late.name, fabric_lab::PodSpec::new("late-pod"))
         .unwrap();
     full_mesh(&lab).unwrap();
-    eventually(Duration::from_secs(10), || check_nodes(&lab, Backend::Vxlan)).unwrap();
+    eventually(Duration::from_secs(10), || {
+        check_nodes(&lab, Backend::Vxlan)
+    })
+    .unwrap();
 }
 
 /// Tries one TCP connection from pod `from` to `to:port` within 100 ms.
@@ -282,7 +285,10 @@ fn kube_relabelled_pod_and_namespace_are_enforced_within_a_second() {
     )
     .unwrap();
     let _server = fabric_tests::Listeners::porter(&lab, &["x/web"], 80).unwrap();
-    assert!(connects(&lab, "y/cli", web.ip, 80).unwrap(), "open before any policy");
+    assert!(
+        connects(&lab, "y/cli", web.ip, 80).unwrap(),
+        "open before any policy"
+    );
     let policy = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "web", "namespace": "x"},
         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
@@ -299,19 +305,36 @@ fn kube_relabelled_pod_and_namespace_are_enforced_within_a_second() {
         ])
         .unwrap();
     }
-    assert!(!connects(&lab, "y/cli", web.ip, 80).unwrap(), "the policy denies");
+    assert!(
+        !connects(&lab, "y/cli", web.ip, 80).unwrap(),
+        "the policy denies"
+    );
     // Either label alone is not enough.
     kubectl
         .run(&["label", "namespace", "y", "team=blue", "--overwrite"])
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!connects(&lab, "y/cli", web.ip, 80).unwrap(), "pod label still missing");
+    assert!(
+        !connects(&lab, "y/cli", web.ip, 80).unwrap(),
+        "pod label still missing"
+    );
     // The pod's label completes it: enforced on the server's node within a second.
     kubectl
-        .run(&["label", "pod", "cli", "-n", "y", "app=client", "--overwrite"])
+        .run(&[
+            "label",
+            "pod",
+            "cli",
+            "-n",
+            "y",
+            "app=client",
+            "--overwrite",
+        ])
         .unwrap();
     let took = time_to_connect(&lab, "y/cli", web.ip, 80);
-    assert!(took <= Duration::from_secs(1), "pod relabel enforced after {took:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "pod relabel enforced after {took:?}"
+    );
     // Taking the namespace label away denies again, as fast.
     kubectl.run(&["label", "namespace", "y", "team-"]).unwrap();
     let start = std::time::Instant::now();
@@ -327,8 +350,8 @@ fn kube_relabelled_pod_and_namespace_are_enforced_within_a_second() {
 #[test]
 fn kube_fabricctl_reads_the_api() {
     let lab = up(kube_spec("kctl", 2, 1, Backend::Vxlan));
-    let leases: Value = serde_json::from_str(&lab.fabricctl(&["leases", "-o", "json"]).unwrap())
-        .unwrap();
+    let leases: Value =
+        serde_json::from_str(&lab.fabricctl(&["leases", "-o", "json"]).unwrap()).unwrap();
     let nodes: Vec<&str> = leases
         .as_array()
         .unwrap()
@@ -338,7 +361,11 @@ fn kube_fabricctl_reads_the_api() {
     assert_eq!(nodes, ["node1", "node2"]);
     let pods = lab.fabricctl(&["pod", "list"]).unwrap();
     for pod in lab.pods() {
-        assert!(pods.contains(&pod.ip.to_string()), "{} missing: {pods}", pod.ip);
+        assert!(
+            pods.contains(&pod.ip.to_string()),
+            "{} missing: {pods}",
+            pod.ip
+        );
     }
     let explain = lab
         .fabricctl(&[
@@ -357,5 +384,8 @@ fn kube_fabricctl_reads_the_api() {
     let refused = lab
         .fabricctl(&["policy", "apply", "-f", "/dev/null"])
         .unwrap_err();
-    assert!(format!("{refused:#}").contains("kubectl apply"), "{refused:#}");
+    assert!(
+        format!("{refused:#}").contains("kubectl apply"),
+        "{refused:#}"
+    );
 }

@@ -99,7 +99,11 @@ impl Listeners {
     }
 
     fn start_family(lab: &Lab, targets: &[&str], port: u16, family: &str) -> Result<Self> {
-        Self::spawn(lab, targets, &["nc", family, "-lk", "-p", &port.to_string()])
+        Self::spawn(
+            lab,
+            targets,
+            &["nc", family, "-lk", "-p", &port.to_string()],
+        )
     }
 
     fn spawn(lab: &Lab, targets: &[&str], argv: &[&str]) -> Result<Self> {

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::demo::{self, IperfOptions};
+use crate::kube::proxy::ProxyMode;
 use crate::netpol;
 use crate::porter::{self, Target};
 use crate::process::Cmd;
@@ -52,6 +53,9 @@ pub enum Command {
     /// (in-pod agent) Serve TCP, UDP and SCTP on the given ports until killed.
     #[command(hide = true)]
     Serve(ServeArgs),
+    /// (Kubernetes mode) The kubelet's networking role on one node; `up` starts it.
+    #[command(hide = true)]
+    Kubelet(KubeletArgs),
     /// (in-pod agent) Probe IP:PORT/PROTO targets at once; a JSON line each.
     #[command(hide = true)]
     Probe(ProbeArgs),
@@ -95,8 +99,30 @@ pub struct NetpolArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A port to serve on TCP, UDP and SCTP (repeatable).
-    #[arg(long = "port", required = true)]
+    #[arg(long = "port", required_unless_present_any = ["tcp", "udp"])]
     pub ports: Vec<u16>,
+    /// A port to serve on TCP only, IPv4 and IPv6 (repeatable).
+    #[arg(long)]
+    pub tcp: Vec<u16>,
+    /// A port to serve on UDP only (echo), IPv4 and IPv6 (repeatable).
+    #[arg(long)]
+    pub udp: Vec<u16>,
+    /// Answer TCP connections as an HTTP server: 200 OK with the body line.
+    #[arg(long)]
+    pub http: bool,
+    /// The line to answer with [default: the hostname].
+    #[arg(long)]
+    pub body: Option<String>,
+}
+
+/// `fabric-lab kubelet`.
+#[derive(Debug, Args)]
+pub struct KubeletArgs {
+    #[command(flatten)]
+    pub lab: NameArg,
+    /// The node whose kubelet this is (`node1`).
+    #[arg(long)]
+    pub node: String,
 }
 
 /// `fabric-lab probe`.
@@ -172,6 +198,13 @@ pub struct UpArgs {
     /// Skip the ping and iperf3 demo.
     #[arg(long)]
     pub no_demo: bool,
+    /// (Kubernetes mode) Run no kube-scheduler, kube-proxy or CoreDNS: only the control plane,
+    /// fabricd, the kubelet role and the lab's own pods.
+    #[arg(long)]
+    pub no_services: bool,
+    /// (Kubernetes mode) kube-proxy's mode: nftables or iptables.
+    #[arg(long, default_value_t = ProxyMode::Nftables)]
+    pub proxy_mode: ProxyMode,
 }
 
 /// Output formats.
@@ -243,7 +276,15 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Kubectl(args) => kubectl(args),
         Command::Down(args) => down(args).map(|()| 0),
         Command::Netpol(args) => netpol(args),
-        Command::Serve(args) => porter::serve::serve(&args.ports).map(|()| 0),
+        Command::Serve(args) => porter::serve::serve(&porter::serve::ServeConfig {
+            ports: args.ports,
+            tcp: args.tcp,
+            udp: args.udp,
+            http: args.http,
+            body: args.body,
+        })
+        .map(|()| 0),
+        Command::Kubelet(args) => crate::kubelet::run(&args.lab.name, &args.node).map(|()| 0),
         Command::Probe(args) => {
             for r in porter::probe::probe_all(&args.targets, args.timeout) {
                 println!("{}", serde_json::to_string(&r)?);
@@ -271,6 +312,8 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.ipv6_network = args.ipv6_network;
     spec.reservations = args.reservations;
     spec.demo = !args.no_demo;
+    spec.services = !args.no_services;
+    spec.proxy_mode = args.proxy_mode;
     if let Some(dir) = args.bin_dir {
         spec.bin_dir = dir;
     }
@@ -280,6 +323,7 @@ fn up(args: UpArgs) -> Result<u8> {
 
     println!();
     print_tables(lab.nodes(), lab.pods());
+    print_kubelet_pods(&lab);
     let mut code = 0;
     if demo {
         if let Err(e) = run_demo(&lab) {
@@ -395,6 +439,8 @@ fn status(args: StatusArgs) -> Result<()> {
                     "pid": pid,
                     "running": running,
                 })).collect::<Vec<_>>(),
+                "services": lab.state().services,
+                "proxy_mode": lab.state().services.then_some(lab.state().proxy_mode),
                 "nodes": nodes.iter().map(|n| json!({
                     "name": n.name,
                     "netns": n.netns,
@@ -402,6 +448,17 @@ fn status(args: StatusArgs) -> Result<()> {
                     "subnet": n.subnet,
                     "pid": n.pid(),
                     "running": n.running(),
+                    "kubelet": daemon_json(n.kubelet.as_ref()),
+                    "kube_proxy": daemon_json(n.kube_proxy.as_ref()),
+                })).collect::<Vec<_>>(),
+                "kubelet_pods": lab.kubelet_pods().iter().map(|(node, p)| json!({
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "uid": p.uid,
+                    "netns": p.netns,
+                    "node": node,
+                    "ip": p.ip,
+                    "ipv6": p.ipv6,
                 })).collect::<Vec<_>>(),
                 "pods": lab.pods().iter().map(|p| json!({
                     "name": p.name,
@@ -441,6 +498,7 @@ fn status(args: StatusArgs) -> Result<()> {
             }
             println!();
             print_tables(&nodes, lab.pods());
+            print_kubelet_pods(&lab);
         }
     }
     lab.keep();
@@ -506,14 +564,21 @@ fn down(args: DownArgs) -> Result<()> {
 
 fn print_tables(nodes: &[Node], pods: &[Pod]) {
     println!("Nodes");
+    let kube = nodes
+        .iter()
+        .any(|n| n.kubelet.is_some() || n.kube_proxy.is_some());
+    let mut headers = vec!["NAME", "NETNS", "UNDERLAY IP", "SUBNET", "FABRICD"];
+    if kube {
+        headers.extend(["KUBELET", "KUBE-PROXY"]);
+    }
     print!(
         "{}",
         table(
-            &["NAME", "NETNS", "UNDERLAY IP", "SUBNET", "FABRICD"],
+            &headers,
             nodes
                 .iter()
                 .map(|n| {
-                    vec![
+                    let mut row = vec![
                         n.name.clone(),
                         n.netns.clone(),
                         n.underlay_ip.to_string(),
@@ -522,7 +587,12 @@ fn print_tables(nodes: &[Node], pods: &[Pod]) {
                             Some(pid) => format!("pid {pid} ({})", running_word(n.running())),
                             None => "stopped".into(),
                         },
-                    ]
+                    ];
+                    if kube {
+                        row.push(daemon_cell(n.kubelet.as_ref()));
+                        row.push(daemon_cell(n.kube_proxy.as_ref()));
+                    }
+                    row
                 })
                 .collect(),
         )
@@ -550,6 +620,46 @@ fn print_tables(nodes: &[Node], pods: &[Pod]) {
                         row.push(p.ipv6.map_or_else(|| "-".into(), |ip| ip.to_string()));
                     }
                     row
+                })
+                .collect(),
+        )
+    );
+}
+
+fn daemon_json(d: Option<&crate::process::Daemon>) -> serde_json::Value {
+    match d {
+        Some(d) => json!({"pid": d.pid, "running": d.is_running()}),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn daemon_cell(d: Option<&crate::process::Daemon>) -> String {
+    match d {
+        Some(d) => format!("pid {} ({})", d.pid, running_word(d.is_running())),
+        None => "-".into(),
+    }
+}
+
+/// The pods the kubelet roles run (Kubernetes mode), if any.
+fn print_kubelet_pods(lab: &Lab) {
+    let pods = lab.kubelet_pods();
+    if pods.is_empty() {
+        return;
+    }
+    println!();
+    println!("Pods run by the kubelet roles");
+    print!(
+        "{}",
+        table(
+            &["NAME", "NETNS", "NODE", "IP"],
+            pods.iter()
+                .map(|(node, p)| {
+                    vec![
+                        p.key(),
+                        p.netns.clone(),
+                        node.clone(),
+                        p.ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
+                    ]
                 })
                 .collect(),
         )
@@ -695,6 +805,60 @@ mod tests {
         assert_eq!(k.lab.name, "kx1");
         assert_eq!(k.args, ["get", "nodes", "-o", "wide"]);
         assert!(Cli::try_parse_from(["fabric-lab", "kubectl"]).is_err());
+    }
+
+    #[test]
+    fn parses_services_flags_and_the_agents() {
+        let cli = Cli::try_parse_from(["fabric-lab", "up", "--datastore", "kubernetes"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert!(!up.no_services);
+        assert_eq!(up.proxy_mode, ProxyMode::Nftables);
+        let cli = Cli::try_parse_from([
+            "fabric-lab",
+            "up",
+            "--no-services",
+            "--proxy-mode",
+            "iptables",
+        ])
+        .unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert!(up.no_services);
+        assert_eq!(up.proxy_mode, ProxyMode::Iptables);
+        assert!(Cli::try_parse_from(["fabric-lab", "up", "--proxy-mode", "ipvs"]).is_err());
+
+        let cli = Cli::try_parse_from(["fabric-lab", "kubelet", "--name", "k", "--node", "node2"])
+            .unwrap();
+        let Command::Kubelet(k) = cli.command else {
+            panic!("not kubelet")
+        };
+        assert_eq!((k.lab.name.as_str(), k.node.as_str()), ("k", "node2"));
+
+        let cli = Cli::try_parse_from([
+            "fabric-lab",
+            "serve",
+            "--http",
+            "--body",
+            "web-1",
+            "--tcp",
+            "80",
+            "--udp",
+            "53",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(s.http && s.ports.is_empty());
+        assert_eq!(
+            (s.tcp, s.udp, s.body.as_deref()),
+            (vec![80], vec![53], Some("web-1"))
+        );
+        assert!(Cli::try_parse_from(["fabric-lab", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["fabric-lab", "serve", "--port", "80"]).is_ok());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! [`Lab`]: a running cluster, what `up` builds and every other operation acts on. It owns
 //! the orchestration (the order of steps, recording each in the state file before acting) and
 //! delegates the mechanics to the other modules; the Kubernetes-mode steps are in the
-//! `kubernetes` submodule (`lab/kubernetes.rs`).
+//! `kubernetes` submodule (`lab/kubernetes.rs`), the Services-and-DNS ones (kube-scheduler,
+//! kubelet role, kube-proxy, CoreDNS) in `services` (`lab/services.rs`).
 
 mod kubernetes;
+mod services;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -64,6 +66,12 @@ impl Lab {
                 let dir = kube::binaries::bin_dir()?;
                 kube::binaries::check(&dir)?;
                 ensure!(
+                    crate::spec::is_executable(&spec.binary("fabric-lab")),
+                    "fabric-lab not found in {} (the kubelet role runs it: `cargo build \
+                     --release -p fabric-lab`)",
+                    spec.bin_dir.display()
+                );
+                ensure!(
                     process::which("openssl").is_some(),
                     "openssl not found (the lab makes its Kubernetes PKI with it: apt-get install \
                      openssl)"
@@ -105,6 +113,8 @@ impl Lab {
                 lease_ttl: spec.lease_ttl,
                 bin_dir: spec.bin_dir.clone(),
                 kube_bin_dir,
+                services: spec.services && spec.datastore == Datastore::Kubernetes,
+                proxy_mode: spec.proxy_mode,
                 reservations: spec.reservations.clone(),
                 namespaces: Vec::new(),
                 etcd: None,
@@ -193,6 +203,12 @@ impl Lab {
         if let Err(e) = self.refresh_subnets() {
             self.step(&format!("warning: cannot read the leases: {e:#}"));
         }
+        if self.is_kubernetes() {
+            self.start_node_agents(&names)?;
+            if self.state.services {
+                self.apply_coredns()?;
+            }
+        }
 
         for k in 1..=self.state.nodes.len() {
             let node_name = topology::node_name(k);
@@ -200,6 +216,10 @@ impl Lab {
                 let pod = PodSpec::new(topology::default_pod_name(&node_name, j));
                 self.add_pod(&node_name, pod)?;
             }
+        }
+        if self.state.services {
+            self.wait_coredns()?;
+            self.create_external_host()?;
         }
         self.step("ready");
         Ok(())
@@ -338,10 +358,14 @@ impl Lab {
             "cp" | "etcd" if self.is_kubernetes() => return Ok(self.control_plane_netns()),
             "etcd" => return Ok(self.etcd_netns()),
             "sw" | "switch" => return Ok(self.switch_netns()),
+            "ext" | "external" if self.state.services => return Ok(self.external_netns()),
             _ => {}
         }
         if self.state.namespaces.iter().any(|n| n == target) {
             return Ok(target.to_string());
+        }
+        if let Some(pod) = self.kubelet_pod(target) {
+            return Ok(pod.netns);
         }
         let pods: Vec<String> = self.state.pods.iter().map(Pod::qualified_name).collect();
         let nodes: Vec<&str> = self.state.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -420,6 +444,9 @@ impl Lab {
             self.prepare_kube_nodes(std::slice::from_ref(&name))?;
         }
         self.spawn_fabricd(&name)?;
+        if self.is_kubernetes() {
+            self.start_node_agents(std::slice::from_ref(&name))?;
+        }
         Ok(self.node(&name)?.clone())
     }
 
@@ -444,6 +471,8 @@ impl Lab {
             subnet: None,
             fabricd: None,
             fabricd_flags: Vec::new(),
+            kubelet: None,
+            kube_proxy: None,
         });
         self.save()?;
         Ok(name)

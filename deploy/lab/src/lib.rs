@@ -17,7 +17,11 @@
 //! node (Node object, addresses) before its fabricd starts, gives fabricd a kubeconfig with a
 //! token of the manifest's `fabric` ServiceAccount (RBAC applied from
 //! `deploy/kubernetes/fabric.yaml`), creates each pod's Pod object before CNI ADD and writes
-//! its status after. `fabric-lab kubectl` runs the pinned kubectl as the lab's admin.
+//! its status after. Beside them run kube-scheduler, a kubelet role per node ([`kubelet`]:
+//! node heartbeats, and the pods the scheduler binds there: netns, CNI, resolv.conf, a stand-in
+//! workload, status), kube-proxy per node and CoreDNS at 10.96.0.10, so Deployments, Services,
+//! cluster DNS and NodePorts work (`--no-services` leaves out scheduler, kube-proxy and
+//! CoreDNS). `fabric-lab kubectl` runs the pinned kubectl as the lab's admin.
 //!
 //! ```no_run
 //! use fabric_lab::{Lab, LabSpec, PodSpec};
@@ -35,7 +39,8 @@
 //!
 //! Modules: [`spec`] (what to build), [`topology`] (names and addresses), [`state`] (the state
 //! dir), [`process`] (commands and daemons), [`netns`] (namespaces and links), [`etcd`],
-//! [`kube`] (the Kubernetes control plane, PKI, kubeconfigs, kubectl and API objects),
+//! [`kube`] (the Kubernetes control plane, PKI, kubeconfigs, kubectl, API objects, kube-proxy,
+//! DNS), [`kubelet`] (the kubelet role),
 //! [`node`] (fabricd), [`cni_runtime`], [`demo`] (ping, iperf3), [`teardown`], [`lab`] (the
 //! orchestration), [`netpol`] (the reachability suite), [`porter`] (the in-pod agent) and
 //! [`cli`].
@@ -45,6 +50,7 @@ pub mod cni_runtime;
 pub mod demo;
 pub mod etcd;
 pub mod kube;
+pub mod kubelet;
 pub mod lab;
 pub mod netns;
 pub mod netpol;

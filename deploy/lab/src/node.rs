@@ -114,6 +114,16 @@ pub fn start_fabricd(
         .with_context(|| format!("starting fabricd on {}", node.name))
 }
 
+/// Asks fabricd on `node` once whether it is ready; `Err` says why not.
+pub fn ready_status(node: &Node) -> std::result::Result<(), String> {
+    match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
+        Ok(Response::Ok { .. }) => Ok(()),
+        Ok(Response::Error(e)) => Err(format!("not ready: {e}")),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Polls fabricd's `Status` until it answers `Ok`; fails early (with its log) if it exits.
 pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -129,11 +139,9 @@ pub fn wait_ready(node: &Node, timeout: Duration) -> Result<()> {
                 );
             }
         }
-        let last = match api::call(&node.socket, &Request::Status, Duration::from_secs(1)) {
-            Ok(Response::Ok { .. }) => return Ok(()),
-            Ok(Response::Error(e)) => format!("not ready: {e}"),
-            Ok(other) => format!("unexpected answer {other:?}"),
-            Err(e) => e.to_string(),
+        let last = match ready_status(node) {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
         };
         if Instant::now() >= deadline {
             bail!(
@@ -168,6 +176,8 @@ mod tests {
             subnet: None,
             fabricd: None,
             fabricd_flags: Vec::new(),
+            kubelet: None,
+            kube_proxy: None,
         };
         let args = fabricd_args(
             &node,

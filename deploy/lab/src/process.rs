@@ -31,6 +31,7 @@ pub struct Cmd {
     env_clear: bool,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    join_netns: Option<String>,
 }
 
 impl Cmd {
@@ -43,7 +44,18 @@ impl Cmd {
             env_clear: false,
             stdin: None,
             timeout: None,
+            join_netns: None,
         }
+    }
+
+    /// A command running `program` with its network namespace set to `netns` (setns before
+    /// exec) but, unlike [`Cmd::in_netns`], in this process's mount namespace: namespaces it
+    /// creates with `ip netns add` are then visible to everyone (`ip netns exec` gives its
+    /// child a private mount namespace, where such mounts would stay).
+    pub fn joining_netns(netns: &str, program: impl AsRef<OsStr>) -> Self {
+        let mut cmd = Cmd::new(program);
+        cmd.join_netns = Some(netns.to_string());
+        cmd
     }
 
     /// A command running `program` inside network namespace `netns` (`ip netns exec`).
@@ -120,6 +132,28 @@ impl Cmd {
             cmd.env_clear();
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(netns) = &self.join_netns {
+            let path = Path::new(crate::netns::NETNS_DIR).join(netns);
+            match File::open(&path) {
+                Ok(file) => {
+                    // SAFETY: setns(2) is async-signal-safe; the file is owned by the closure.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                                .map_err(std::io::Error::from)
+                        });
+                    }
+                }
+                // Spawning then fails with this error instead of running outside the netns.
+                Err(e) => {
+                    let kind = e.kind();
+                    // SAFETY: builds an io::Error from a kind; no allocation, no parent memory.
+                    unsafe {
+                        cmd.pre_exec(move || Err(std::io::Error::from(kind)));
+                    }
+                }
+            }
+        }
         cmd
     }
 
@@ -213,6 +247,23 @@ impl Cmd {
             binary,
             start_time,
         })
+    }
+
+    /// Starts the command with its stdout piped to the caller (a stream to read, e.g. a watch),
+    /// stdin from `/dev/null`, stderr inherited. It is killed (SIGKILL) if the calling thread
+    /// ends first, so a stream never outlives its reader.
+    pub fn spawn_stream(self) -> Result<Child> {
+        let display = self.display();
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no parent memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        cmd.spawn()
+            .with_context(|| format!("cannot start `{display}`"))
     }
 
     /// The program a daemon ends up as: the one after `ip netns exec NS`, else the program.

@@ -171,11 +171,18 @@ pub struct LabSpec {
     pub demo: bool,
     /// Whether `up` reports each step on stderr.
     pub progress: bool,
+    /// Kubernetes mode: run kube-scheduler, kube-proxy on every node and CoreDNS (Services,
+    /// DNS, Deployments). The control plane, fabricd and the kubelet role run regardless.
+    /// Off in [`LabSpec::new`] (tests that need no Services skip their cost); on for
+    /// `fabric-lab up` unless `--no-services`.
+    pub services: bool,
+    /// Kubernetes mode: kube-proxy's mode.
+    pub proxy_mode: crate::kube::proxy::ProxyMode,
 }
 
 impl LabSpec {
     /// The defaults: 3 nodes, 2 pods each, vxlan, etcd, 24 h leases, 10.244.0.0/16 in /24s, the
-    /// discovered bin dir (see [`default_bin_dir`]).
+    /// discovered bin dir (see [`default_bin_dir`]), no Services (see [`LabSpec::services`]).
     pub fn new(name: impl Into<String>) -> Self {
         LabSpec {
             name: name.into(),
@@ -191,6 +198,8 @@ impl LabSpec {
             reservations: Vec::new(),
             demo: true,
             progress: true,
+            services: false,
+            proxy_mode: Default::default(),
         }
     }
 

@@ -14,6 +14,11 @@
 //! nodes/nodeK/               fabricd's --state-dir on nodeK
 //! nodes/nodeK/fabricd.sock   fabricd's local API socket on nodeK
 //! nodes/nodeK/kubeconfig     fabricd's kubeconfig: the `fabric` ServiceAccount's token
+//! nodes/nodeK/kubelet.kubeconfig  the kubelet role's: client cert system:node:nodeK
+//! nodes/nodeK/kubelet/       the kubelet role's state.json and per-pod dirs (pods/<uid>/)
+//! logs/kubelet-nodeK.log     the kubelet role on nodeK (Kubernetes mode)
+//! logs/kube-proxy-nodeK.log  kube-proxy on nodeK (Kubernetes mode with services)
+//! logs/pods/NS_NAME_UID/C.log  container C's output (the kubelet role's workloads)
 //! kube/pki/                  the lab CA, serving and client certificates, service-account key
 //! kube/admin.kubeconfig      system:masters, for the lab's own kubectl calls
 //! kube/<component>.kubeconfig  kube-controller-manager's
@@ -108,6 +113,29 @@ impl Layout {
         self.node_dir(node).join("kubeconfig")
     }
 
+    /// `nodes/<node>/kubelet.kubeconfig`: the kubelet role's credentials (`system:node:NODE`).
+    pub fn kubelet_kubeconfig(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("kubelet.kubeconfig")
+    }
+
+    /// `nodes/<node>/kubelet/`: the kubelet role's own state.
+    pub fn kubelet_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("kubelet")
+    }
+
+    /// `nodes/<node>/kubelet/state.json`: the pods the kubelet role runs on `node`.
+    pub fn kubelet_state(&self, node: &str) -> PathBuf {
+        self.kubelet_dir(node).join("state.json")
+    }
+
+    /// `logs/pods/<ns>_<name>_<uid>/<container>.log`, as kubelet lays out `/var/log/pods`.
+    pub fn container_log(&self, namespace: &str, pod: &str, uid: &str, container: &str) -> PathBuf {
+        self.logs()
+            .join("pods")
+            .join(format!("{namespace}_{pod}_{uid}"))
+            .join(format!("{container}.log"))
+    }
+
     /// `kube/`: the Kubernetes control plane's files.
     pub fn kube_dir(&self) -> PathBuf {
         self.root.join("kube")
@@ -186,6 +214,12 @@ pub struct Node {
     /// Flags fabricd gets after the lab's own (e.g. `--network-policy=false`).
     #[serde(default)]
     pub fabricd_flags: Vec<String>,
+    /// The kubelet role (Kubernetes mode), while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<Daemon>,
+    /// kube-proxy (Kubernetes mode with services), while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy: Option<Daemon>,
 }
 
 impl Node {
@@ -280,6 +314,13 @@ pub struct LabState {
     /// Where the pinned etcd and Kubernetes binaries are (Kubernetes mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_bin_dir: Option<PathBuf>,
+    /// Whether the Kubernetes-mode lab runs Services and DNS: kube-scheduler, kube-proxy on
+    /// every node, CoreDNS (`fabric-lab up --no-services` turns them off).
+    #[serde(default)]
+    pub services: bool,
+    /// kube-proxy's mode, when services run.
+    #[serde(default)]
+    pub proxy_mode: crate::kube::proxy::ProxyMode,
     /// Reservations made before the nodes started.
     #[serde(default)]
     pub reservations: Vec<Reservation>,
@@ -393,6 +434,8 @@ mod tests {
             lease_ttl: Duration::from_secs(86400),
             bin_dir: "/w/target/release".into(),
             kube_bin_dir: None,
+            services: false,
+            proxy_mode: Default::default(),
             reservations: vec!["10.244.1.0/24=node1".parse().unwrap()],
             namespaces: vec!["t-sw".into(), "t-etcd".into(), "t-node1".into()],
             etcd: Some(Daemon {
@@ -411,6 +454,8 @@ mod tests {
                 subnet: Some("10.244.1.0/24".into()),
                 fabricd: None,
                 fabricd_flags: Vec::new(),
+                kubelet: None,
+                kube_proxy: None,
             }],
             pods: vec![
                 pod("a", "x", "t-x-a"),

@@ -1,11 +1,14 @@
 //! Tearing a lab down, from its state file or from nothing at all (after a crash): stop the
 //! processes it started, delete its namespaces, remove its state dir. Idempotent.
 //!
-//! Processes: those recorded in the state file are ended by PID after checking that the PID
-//! still runs the recorded binary; then any process left inside one of the lab's namespaces
-//! (matched by the namespace inode in `/proc/PID/ns/net`) was started there by the lab, and is
-//! ended too. Namespaces: the recorded ones, plus every `NAME-*` one not claimed by another
-//! lab with a longer name.
+//! Processes: those recorded in the state file (the kubelet roles and kube-proxies first, then
+//! fabricd, the containers the kubelet roles recorded in their own state files, the control
+//! plane) are ended by PID after checking that the PID still runs the recorded binary; then any
+//! process left inside one of the lab's namespaces (matched by the namespace inode in
+//! `/proc/PID/ns/net`) was started there by the lab, and is ended too. Files outside the state
+//! dir: the pods' `/etc/netns/<netns>/` directories (recorded, and any left for a namespace of
+//! the lab). Namespaces: the recorded ones, plus every `NAME-*` one not claimed by another lab
+//! with a longer name.
 
 use std::path::Path;
 
@@ -62,13 +65,37 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
 
     let namespaces = lab_namespaces(name, state)?;
 
-    // 1. The processes we recorded: fabricd first (it may clean up after itself), then the
-    // Kubernetes control plane in reverse start order, then etcd.
+    // 1. The processes we recorded: the kubelet roles (so nothing starts pods again) and
+    // kube-proxies, fabricd (it may clean up after itself), the kubelet roles' containers,
+    // then the Kubernetes control plane in reverse start order, then etcd.
+    let mut etc_dirs = Vec::new();
     if let Some(state) = state {
-        let recorded = state
-            .nodes
-            .iter()
-            .filter_map(|n| Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?)))
+        let mut containers = Vec::new();
+        for n in &state.nodes {
+            let (daemons, dirs) = crate::kubelet::recorded(&layout, &n.name);
+            containers.extend(daemons);
+            etc_dirs.extend(dirs);
+        }
+        let agents = state.nodes.iter().flat_map(|n| {
+            [
+                n.kubelet
+                    .as_ref()
+                    .map(|d| (format!("kubelet on {}", n.name), d)),
+                n.kube_proxy
+                    .as_ref()
+                    .map(|d| (format!("kube-proxy on {}", n.name), d)),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let recorded = agents
+            .chain(
+                state
+                    .nodes
+                    .iter()
+                    .filter_map(|n| Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?))),
+            )
+            .chain(containers.iter().map(|(what, d)| (what.clone(), d)))
             .chain(
                 state
                     .control_plane
@@ -108,6 +135,31 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
         let socket = format!("/var/run/wireguard/{}.sock", crate::node::wg_iface(ns));
         let _ = std::fs::remove_file(socket);
     }
+
+    // The pods' resolv.conf directories (`ip netns exec` bind-mounts `/etc/netns/NS/*`).
+    let others = state::known_labs(Path::new(state::STATE_ROOT));
+    let leftover = std::fs::read_dir(crate::kubelet::NETNS_ETC)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|ns| topology::netns_belongs_to(ns, name, &others))
+        })
+        .map(|e| e.path());
+    etc_dirs.extend(leftover);
+    for dir in etc_dirs {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => report
+                .warnings
+                .push(format!("removing {}: {e}", dir.display())),
+        }
+    }
+    // `/etc/netns` itself, once empty (the kubelet roles create it).
+    let _ = std::fs::remove_dir(crate::kubelet::NETNS_ETC);
 
     // 3. The namespaces, pods first and the switch last.
     for ns in namespaces.iter().rev() {

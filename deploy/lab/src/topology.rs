@@ -21,6 +21,9 @@ pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 /// The Kubernetes control plane's address on the underlay (kube-apiserver listens here).
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+/// A host on the underlay outside the cluster (`NAME-ext`, Kubernetes mode with services):
+/// where NodePorts are tried from.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 250);
 /// kube-apiserver's secure port.
 pub const APISERVER_PORT: u16 = 6443;
 /// The Kubernetes service network (the apiserver's `kubernetes` Service is its first address).
@@ -103,6 +106,11 @@ pub fn control_plane_netns(lab: &str) -> String {
 /// kube-apiserver's URL as seen from the underlay.
 pub fn apiserver_url() -> String {
     format!("https://{CONTROL_PLANE_IP}:{APISERVER_PORT}")
+}
+
+/// The outside host's namespace.
+pub fn external_netns(lab: &str) -> String {
+    format!("{lab}-ext")
 }
 
 /// The name of node `k` (1-based).

@@ -212,31 +212,35 @@ impl Shared {
         self.emit_listing();
     }
 
-    /// One object created, changed (`Some`) or deleted (`None`).
-    fn changed(&mut self, kind: Kind, name: String, mut entry: Option<Entry>) {
+    /// One API object (by its identity, `namespace/name`) created, changed (`Some`) or
+    /// deleted (`None`). A record whose name changed with it (a pod scheduled to a node) is
+    /// removed under its old name.
+    fn changed(&mut self, kind: Kind, identity: String, mut entry: Option<Entry>) {
         let revision = self.next_revision();
         if let Some(object) = entry.as_mut().and_then(|e| e.object.as_mut()) {
             object.mod_revision = revision;
         }
         let followed = self.kinds.entry(kind).or_default();
         let before = match &entry {
-            Some(entry) => followed.entries.insert(name.clone(), entry.clone()),
-            None => followed.entries.remove(&name),
+            Some(entry) => followed.entries.insert(identity, entry.clone()),
+            None => followed.entries.remove(&identity),
         };
         let before = before.and_then(|e| e.object);
-        match (before, entry.and_then(|e| e.object)) {
-            (_, Some(object)) => self.emit_change(object),
-            (Some(_), None) => self.emit_change(StoredObject {
+        let after = entry.and_then(|e| e.object);
+        if let Some(old) = before.filter(|b| after.as_ref().is_none_or(|a| a.name != b.name)) {
+            self.emit_change(StoredObject {
                 kind,
-                name,
+                name: old.name,
                 value: None,
                 mod_revision: revision,
-            }),
-            (None, None) => {}
+            });
+        }
+        if let Some(object) = after {
+            self.emit_change(object);
         }
     }
 
-    /// The resource versions a type's watch delivered, by name.
+    /// The resource versions a type's watch delivered, by object identity.
     fn versions(&self, kind: Kind) -> BTreeMap<&str, &str> {
         self.kinds
             .get(&kind)
@@ -250,10 +254,18 @@ impl Shared {
     }
 }
 
-/// How a followed type names its records and what they hold.
-type Namer<K> = fn(&K) -> Option<(String, Option<Vec<u8>>)>;
+/// How a followed type identifies an object (`namespace/name`, or `name`), names its record
+/// and says what the record holds (`None`: policy does not see it).
+type Namer<K> = fn(&K) -> Option<Named>;
 
-fn pod_entry(p: &Pod) -> Option<(String, Option<Vec<u8>>)> {
+/// What a [`Namer`] returns.
+struct Named {
+    identity: String,
+    record: String,
+    value: Option<Vec<u8>>,
+}
+
+fn pod_entry(p: &Pod) -> Option<Named> {
     let ns = p.metadata.namespace.as_deref()?;
     let name = p.metadata.name.as_deref()?;
     let node = p
@@ -261,35 +273,51 @@ fn pod_entry(p: &Pod) -> Option<(String, Option<Vec<u8>>)> {
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or("");
-    let record = pod_record(p).and_then(|r| serde_json::to_vec(&r).ok());
-    Some((api_pod_name(node, ns, name), record))
+    Some(Named {
+        identity: format!("{ns}/{name}"),
+        record: api_pod_name(node, ns, name),
+        value: pod_record(p).and_then(|r| serde_json::to_vec(&r).ok()),
+    })
 }
 
-fn namespace_entry(n: &Namespace) -> Option<(String, Option<Vec<u8>>)> {
-    let record = serde_json::to_vec(&namespace_record(n)).ok();
-    Some((n.metadata.name.clone()?, record))
+fn namespace_entry(n: &Namespace) -> Option<Named> {
+    let name = n.metadata.name.clone()?;
+    Some(Named {
+        identity: name.clone(),
+        record: name,
+        value: serde_json::to_vec(&namespace_record(n)).ok(),
+    })
 }
 
-fn policy_entry(np: &NetworkPolicy) -> Option<(String, Option<Vec<u8>>)> {
+fn policy_entry(np: &NetworkPolicy) -> Option<Named> {
     let ns = np.metadata.namespace.as_deref()?;
     let name = np.metadata.name.as_deref()?;
-    let record = serde_json::to_vec(&policy_record(np)).ok();
-    Some((format!("{ns}/{name}"), record))
+    let identity = format!("{ns}/{name}");
+    Some(Named {
+        record: identity.clone(),
+        identity,
+        value: serde_json::to_vec(&policy_record(np)).ok(),
+    })
 }
 
+/// An object's identity and entry.
 fn entry_of<K>(kind: Kind, namer: Namer<K>, object: &K) -> Option<(String, Entry)>
 where
     K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>,
 {
-    let (name, value) = namer(object)?;
+    let Named {
+        identity,
+        record,
+        value,
+    } = namer(object)?;
     let version = resource_version(object).unwrap_or_default();
     let object = value.map(|value| StoredObject {
         kind,
-        name: name.clone(),
+        name: record,
         value: Some(value),
         mod_revision: 0,
     });
-    Some((name, Entry { version, object }))
+    Some((identity, Entry { version, object }))
 }
 
 /// The object source's side of the API: what the watches delivered, shared by the watch
@@ -455,10 +483,7 @@ impl Objects {
         Ok(list
             .items
             .iter()
-            .filter_map(|o| {
-                let (name, _) = namer(o)?;
-                Some((name, resource_version(o).unwrap_or_default()))
-            })
+            .filter_map(|o| Some((namer(o)?.identity, resource_version(o).unwrap_or_default())))
             .collect())
     }
 
@@ -553,6 +578,7 @@ mod tests {
         assert!(pod_record(&done).is_none(), "finished pods hold no address");
     }
 
+    /// An entry under its identity: the record name without a leading node segment.
     fn entry(kind: Kind, name: &str, version: &str, seen: bool) -> (String, Entry) {
         let object = seen.then(|| StoredObject {
             kind,
@@ -560,8 +586,12 @@ mod tests {
             value: Some(b"{}".to_vec()),
             mod_revision: 0,
         });
+        let identity = match kind {
+            Kind::Pods => name.split_once('/').map_or(name, |(_, rest)| rest),
+            _ => name,
+        };
         (
-            name.into(),
+            identity.into(),
             Entry {
                 version: version.into(),
                 object,
@@ -583,7 +613,7 @@ mod tests {
         shared.listed(Kind::Pods, [entry(Kind::Pods, "n1/x/a", "5", true)].into());
         shared.changed(
             Kind::Pods,
-            "n1/x/b".into(),
+            "x/b".into(),
             Some(entry(Kind::Pods, "n1/x/b", "6", true).1),
         );
         shared.listed(Kind::Namespaces, BTreeMap::new());
@@ -628,16 +658,16 @@ mod tests {
         // A change: numbered 2, and the record carries its revision.
         shared.changed(
             Kind::Pods,
-            "n1/x/a".into(),
+            "x/a".into(),
             Some(entry(Kind::Pods, "n1/x/a", "9", true).1),
         );
         // An object policy does not see, created and deleted: nothing to say.
         shared.changed(
             Kind::Pods,
-            "n1/x/h".into(),
+            "x/h".into(),
             Some(entry(Kind::Pods, "n1/x/h", "10", false).1),
         );
-        shared.changed(Kind::Pods, "n1/x/h".into(), None);
+        shared.changed(Kind::Pods, "x/h".into(), None);
         // A deletion of a seen one: a record with no value.
         shared.changed(Kind::Policies, "x/deny".into(), None);
         let updates = drain(&mut rx);
@@ -667,7 +697,69 @@ mod tests {
         // What a checkpoint compares: every API object's version, seen by policy or not.
         assert_eq!(
             shared.versions(Kind::Pods),
-            BTreeMap::from([("n1/x/a", "9"), ("n1/x/b", "6")])
+            BTreeMap::from([("x/a", "9"), ("x/b", "6")])
         );
+    }
+
+    #[test]
+    fn a_pod_scheduled_after_it_was_seen_is_one_object() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut shared = Shared {
+            feed: Some(tx),
+            ..Shared::default()
+        };
+        for kind in Kind::ALL {
+            shared.listed(kind, BTreeMap::new());
+        }
+        drain(&mut rx);
+        // Created unscheduled (no node, no address: no record), then bound, then running.
+        let (id, unscheduled) = entry(Kind::Pods, "/x/p", "3", false);
+        shared.changed(Kind::Pods, id.clone(), Some(unscheduled));
+        shared.changed(
+            Kind::Pods,
+            id.clone(),
+            Some(entry(Kind::Pods, "n1/x/p", "4", false).1),
+        );
+        shared.changed(
+            Kind::Pods,
+            id.clone(),
+            Some(entry(Kind::Pods, "n1/x/p", "5", true).1),
+        );
+        // A checkpoint's listing holds the pod once, as the watch does.
+        assert_eq!(shared.versions(Kind::Pods), BTreeMap::from([("x/p", "5")]));
+        let updates = drain(&mut rx);
+        assert_eq!(
+            updates.len(),
+            1,
+            "only the running pod is a record: {updates:?}"
+        );
+        // Its record moving (a record name with another node) removes the old one.
+        shared.changed(
+            Kind::Pods,
+            id.clone(),
+            Some(entry(Kind::Pods, "n2/x/p", "6", true).1),
+        );
+        let names: Vec<(String, bool)> = drain(&mut rx)
+            .into_iter()
+            .flat_map(|u| match u {
+                ObjectUpdate::Changed { objects, .. } => objects,
+                other => panic!("{other:?}"),
+            })
+            .map(|o| (o.name, o.value.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [("n1/x/p".to_string(), false), ("n2/x/p".to_string(), true)]
+        );
+        shared.changed(Kind::Pods, id, None);
+        let gone = drain(&mut rx);
+        let [ObjectUpdate::Changed { objects, .. }] = gone.as_slice() else {
+            panic!("{gone:?}");
+        };
+        assert_eq!(
+            (objects[0].name.as_str(), objects[0].value.is_none()),
+            ("n2/x/p", true)
+        );
+        assert!(shared.versions(Kind::Pods).is_empty());
     }
 }

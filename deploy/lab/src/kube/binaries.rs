@@ -14,11 +14,14 @@ use crate::spec::is_executable;
 pub const VERSIONS_ENV: &str = include_str!("../../k8s/versions.env");
 
 /// The programs the lab runs out of the cache directory.
-pub const BINARIES: [&str; 4] = [
+pub const BINARIES: [&str; 7] = [
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
     "kubectl",
+    "coredns",
 ];
 
 /// The pinned upstream versions.

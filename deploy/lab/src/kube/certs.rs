@@ -1,7 +1,8 @@
 //! The lab's PKI, made with the `openssl` CLI: a CA, kube-apiserver's serving certificate
 //! (its underlay address, the `kubernetes` Service's IP, loopback and the Service's DNS names),
-//! client certificates (the admin in `system:masters`, kube-controller-manager) and the
-//! service-account signing key pair. ECDSA P-256 throughout: fast to make, and every
+//! client certificates (the admin in `system:masters`, kube-controller-manager, kube-scheduler,
+//! kube-proxy, and each node's kubelet identity `system:node:NODE` in `system:nodes`, issued as
+//! nodes join) and the service-account signing key pair. ECDSA P-256 throughout: fast to make, and every
 //! Kubernetes component takes it.
 
 use std::net::Ipv4Addr;
@@ -38,11 +39,11 @@ pub enum Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leaf {
     /// `<name>.crt` and `<name>.key` in the PKI dir.
-    pub name: &'static str,
+    pub name: String,
     /// Common name (a user name for clients).
-    pub common_name: &'static str,
+    pub common_name: String,
     /// Organization (a group for clients).
-    pub organization: Option<&'static str>,
+    pub organization: Option<String>,
     /// Server or client.
     pub usage: Usage,
     /// Subject alternative names: IP addresses.
@@ -52,10 +53,33 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// A client certificate `<name>.crt` for user `common_name` in group `organization`.
+    pub fn client(name: &str, common_name: &str, organization: Option<&str>) -> Self {
+        Leaf {
+            name: name.to_string(),
+            common_name: common_name.to_string(),
+            organization: organization.map(str::to_string),
+            usage: Usage::Client,
+            ips: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+
+    /// A kubelet's client certificate, `node-<node>.crt`: user `system:node:<node>` in group
+    /// `system:nodes`, which the Node authorizer recognises.
+    pub fn node(node: &str) -> Self {
+        Leaf::client(
+            &node_cert_name(node),
+            &format!("system:node:{node}"),
+            Some("system:nodes"),
+        )
+    }
+
     /// The `-subj` argument: `/O=.../CN=...`.
     pub fn subject(&self) -> String {
         let org = self
             .organization
+            .as_ref()
             .map(|o| format!("/O={o}"))
             .unwrap_or_default();
         format!("{org}/CN={}", self.common_name)
@@ -88,30 +112,27 @@ impl Leaf {
 pub fn leaves() -> Vec<Leaf> {
     vec![
         Leaf {
-            name: "apiserver",
-            common_name: "kube-apiserver",
+            name: "apiserver".into(),
+            common_name: "kube-apiserver".into(),
             organization: None,
             usage: Usage::Server,
             ips: vec![CONTROL_PLANE_IP, KUBERNETES_SERVICE_IP, Ipv4Addr::LOCALHOST],
             dns: APISERVER_DNS_NAMES.to_vec(),
         },
-        Leaf {
-            name: "admin",
-            common_name: "fabric-lab-admin",
-            organization: Some("system:masters"),
-            usage: Usage::Client,
-            ips: Vec::new(),
-            dns: Vec::new(),
-        },
-        Leaf {
-            name: "kube-controller-manager",
-            common_name: "system:kube-controller-manager",
-            organization: None,
-            usage: Usage::Client,
-            ips: Vec::new(),
-            dns: Vec::new(),
-        },
+        Leaf::client("admin", "fabric-lab-admin", Some("system:masters")),
+        Leaf::client(
+            "kube-controller-manager",
+            "system:kube-controller-manager",
+            None,
+        ),
+        Leaf::client("kube-scheduler", "system:kube-scheduler", None),
+        Leaf::client("kube-proxy", "system:kube-proxy", None),
     ]
+}
+
+/// The file stem of `node`'s kubelet certificate.
+pub fn node_cert_name(node: &str) -> String {
+    format!("node-{node}")
 }
 
 /// The files of a PKI directory.
@@ -185,8 +206,7 @@ impl Pki {
         ])
         .context("making the lab CA")?;
         for leaf in leaves() {
-            self.issue(&leaf)
-                .with_context(|| format!("issuing the {} certificate", leaf.name))?;
+            self.issue(&leaf)?;
         }
         openssl([
             "genpkey",
@@ -208,17 +228,21 @@ impl Pki {
             ])
         })
         .context("making the service-account key pair")?;
-        for entry in std::fs::read_dir(&self.dir)? {
-            let p = entry?.path();
-            if p.extension().is_some_and(|e| e == "key") {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
-            }
-        }
+        std::fs::set_permissions(self.sa_key(), std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(self.ca_key(), std::fs::Permissions::from_mode(0o600))?;
         Ok(())
     }
 
-    /// Key, CSR, then the CA's signature with the leaf's extensions.
-    fn issue(&self, leaf: &Leaf) -> Result<()> {
+    /// Issues `leaf` with the CA (key, CSR, the CA's signature with the leaf's extensions);
+    /// the key is left readable by root only.
+    pub fn issue(&self, leaf: &Leaf) -> Result<()> {
+        self.issue_files(leaf)
+            .with_context(|| format!("issuing the {} certificate", leaf.name))?;
+        std::fs::set_permissions(self.key(&leaf.name), std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", self.key(&leaf.name).display()))
+    }
+
+    fn issue_files(&self, leaf: &Leaf) -> Result<()> {
         let csr = self.dir.join(format!("{}.csr", leaf.name));
         let ext = self.dir.join(format!("{}.ext", leaf.name));
         openssl([
@@ -232,7 +256,7 @@ impl Pki {
             "-subj",
             &leaf.subject(),
             "-keyout",
-            &path(&self.key(leaf.name)),
+            &path(&self.key(&leaf.name)),
             "-out",
             &path(&csr),
         ])?;
@@ -255,7 +279,7 @@ impl Pki {
             "-extfile",
             &path(&ext),
             "-out",
-            &path(&self.cert(leaf.name)),
+            &path(&self.cert(&leaf.name)),
         ])?;
         let _ = std::fs::remove_file(&csr);
         let _ = std::fs::remove_file(&ext);
@@ -299,6 +323,12 @@ mod tests {
         assert!(admin.extensions().contains("extendedKeyUsage=clientAuth"));
         assert!(!admin.extensions().contains("subjectAltName"));
         assert_eq!(all[2].subject(), "/CN=system:kube-controller-manager");
+        assert_eq!(all[3].subject(), "/CN=system:kube-scheduler");
+        assert_eq!(all[4].subject(), "/CN=system:kube-proxy");
+        let node = Leaf::node("node2");
+        assert_eq!(node.name, "node-node2");
+        assert_eq!(node.subject(), "/O=system:nodes/CN=system:node:node2");
+        assert!(node.extensions().contains("extendedKeyUsage=clientAuth"));
     }
 
     #[test]
@@ -310,10 +340,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::at(dir.path().join("pki"));
         pki.create().unwrap();
-        for leaf in leaves() {
+        pki.issue(&Leaf::node("node1")).unwrap();
+        for leaf in leaves().into_iter().chain([Leaf::node("node1")]) {
             let out = Cmd::new("openssl")
                 .args(["verify", "-CAfile", &path(&pki.ca_cert())])
-                .arg(pki.cert(leaf.name))
+                .arg(pki.cert(&leaf.name))
                 .run()
                 .unwrap();
             assert!(out.contains(": OK"), "{out}");

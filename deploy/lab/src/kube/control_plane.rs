@@ -4,8 +4,9 @@
 //!
 //! etcd listens on loopback only (the apiserver is its one client); kube-apiserver serves
 //! `https://172.30.0.3:6443` with the lab CA; kube-controller-manager allocates the nodes'
-//! pod CIDRs (node IPAM) and runs everything else but the node lifecycle controller (lab nodes
-//! have no kubelet to heartbeat). Command lines are `--flag=value` words: Go's flag parsers
+//! pod CIDRs (node IPAM) and runs everything else but the node lifecycle controller (the lab's
+//! kubelet role reports its nodes Ready itself); kube-scheduler binds pods to nodes (no leader
+//! election: there is one). Command lines are `--flag=value` words: Go's flag parsers
 //! take boolean flags in no other form.
 
 use std::path::Path;
@@ -25,6 +26,8 @@ pub const ETCD: &str = "etcd";
 pub const APISERVER: &str = "kube-apiserver";
 /// kube-controller-manager.
 pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+/// kube-scheduler.
+pub const SCHEDULER: &str = "kube-scheduler";
 
 /// How long kube-apiserver gets to become ready (a loaded 2-core machine is slow).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,6 +132,23 @@ pub fn controller_manager_args(
     .collect()
 }
 
+/// kube-scheduler's command line: its own kubeconfig (`system:kube-scheduler`), serving
+/// health on loopback only, no leader election.
+pub fn scheduler_args(layout: &Layout) -> Vec<String> {
+    let kubeconfig = layout.kubeconfig(SCHEDULER).display().to_string();
+    [
+        ("--kubeconfig", kubeconfig.clone()),
+        ("--authentication-kubeconfig", kubeconfig.clone()),
+        ("--authorization-kubeconfig", kubeconfig),
+        ("--bind-address", "127.0.0.1".into()),
+        ("--leader-elect", "false".into()),
+        ("--profiling", "false".into()),
+    ]
+    .into_iter()
+    .map(|(flag, value)| format!("{flag}={value}"))
+    .collect()
+}
+
 /// Starts `binary ARGS...` inside `netns`, in its own session, logging to `logs/<name>.log`.
 pub fn start(
     name: &str,
@@ -229,6 +249,14 @@ mod tests {
         assert_eq!(
             flag(&kcm, "--kubeconfig"),
             "/run/fabric-lab/t/kube/kube-controller-manager.kubeconfig"
+        );
+
+        let sched = scheduler_args(&layout);
+        assert_eq!(flag(&sched, "--leader-elect"), "false");
+        assert_eq!(flag(&sched, "--bind-address"), "127.0.0.1");
+        assert_eq!(
+            flag(&sched, "--kubeconfig"),
+            "/run/fabric-lab/t/kube/kube-scheduler.kubeconfig"
         );
 
         let dual = PodNetworks {

@@ -1,8 +1,9 @@
 //! The mechanics of Kubernetes mode (`fabric-lab up --datastore kubernetes`): the pinned
 //! upstream binaries ([`binaries`]), the lab PKI ([`certs`]), kubeconfigs ([`kubeconfig`]), the
-//! control plane's daemons ([`control_plane`]), the pinned kubectl ([`kubectl`]) and the API
-//! objects the lab writes in the kubelet's place ([`objects`]). [`crate::lab`] orders the
-//! steps.
+//! control plane's daemons ([`control_plane`]), the pinned kubectl ([`kubectl`]), the API
+//! objects the lab writes in the kubelet's place ([`objects`]), kube-proxy's command line
+//! ([`proxy`]) and cluster DNS ([`dns`]: the CoreDNS manifest, the Corefile the workload gets).
+//! [`crate::lab`] orders the steps; [`crate::kubelet`] is the per-node kubelet role.
 //!
 //! fabricd's RBAC is the deployment manifest's own: the objects of
 //! `deploy/kubernetes/fabric.yaml` labelled [`RBAC_SELECTOR`] are applied as they are, and each
@@ -11,9 +12,11 @@
 pub mod binaries;
 pub mod certs;
 pub mod control_plane;
+pub mod dns;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod objects;
+pub mod proxy;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,16 @@ pub const CONTAINER: &str = "porter";
 /// Its image (never pulled: there is no container runtime).
 pub const IMAGE: &str = "fabric.dev/lab-porter:latest";
 
+/// The annotation on Pods the lab attaches itself ([`crate::Lab::add_pod`]): the kubelet role
+/// leaves them alone.
+pub const ATTACHED_BY_ANNOTATION: &str = "lab.fabric.dev/attached-by";
+
+/// Its value.
+pub const ATTACHED_BY_LAB: &str = "fabric-lab";
+
+/// The taint the apiserver puts on a new Node (TaintNodesByCondition) until it is Ready.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
 /// A Node as a kubelet registers it, optionally with its pod CIDRs already set (a subnet
 /// reservation: kube-controller-manager's node IPAM keeps a preset `podCIDR`).
 pub fn node(name: &str, pod_cidrs: &[String]) -> Value {
@@ -66,7 +76,11 @@ pub fn pod(
     if let Some(ports) = ports.filter(|p| p.as_array().is_some_and(|a| !a.is_empty())) {
         container["ports"] = ports.clone();
     }
-    let mut metadata = json!({"name": name, "namespace": namespace});
+    let mut metadata = json!({
+        "name": name,
+        "namespace": namespace,
+        "annotations": {ATTACHED_BY_ANNOTATION: ATTACHED_BY_LAB},
+    });
     if !labels.is_empty() {
         metadata["labels"] = json!(labels);
     }
@@ -84,6 +98,19 @@ pub fn pod(
     })
 }
 
+/// A running container as its status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// `spec.containers[].name`.
+    pub name: String,
+    /// Its image.
+    pub image: String,
+    /// The runtime's container id (`containerd://` is prefixed).
+    pub id: String,
+    /// Whether it passes its readiness probe (or has none).
+    pub ready: bool,
+}
+
 /// The status a kubelet writes once the pod's sandbox is networked and its container runs
 /// (merge patch on `pods/status`). `now` is an RFC 3339 timestamp.
 pub fn pod_status_patch(
@@ -92,16 +119,57 @@ pub fn pod_status_patch(
     container_id: &str,
     now: &str,
 ) -> Value {
+    let lab_container = ContainerState {
+        name: CONTAINER.into(),
+        image: IMAGE.into(),
+        id: container_id.into(),
+        ready: true,
+    };
+    running_pod_status(host_ip, pod_ips, &[lab_container], now, now)
+}
+
+/// The status of a pod whose sandbox is networked and whose `containers` run since `started`
+/// (RFC 3339); Ready when every container is (merge patch on `pods/status`).
+pub fn running_pod_status(
+    host_ip: Ipv4Addr,
+    pod_ips: &[IpAddr],
+    containers: &[ContainerState],
+    started: &str,
+    now: &str,
+) -> Value {
+    let ready = containers.iter().all(|c| c.ready);
     let conditions: Vec<Value> = [
-        "PodReadyToStartContainers",
-        "PodScheduled",
-        "Initialized",
-        "ContainersReady",
-        "Ready",
+        ("PodReadyToStartContainers", true),
+        ("PodScheduled", true),
+        ("Initialized", true),
+        ("ContainersReady", ready),
+        ("Ready", ready),
     ]
     .iter()
-    .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+    .map(|(t, ok)| {
+        let status = if *ok { "True" } else { "False" };
+        let mut c = json!({"type": t, "status": status, "lastTransitionTime": now});
+        if !ok {
+            c["reason"] = json!("ContainersNotReady");
+        }
+        c
+    })
     .collect();
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image,
+                "imageID": c.image,
+                "containerID": format!("containerd://{}", c.id),
+                "ready": c.ready,
+                "started": true,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            })
+        })
+        .collect();
     let pod_ips: Vec<Value> = pod_ips
         .iter()
         .map(|ip| json!({"ip": ip.to_string()}))
@@ -110,24 +178,122 @@ pub fn pod_status_patch(
         "phase": "Running",
         "hostIP": host_ip.to_string(),
         "hostIPs": [{"ip": host_ip.to_string()}],
-        "startTime": now,
+        "startTime": started,
         "conditions": conditions,
-        "containerStatuses": [{
-            "name": CONTAINER,
-            "image": IMAGE,
-            "imageID": IMAGE,
-            "containerID": format!("containerd://{container_id}"),
-            "ready": true,
-            "started": true,
-            "restartCount": 0,
-            "state": {"running": {"startedAt": now}},
-        }],
+        "containerStatuses": statuses,
     });
     if let Some(first) = pod_ips.first() {
         status["podIP"] = first["ip"].clone();
         status["podIPs"] = json!(pod_ips);
     }
     json!({ "status": status })
+}
+
+/// What a kubelet reports about its node on every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHeartbeat {
+    /// Whether the node is ready (its network plugin, fabricd, is).
+    pub ready: bool,
+    /// Why not, when not.
+    pub message: String,
+    /// CPUs.
+    pub cpus: usize,
+    /// Memory in KiB.
+    pub memory_kib: u64,
+    /// How many pods it takes.
+    pub max_pods: u32,
+    /// The kubelet version it claims (the control plane's).
+    pub version: String,
+}
+
+/// The strategic-merge patch on `nodes/status` a kubelet's heartbeat sends: the Ready and
+/// pressure conditions (merged by type, so fabricd's NetworkUnavailable stays), capacity,
+/// allocatable and node info. `now` is an RFC 3339 timestamp; `since` when Ready last changed.
+pub fn node_heartbeat_patch(hb: &NodeHeartbeat, now: &str, since: &str) -> Value {
+    let condition = |t: &str, status: bool, reason: &str, message: &str, changed: &str| {
+        json!({
+            "type": t,
+            "status": if status { "True" } else { "False" },
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": changed,
+        })
+    };
+    let (reason, message) = if hb.ready {
+        (
+            "KubeletReady",
+            "kubelet is posting ready status".to_string(),
+        )
+    } else {
+        ("KubeletNotReady", hb.message.clone())
+    };
+    let resources = json!({
+        "cpu": hb.cpus.to_string(),
+        "memory": format!("{}Ki", hb.memory_kib),
+        "pods": hb.max_pods.to_string(),
+        "ephemeral-storage": "10Gi",
+    });
+    json!({"status": {
+        "conditions": [
+            condition("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", since),
+            condition("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", since),
+            condition("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", since),
+            condition("Ready", hb.ready, reason, &message, since),
+        ],
+        "capacity": resources,
+        "allocatable": resources,
+        "nodeInfo": {
+            "kubeletVersion": hb.version,
+            "kubeProxyVersion": hb.version,
+            "containerRuntimeVersion": "fabric-lab://kubelet-role",
+            "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "osImage": "fabric-lab",
+            "kernelVersion": "",
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+        },
+    }})
+}
+
+/// Applies a status patch to `object` the way the API merges it: each key of `patch.status`
+/// replaces the object's, except `conditions`, which are merged by `type` (a strategic merge,
+/// so conditions other writers own, e.g. fabricd's NetworkUnavailable, stay).
+pub fn merge_status(object: &mut Value, patch: &Value) {
+    let Some(fields) = patch["status"].as_object() else {
+        return;
+    };
+    if !object["status"].is_object() {
+        object["status"] = json!({});
+    }
+    for (key, value) in fields {
+        if key == "conditions" {
+            let mut merged: Vec<Value> = object["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for c in value.as_array().into_iter().flatten() {
+                match merged.iter_mut().find(|m| m["type"] == c["type"]) {
+                    Some(m) => *m = c.clone(),
+                    None => merged.push(c.clone()),
+                }
+            }
+            object["status"]["conditions"] = Value::Array(merged);
+        } else {
+            object["status"][key] = value.clone();
+        }
+    }
+}
+
+/// Does Node `node` (an object) carry taint `key`?
+pub fn has_taint(node: &Value, key: &str) -> bool {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["key"] == key)
 }
 
 /// Every node's `spec.podCIDRs` (or `spec.podCIDR`) from `kubectl get nodes -o json`; nodes
@@ -278,7 +444,8 @@ mod tests {
         let p = pod("x", "a", "node1", &labels, Some(&ports));
         assert_eq!(
             p["metadata"],
-            json!({"name": "a", "namespace": "x", "labels": {"pod": "a"}})
+            json!({"name": "a", "namespace": "x", "labels": {"pod": "a"},
+                   "annotations": {ATTACHED_BY_ANNOTATION: ATTACHED_BY_LAB}})
         );
         assert_eq!(p["spec"]["nodeName"], "node1");
         assert_eq!(p["spec"]["automountServiceAccountToken"], false);
@@ -324,6 +491,91 @@ mod tests {
         assert_eq!(cs["started"], true);
         assert_eq!(cs["containerID"], "containerd://t-a");
         assert_eq!(cs["state"]["running"]["startedAt"], "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn unready_containers_make_an_unready_pod() {
+        let c = |name: &str, ready| ContainerState {
+            name: name.into(),
+            image: "nginx".into(),
+            id: format!("id-{name}"),
+            ready,
+        };
+        let ips: Vec<IpAddr> = vec!["10.244.2.7".parse().unwrap()];
+        let host = Ipv4Addr::new(172, 30, 0, 12);
+        let s = running_pod_status(host, &ips, &[c("a", true), c("b", false)], "t0", "t1");
+        let st = &s["status"];
+        assert_eq!(st["startTime"], "t0");
+        let ready = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(st["containerStatuses"][1]["ready"], false);
+        assert_eq!(
+            st["containerStatuses"][0]["containerID"],
+            "containerd://id-a"
+        );
+        let s = running_pod_status(host, &ips, &[c("a", true)], "t0", "t1");
+        assert_eq!(s["status"]["conditions"][4]["status"], "True");
+    }
+
+    #[test]
+    fn heartbeats_report_ready_capacity_and_info() {
+        let hb = NodeHeartbeat {
+            ready: true,
+            message: String::new(),
+            cpus: 2,
+            memory_kib: 1024,
+            max_pods: 110,
+            version: "v1.36.3".into(),
+        };
+        let p = node_heartbeat_patch(&hb, "now", "since");
+        let st = &p["status"];
+        let ready = &st["conditions"][3];
+        assert_eq!(ready["type"], "Ready");
+        assert_eq!(ready["status"], "True");
+        assert_eq!(ready["lastHeartbeatTime"], "now");
+        assert_eq!(ready["lastTransitionTime"], "since");
+        assert_eq!(st["allocatable"]["pods"], "110");
+        assert_eq!(st["capacity"]["memory"], "1024Ki");
+        assert_eq!(st["nodeInfo"]["kubeletVersion"], "v1.36.3");
+        let down = NodeHeartbeat {
+            ready: false,
+            message: "fabricd is not ready".into(),
+            ..hb
+        };
+        let ready = node_heartbeat_patch(&down, "now", "since")["status"]["conditions"][3].clone();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["message"], "fabricd is not ready");
+        let node = json!({"spec": {"taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]}});
+        assert!(has_taint(&node, NOT_READY_TAINT));
+        assert!(!has_taint(&json!({"spec": {}}), NOT_READY_TAINT));
+    }
+
+    #[test]
+    fn status_merges_keep_other_conditions() {
+        let mut node = json!({"metadata": {"name": "n"}, "status": {
+            "conditions": [{"type": "NetworkUnavailable", "status": "False"},
+                           {"type": "Ready", "status": "False"}],
+            "addresses": [{"type": "InternalIP", "address": "172.30.0.11"}]}});
+        merge_status(
+            &mut node,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"},
+                                              {"type": "PIDPressure", "status": "False"}],
+                               "capacity": {"pods": "110"}}}),
+        );
+        let st = &node["status"];
+        assert_eq!(st["conditions"].as_array().unwrap().len(), 3);
+        assert_eq!(st["conditions"][0]["type"], "NetworkUnavailable");
+        assert_eq!(st["conditions"][1]["status"], "True");
+        assert_eq!(st["capacity"]["pods"], "110");
+        assert_eq!(st["addresses"][0]["address"], "172.30.0.11");
+        let mut bare = json!({"metadata": {}});
+        merge_status(&mut bare, &json!({"status": {"phase": "Running"}}));
+        assert_eq!(bare["status"]["phase"], "Running");
     }
 
     #[test]

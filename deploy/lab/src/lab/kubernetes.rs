@@ -1,8 +1,10 @@
 //! The [`Lab`]'s Kubernetes-mode steps: bringing up the control plane in `NAME-cp` (PKI,
 //! kubeconfigs, etcd, kube-apiserver, kube-controller-manager, fabric's RBAC from the
 //! manifest), registering nodes as a kubelet would before their fabricd starts, giving each
-//! fabricd its ServiceAccount kubeconfig, and the kubelet's part in a pod's life (Namespace,
-//! Pod object bound to the node, status after CNI ADD, deletion after CNI DEL).
+//! fabricd its ServiceAccount kubeconfig and each node's kubelet role its `system:node:NODE`
+//! certificate, and the kubelet's part in the life of the pods the lab attaches itself
+//! (Namespace, Pod object bound to the node and annotated so the kubelet role leaves it alone,
+//! status after CNI ADD, deletion after CNI DEL).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,9 +15,13 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use super::Lab;
+use crate::kube::certs::Leaf;
 use crate::kube::certs::Pki;
-use crate::kube::control_plane::{self, PodNetworks, APISERVER, CONTROLLER_MANAGER, ETCD};
+use crate::kube::control_plane::{
+    self, PodNetworks, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER,
+};
 use crate::kube::kubeconfig::{self, Credential};
+use crate::kube::proxy::KUBE_PROXY;
 use crate::kube::{self, objects, Kubectl};
 use crate::process::{self, Daemon};
 use crate::spec::{Datastore, PodSpec};
@@ -101,7 +107,12 @@ impl Lab {
         pki.create().context("making the lab PKI")?;
         std::fs::create_dir_all(self.layout.kubectl_cache())
             .with_context(|| format!("creating {}", self.layout.kubectl_cache().display()))?;
-        for (user, leaf) in [(ADMIN, "admin"), (CONTROLLER_MANAGER, CONTROLLER_MANAGER)] {
+        for (user, leaf) in [
+            (ADMIN, "admin"),
+            (CONTROLLER_MANAGER, CONTROLLER_MANAGER),
+            (SCHEDULER, SCHEDULER),
+            (KUBE_PROXY, KUBE_PROXY),
+        ] {
             let config = kubeconfig::kubeconfig(
                 &topology::apiserver_url(),
                 &pki.ca_cert(),
@@ -123,6 +134,10 @@ impl Lab {
         self.step("waiting for kube-apiserver to be ready");
         control_plane::wait_apiserver_ready(&self.kubectl()?, &apiserver, &self.layout)?;
         self.start_controller_manager()?;
+        if self.state.services {
+            self.step("kube-scheduler");
+            self.start_component(SCHEDULER, &control_plane::scheduler_args(&self.layout))?;
+        }
 
         let manifest =
             kube::manifest_path(std::env::var_os(kube::MANIFEST_ENV), &self.state.bin_dir);
@@ -148,12 +163,18 @@ impl Lab {
         let networks = PodNetworks {
             ipv4: self.state.network.clone(),
             ipv4_len: self.state.subnet_len,
-            ipv6: self.state.ipv6_network.clone().map(|n| (n, IPV6_SUBNET_LEN)),
+            ipv6: self
+                .state
+                .ipv6_network
+                .clone()
+                .map(|n| (n, IPV6_SUBNET_LEN)),
         };
         let pki = Pki::at(self.layout.pki());
         let args =
             control_plane::controller_manager_args(&self.state.name, &self.layout, &pki, &networks);
-        self.state.control_plane.retain(|c| c.name != CONTROLLER_MANAGER);
+        self.state
+            .control_plane
+            .retain(|c| c.name != CONTROLLER_MANAGER);
         self.start_component(CONTROLLER_MANAGER, &args)?;
         Ok(())
     }
@@ -166,7 +187,11 @@ impl Lab {
             .component(CONTROLLER_MANAGER)
             .cloned()
             .context("kube-controller-manager is not part of this lab")?;
-        super::stop_daemon(CONTROLLER_MANAGER, &daemon, nix::sys::signal::Signal::SIGTERM)
+        super::stop_daemon(
+            CONTROLLER_MANAGER,
+            &daemon,
+            nix::sys::signal::Signal::SIGTERM,
+        )
     }
 
     /// Whether kube-controller-manager runs.
@@ -177,7 +202,7 @@ impl Lab {
     }
 
     /// Starts one control-plane daemon in `NAME-cp` and records it.
-    fn start_component(&mut self, name: &str, args: &[String]) -> Result<Daemon> {
+    pub(super) fn start_component(&mut self, name: &str, args: &[String]) -> Result<Daemon> {
         let binary = self
             .state
             .kube_bin_dir
@@ -230,8 +255,29 @@ impl Lab {
         }
         for name in nodes {
             self.write_node_kubeconfig(name)?;
+            self.write_kubelet_kubeconfig(name)?;
         }
         Ok(())
+    }
+
+    /// Issues `node`'s kubelet certificate (`system:node:NODE`, `system:nodes`) and writes
+    /// `nodes/NODE/kubelet.kubeconfig` with it.
+    fn write_kubelet_kubeconfig(&self, node: &str) -> Result<()> {
+        let pki = Pki::at(self.layout.pki());
+        let leaf = Leaf::node(node);
+        pki.issue(&leaf)?;
+        let dir = self.layout.node_dir(node);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config = kubeconfig::kubeconfig(
+            &topology::apiserver_url(),
+            &pki.ca_cert(),
+            &leaf.common_name,
+            &Credential::ClientCert {
+                cert: pki.cert(&leaf.name),
+                key: pki.key(&leaf.name),
+            },
+        );
+        kubeconfig::write(&self.layout.kubelet_kubeconfig(node), &config)
     }
 
     /// The pod CIDRs reserved for `node` (IPv4, and the IPv6 subnet of the same index on a

@@ -2,7 +2,8 @@
 //! hidden `fabric-lab` subcommands inside pod namespaces:
 //!
 //! - `fabric-lab serve --port 80 --port 81`: TCP, UDP and SCTP servers on each port
-//!   ([`serve`]);
+//!   ([`serve`]); `serve --http --body NAME --tcp 80 --udp 53` is the kubelet role's stand-in
+//!   container (HTTP 200 with the pod's name on TCP ports, echo on UDP ones);
 //! - `fabric-lab probe [--timeout 1s] IP:PORT/PROTO...`: one bounded connection attempt per
 //!   target, all at once, a JSON line each ([`probe`]);
 //! - `fabric-lab connect-rate --to IP:PORT --seconds N`: new TCP connections per second
