@@ -194,6 +194,27 @@ fn kube_manifests_pass_a_server_side_dry_run() {
         .run(&["apply", "--dry-run=server", "-k", &dir])
         .unwrap();
     assert!(out.contains("daemonset.apps/fabric"), "{out}");
+    // The example policies are what kubectl reads too (YAML 1.1: a bare `y` is a boolean).
+    let kubectl = lab.kubectl().unwrap();
+    kubectl.run(&["create", "namespace", "y"]).unwrap();
+    let policies = manifest
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("policies");
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let path = entry.unwrap().path();
+        let out = kubectl
+            .run(&[
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &path.display().to_string(),
+            ])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(out.contains("networkpolicy"), "{}: {out}", path.display());
+    }
 }
 
 /// `/readyz` of fabricd on `node` (its health endpoint, inside the node's namespace).
