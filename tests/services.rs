@@ -402,3 +402,57 @@ fn services_network_policy_applies_after_dnat_and_dns_egress_is_allowed() {
         "egress to the pod itself denied too"
     );
 }
+
+#[test]
+fn services_ipv6_on_a_dual_stack_lab() {
+    let mut spec = services_spec("s6", Backend::Vxlan);
+    spec.ipv6_network = Some("fd00:10:244::/48".into());
+    let lab = up(spec);
+    tutorial(&lab, "default", 3);
+    let dual = r#"{"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "nginx-dual"},
+        "spec": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"],
+                 "selector": {"app": "nginx"}, "ports": [{"port": 80}]}}"#;
+    lab.kubectl()
+        .unwrap()
+        .run_stdin(&["apply", "-f", "-"], dual)
+        .unwrap();
+    let ips = kubectl(
+        &lab,
+        &[
+            "get",
+            "svc",
+            "nginx-dual",
+            "-o",
+            "jsonpath={.spec.clusterIPs[0]}",
+        ],
+    );
+    let v6 = ips.trim().to_string();
+    assert!(v6.contains(':'), "the first ClusterIP is IPv6: {v6:?}");
+    let names: BTreeSet<String> = replicas(&lab, "default")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    eventually(Duration::from_secs(15), || {
+        answers_from_all(&lab, "default/client", &format!("http://[{v6}]"), &names)
+    })
+    .unwrap();
+    // The name resolves to the IPv6 ClusterIP (AAAA), and curl -6 by name goes there.
+    let out = lab
+        .exec_ok("default/client", &["getent", "ahostsv6", "nginx-dual"])
+        .unwrap();
+    assert!(out.contains(&v6), "{out}");
+    let body = curl(&lab, "default/client", "http://nginx-dual").unwrap();
+    assert!(names.contains(&body), "{body}");
+    let out = lab
+        .exec(
+            "default/client",
+            &["curl", "-6", "-sS", "--max-time", "2", "http://nginx-dual"],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,6 +28,17 @@ pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 250);
 pub const APISERVER_PORT: u16 = 6443;
 /// The Kubernetes service network (the apiserver's `kubernetes` Service is its first address).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The Kubernetes service network's IPv6 half, on a dual-stack lab.
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
+
+/// `--service-cluster-ip-range`: IPv4, and IPv6 beside it on a dual-stack lab.
+pub fn service_cidrs(dual_stack: bool) -> String {
+    if dual_stack {
+        format!("{SERVICE_CIDR},{SERVICE_CIDR6}")
+    } else {
+        SERVICE_CIDR.to_string()
+    }
+}
 /// The `kubernetes` Service's cluster IP, the first address of [`SERVICE_CIDR`].
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// The etcd key prefix fabric uses.

@@ -18,7 +18,7 @@ use super::certs::Pki;
 use super::kubectl::Kubectl;
 use crate::process::{self, Cmd, Daemon};
 use crate::state::Layout;
-use crate::topology::{APISERVER_PORT, CONTROL_PLANE_IP, SERVICE_CIDR};
+use crate::topology::{service_cidrs, APISERVER_PORT, CONTROL_PLANE_IP};
 
 /// The control plane's etcd.
 pub const ETCD: &str = "etcd";
@@ -65,8 +65,8 @@ pub fn etcd_args(layout: &Layout) -> Vec<String> {
     .collect()
 }
 
-/// kube-apiserver's command line.
-pub fn apiserver_args(layout: &Layout, pki: &Pki) -> Vec<String> {
+/// kube-apiserver's command line (with an IPv6 service network too when `dual_stack`).
+pub fn apiserver_args(layout: &Layout, pki: &Pki, dual_stack: bool) -> Vec<String> {
     let p = |path: std::path::PathBuf| path.display().to_string();
     [
         ("--advertise-address", CONTROL_PLANE_IP.to_string()),
@@ -77,7 +77,7 @@ pub fn apiserver_args(layout: &Layout, pki: &Pki) -> Vec<String> {
         ("--tls-private-key-file", p(pki.key("apiserver"))),
         ("--client-ca-file", p(pki.ca_cert())),
         ("--authorization-mode", "Node,RBAC".into()),
-        ("--service-cluster-ip-range", SERVICE_CIDR.into()),
+        ("--service-cluster-ip-range", service_cidrs(dual_stack)),
         (
             "--service-account-issuer",
             "https://kubernetes.default.svc.cluster.local".into(),
@@ -119,7 +119,10 @@ pub fn controller_manager_args(
     .into_iter()
     .chain(masks)
     .chain([
-        ("--service-cluster-ip-range", SERVICE_CIDR.into()),
+        (
+            "--service-cluster-ip-range",
+            service_cidrs(networks.ipv6.is_some()),
+        ),
         ("--controllers", "*,-node-lifecycle-controller".into()),
         ("--use-service-account-credentials", "true".into()),
         ("--service-account-private-key-file", p(pki.sa_key())),
@@ -216,7 +219,12 @@ mod tests {
         assert_eq!(flag(&etcd, "--data-dir"), "/run/fabric-lab/t/etcd");
         assert_eq!(flag(&etcd, "--listen-client-urls"), "http://127.0.0.1:2379");
 
-        let api = apiserver_args(&layout, &pki);
+        let dual = apiserver_args(&layout, &pki, true);
+        assert_eq!(
+            flag(&dual, "--service-cluster-ip-range"),
+            "10.96.0.0/12,fd00:10:96::/112"
+        );
+        let api = apiserver_args(&layout, &pki, false);
         assert_eq!(flag(&api, "--advertise-address"), "172.30.0.3");
         assert_eq!(flag(&api, "--secure-port"), "6443");
         assert_eq!(flag(&api, "--authorization-mode"), "Node,RBAC");

@@ -129,7 +129,7 @@ impl Lab {
         etcd::wait_healthy(&cp, &etcd, &self.layout)?;
         let apiserver = self.start_component(
             APISERVER,
-            &control_plane::apiserver_args(&self.layout, &pki),
+            &control_plane::apiserver_args(&self.layout, &pki, self.state.ipv6_network.is_some()),
         )?;
         self.step("waiting for kube-apiserver to be ready");
         control_plane::wait_apiserver_ready(&self.kubectl()?, &apiserver, &self.layout)?;
