@@ -324,6 +324,17 @@ fn services_headless_hairpin_and_local_traffic_policy() {
     );
 }
 
+/// One of the project's example policies (`deploy/policies/`).
+fn project_policy(file: &str) -> String {
+    format!("{}/../deploy/policies/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Applies a manifest file and waits until every node enforces it.
+fn apply_and_sync(lab: &Lab, file: &str) {
+    kubectl(lab, &["apply", "-f", file]);
+    sync(lab);
+}
+
 /// Waits until every node enforces the policies the API holds.
 fn sync(lab: &Lab) {
     for node in lab.nodes() {
@@ -347,18 +358,7 @@ fn services_network_policy_applies_after_dnat_and_dns_egress_is_allowed() {
 
     // Ingress denied to every pod of y: the Service's traffic is judged at its real
     // destination, after kube-proxy's DNAT.
-    kubectl(
-        &lab,
-        &[
-            "apply",
-            "-f",
-            &format!(
-                "{}/../deploy/policies/default-deny.yaml",
-                env!("CARGO_MANIFEST_DIR")
-            ),
-        ],
-    );
-    sync(&lab);
+    apply_and_sync(&lab, &project_policy("default-deny.yaml"));
     assert!(
         curl(&lab, "y/client", "http://nginx-service").is_err(),
         "denied through the Service"
@@ -376,18 +376,7 @@ fn services_network_policy_applies_after_dnat_and_dns_egress_is_allowed() {
     answers_from_all(&lab, "y/client", "http://nginx-service", &names).unwrap();
 
     // Egress denied from y but for DNS to kube-system: names resolve, nothing else goes out.
-    kubectl(
-        &lab,
-        &[
-            "apply",
-            "-f",
-            &format!(
-                "{}/../deploy/policies/allow-dns-egress.yaml",
-                env!("CARGO_MANIFEST_DIR")
-            ),
-        ],
-    );
-    sync(&lab);
+    apply_and_sync(&lab, &project_policy("allow-dns-egress.yaml"));
     let ip = lookup(&lab, "y/client", "nginx-service").unwrap();
     assert_eq!(ip.len(), 1, "{ip:?}");
     assert!(

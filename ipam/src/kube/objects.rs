@@ -372,16 +372,7 @@ impl Objects {
     }
 
     /// Follows every object of type `K` in a task of its own.
-    fn spawn<K>(&self, kind: Kind, what: &'static str, namer: Namer<K>)
-    where
-        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
-            + kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + 'static,
-    {
+    fn spawn<K: ApiObject>(&self, kind: Kind, what: &'static str, namer: Namer<K>) {
         let api: Api<K> = Api::all(self.client.clone());
         let shared = self.shared.clone();
         tokio::spawn(follow(api, what, move |seen| {
@@ -433,14 +424,19 @@ impl Objects {
         let deadline = tokio::time::Instant::now() + CHECKPOINT_PATIENCE;
         loop {
             let listed = [
-                (Kind::Pods, self.versions::<Pod>(pod_entry).await?),
+                (
+                    Kind::Pods,
+                    self.versions::<Pod>(Kind::Pods, pod_entry).await?,
+                ),
                 (
                     Kind::Namespaces,
-                    self.versions::<Namespace>(namespace_entry).await?,
+                    self.versions::<Namespace>(Kind::Namespaces, namespace_entry)
+                        .await?,
                 ),
                 (
                     Kind::Policies,
-                    self.versions::<NetworkPolicy>(policy_entry).await?,
+                    self.versions::<NetworkPolicy>(Kind::Policies, policy_entry)
+                        .await?,
                 ),
             ];
             {
@@ -466,55 +462,12 @@ impl Objects {
         }
     }
 
-    /// Every object of type `K` now in the API: record name and resource version.
-    async fn versions<K>(&self, namer: Namer<K>) -> Result<BTreeMap<String, String>, StoreError>
-    where
-        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
-            + kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::all(self.client.clone());
-        let list = api
-            .list(&ListParams::default())
-            .await
-            .map_err(super::unavailable)?;
-        Ok(list
-            .items
-            .iter()
-            .filter_map(|o| Some((namer(o)?.identity, resource_version(o).unwrap_or_default())))
-            .collect())
-    }
-
-    /// Every object now in the API (and this node's attached pods), read once.
-    pub(crate) async fn list(&self) -> Result<Vec<StoredObject>, StoreError> {
-        let mut out = Vec::new();
-        out.extend(self.list_kind::<Pod>(Kind::Pods, pod_entry).await?);
-        out.extend(
-            self.list_kind::<Namespace>(Kind::Namespaces, namespace_entry)
-                .await?,
-        );
-        out.extend(
-            self.list_kind::<NetworkPolicy>(Kind::Policies, policy_entry)
-                .await?,
-        );
-        out.extend(self.lock().local.values().cloned());
-        Ok(out)
-    }
-
-    async fn list_kind<K>(
+    /// Every object of type `K` now in the API (a consistent read), by identity.
+    async fn listed<K: ApiObject>(
         &self,
         kind: Kind,
         namer: Namer<K>,
-    ) -> Result<Vec<StoredObject>, StoreError>
-    where
-        K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
-            + kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
+    ) -> Result<BTreeMap<String, Entry>, StoreError> {
         let api: Api<K> = Api::all(self.client.clone());
         let list = api
             .list(&ListParams::default())
@@ -523,9 +476,63 @@ impl Objects {
         Ok(list
             .items
             .iter()
-            .filter_map(|o| entry_of(kind, namer, o)?.1.object)
+            .filter_map(|o| entry_of(kind, namer, o))
             .collect())
     }
+
+    /// Every object of type `K` now in the API: identity and resource version.
+    async fn versions<K: ApiObject>(
+        &self,
+        kind: Kind,
+        namer: Namer<K>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let listed = self.listed(kind, namer).await?;
+        Ok(listed.into_iter().map(|(id, e)| (id, e.version)).collect())
+    }
+
+    /// Every record now in the API (and this node's attached pods), read once.
+    pub(crate) async fn list(&self) -> Result<Vec<StoredObject>, StoreError> {
+        let records = |listed: BTreeMap<String, Entry>| {
+            listed
+                .into_values()
+                .filter_map(|e| e.object)
+                .collect::<Vec<_>>()
+        };
+        let mut out = records(self.listed::<Pod>(Kind::Pods, pod_entry).await?);
+        out.extend(records(
+            self.listed::<Namespace>(Kind::Namespaces, namespace_entry)
+                .await?,
+        ));
+        out.extend(records(
+            self.listed::<NetworkPolicy>(Kind::Policies, policy_entry)
+                .await?,
+        ));
+        out.extend(self.lock().local.values().cloned());
+        Ok(out)
+    }
+}
+
+/// What the source follows and lists: a typed API object (pods, namespaces, policies).
+trait ApiObject:
+    k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
+    + kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+}
+
+impl<K> ApiObject for K where
+    K: k8s_openapi::Metadata<Ty = kube::core::ObjectMeta>
+        + kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static
+{
 }
 
 #[cfg(test)]

@@ -59,6 +59,22 @@ impl Kubectl {
         serde_json::from_str(&out).with_context(|| format!("parsing `kubectl {}`", all.join(" ")))
     }
 
+    /// Deletes Pod `namespace/name` at once (grace period 0, not waiting): what kubelet does
+    /// once a pod's containers are gone, and what the lab does where no kubelet would.
+    pub fn delete_pod_now(&self, namespace: &str, name: &str) -> Result<String> {
+        self.run(&[
+            "delete",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "--grace-period=0",
+            "--force",
+            "--ignore-not-found",
+            "--wait=false",
+        ])
+    }
+
     /// `kubectl apply -f -` of one object or a `List`.
     pub fn apply(&self, object: &Value) -> Result<String> {
         self.run_stdin(&["apply", "-f", "-"], object.to_string())

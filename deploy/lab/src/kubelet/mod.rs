@@ -316,17 +316,7 @@ impl Kubelet {
             return;
         }
         self.finalized.push(uid.to_string());
-        let deleted = self.cfg.kubectl.run(&[
-            "delete",
-            "pod",
-            name,
-            "-n",
-            namespace,
-            "--grace-period=0",
-            "--force",
-            "--ignore-not-found",
-            "--wait=false",
-        ]);
+        let deleted = self.cfg.kubectl.delete_pod_now(namespace, name);
         match deleted {
             Ok(_) => log(&format!("pod {namespace}/{name}: deleted")),
             Err(e) => log(&format!("pod {namespace}/{name}: delete failed: {e:#}")),

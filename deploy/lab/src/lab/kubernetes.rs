@@ -462,17 +462,7 @@ impl Lab {
     /// Deletes a Pod object at once (no kubelet is there to finalize a graceful deletion).
     pub(super) fn delete_pod_object(&self, namespace: &str, name: &str) -> Result<()> {
         self.kubectl()?
-            .run(&[
-                "delete",
-                "pod",
-                name,
-                "-n",
-                namespace,
-                "--grace-period=0",
-                "--force",
-                "--ignore-not-found",
-                "--wait=false",
-            ])
+            .delete_pod_now(namespace, name)
             .with_context(|| format!("deleting Pod {namespace}/{name}"))
             .map(drop)
     }
