@@ -194,8 +194,12 @@ pub fn run(opts: &Options) -> Result<Section> {
             )
             .with_context(|| format!("iperf3 with {}", condition.label(opts.policies)))?;
             let r = crate::iperf::to_run(&r);
-            let per_second = connect_rate(&agent, &client.netns, server.ip, opts)
-                .with_context(|| format!("connect-rate with {}", condition.label(opts.policies)))?;
+            let to = std::net::SocketAddrV4::new(server.ip, SERVE_PORT);
+            let per_second =
+                connect_rate(&agent, &client.netns, to, opts.seconds, opts.concurrency)
+                    .with_context(|| {
+                        format!("connect-rate with {}", condition.label(opts.policies))
+                    })?;
             eprintln!(
                 "[{}] rep {}/{} {:<32} {:6.2} Gbit/s {:8.0} connections/s",
                 opts.name,
@@ -343,23 +347,24 @@ fn switch(
     Ok(())
 }
 
-/// `fabric-lab connect-rate` from `netns` to the server for `seconds`; connections/s.
-fn connect_rate(
+/// `fabric-lab connect-rate` (the in-pod agent `agent`) from `netns` to `to` for `seconds`
+/// with `concurrency` connectors; connections/s. Fails if over 1 % of connections failed.
+pub(crate) fn connect_rate(
     agent: &std::path::Path,
     netns: &str,
-    server: std::net::Ipv4Addr,
-    opts: &Options,
+    to: std::net::SocketAddrV4,
+    seconds: u32,
+    concurrency: usize,
 ) -> Result<f64> {
-    let seconds = opts.seconds;
     let out = Cmd::in_netns(netns, agent)
         .args([
             "connect-rate",
             "--to",
-            &format!("{server}:{SERVE_PORT}"),
+            &to.to_string(),
             "--seconds",
             &seconds.to_string(),
             "--concurrency",
-            &opts.concurrency.to_string(),
+            &concurrency.to_string(),
         ])
         .timeout(Duration::from_secs(u64::from(seconds) + 30))
         .run()?;
@@ -369,7 +374,7 @@ fn connect_rate(
     let connections = v["connections"].as_u64().unwrap_or(0);
     ensure!(
         connections > 0 && failures * 100 <= connections,
-        "connect-rate: {connections} connections, {failures} failures"
+        "connect-rate to {to}: {connections} connections, {failures} failures"
     );
     v["per_second"]
         .as_f64()
@@ -383,8 +388,8 @@ fn join(v: &[f64], decimals: usize) -> String {
         .join(", ")
 }
 
-/// Ends the server when the benchmark ends, however it ends.
-struct StopOnDrop(Daemon);
+/// Ends a server when the benchmark ends, however it ends.
+pub(crate) struct StopOnDrop(pub(crate) Daemon);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {

@@ -13,6 +13,9 @@
 //! - `wireguard`: fabric's wireguard backend beside the raw underlay, kernel VXLAN (hand-built
 //!   and fabric's) and userspace WireGuard (boringtun-cli, wireguard-go) in one interleaved
 //!   run on two labs, with a PNG bar chart ([`wireguard`], [`wg_anchor`], [`chart`]).
+//! - `services`: on one 3-node Kubernetes-mode lab with kube-proxy and CoreDNS, iperf3 and new
+//!   connections/s to a pod's IP vs to its Service's ClusterIP, interleaved, and DNS lookup
+//!   latency from a pod to the cluster DNS ([`services`]).
 //!
 //! Every lab namespace starts with the lab's name; if the process is killed before its guards
 //! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included;
@@ -27,6 +30,7 @@ mod enforcement;
 mod interleave;
 mod iperf;
 mod report;
+mod services;
 mod throughput;
 mod wg_anchor;
 mod wireguard;
@@ -112,6 +116,27 @@ enum Command {
         #[arg(long, default_value = "benchcp")]
         name: String,
     },
+    /// Services on a 3-node Kubernetes-mode lab (kube-proxy nftables, CoreDNS): iperf3 and
+    /// new connections/s to a pod IP vs to its ClusterIP (interleaved), and DNS lookup latency
+    /// from a pod.
+    Services {
+        /// Interleaved repetitions (each: iperf3 P1 and P4 and connect-rate to both, then a
+        /// batch of DNS lookups).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run and per connection-rate run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Connections kept in flight at once by the connection-rate client.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// DNS lookups in all, spread over the repetitions.
+        #[arg(long, default_value_t = 500)]
+        lookups: usize,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchsvc")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -149,6 +174,19 @@ fn main() -> Result<()> {
                     wireguard::CHART_FILE.to_string(),
                 )
             }),
+        })?,
+        Command::Services {
+            reps,
+            seconds,
+            concurrency,
+            lookups,
+            name,
+        } => services::run(&services::Options {
+            name,
+            reps,
+            seconds,
+            concurrency,
+            lookups,
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
         Command::Control {
