@@ -34,7 +34,7 @@ fn kubectl(lab: &Lab, args: &[&str]) -> String {
 }
 
 /// Applies the tutorial's Deployment and Service and the client pod in `namespace`; waits
-/// until `replicas` endpoints are ready and the client runs.
+/// until `replicas` endpoints are ready, the client runs and reaches the Service.
 fn tutorial(lab: &Lab, namespace: &str, replicas: usize) {
     for file in ["nginx-deployment.yaml", "nginx-service.yaml", "client.yaml"] {
         kubectl(lab, &["apply", "-n", namespace, "-f", &example(file)]);
@@ -48,6 +48,13 @@ fn tutorial(lab: &Lab, namespace: &str, replicas: usize) {
     .unwrap();
     lab.wait_kubelet_pod(namespace, "client", Duration::from_secs(60))
         .unwrap();
+    // kube-proxy on the client's node programs the Service a moment after its endpoints are
+    // ready (until then it rejects): the Service answers once before the test goes on.
+    let client = format!("{namespace}/client");
+    eventually(Duration::from_secs(15), || {
+        curl(lab, &client, "http://nginx-service")
+    })
+    .unwrap();
 }
 
 /// One HTTP GET from lab namespace `from`; the body (the serving pod's name).
