@@ -57,6 +57,14 @@ fn tutorial(lab: &Lab, namespace: &str, replicas: usize) {
     .unwrap();
 }
 
+/// The ClusterIP of Service `name` in `default`.
+fn cluster_ip(lab: &Lab, name: &str) -> String {
+    kubectl(
+        lab,
+        &["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"],
+    )
+}
+
 /// One HTTP GET from lab namespace `from`; the body (the serving pod's name).
 fn curl(lab: &Lab, from: &str, url: &str) -> Result<String> {
     let out = lab.exec(from, &["curl", "-sS", "--max-time", "2", url])?;
@@ -133,16 +141,7 @@ fn tutorial_on(backend: Backend, tag: &str) {
         placed.iter().any(|(_, node)| *node != client_node),
         "no replica on another node than the client's"
     );
-    let cluster_ip = kubectl(
-        &lab,
-        &[
-            "get",
-            "svc",
-            "nginx-service",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    );
+    let cluster_ip = cluster_ip(&lab, "nginx-service");
     for url in [
         "http://nginx-service".to_string(),
         "http://nginx-service.default.svc.cluster.local".to_string(),
@@ -244,16 +243,7 @@ fn services_headless_hairpin_and_local_traffic_policy() {
     })
     .unwrap();
     // The ClusterIP Service resolves to its ClusterIP.
-    let cluster_ip = kubectl(
-        &lab,
-        &[
-            "get",
-            "svc",
-            "nginx-service",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ],
-    );
+    let cluster_ip = cluster_ip(&lab, "nginx-service");
     let found = lookup(&lab, "default/client", "nginx-service").unwrap();
     assert_eq!(found, BTreeSet::from([cluster_ip.trim().to_string()]));
 

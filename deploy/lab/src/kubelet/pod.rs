@@ -190,13 +190,6 @@ fn container(c: &Value) -> Container {
             })
         })
         .collect();
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect()
-    };
     let mut args = strings(&c["command"]);
     args.extend(strings(&c["args"]));
     let probe = &c["readinessProbe"];
@@ -235,6 +228,16 @@ fn container(c: &Value) -> Container {
         args,
         readiness,
     }
+}
+
+/// The strings of a JSON array (`command`, `args`, `dnsConfig.searches`, ...); nothing for
+/// anything else.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]

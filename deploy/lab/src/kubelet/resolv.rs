@@ -16,6 +16,8 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
+use super::pod::strings;
+
 /// Most search domains kubelet keeps.
 pub const MAX_SEARCHES: usize = 32;
 /// Longest search line kubelet keeps (characters, domains joined by spaces).
@@ -91,13 +93,6 @@ pub fn pod_dns(pod: &Value, cluster: &ClusterDns, host: &DnsConfig) -> DnsConfig
         _ => host.clone(),
     };
     let extra = &spec["dnsConfig"];
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect()
-    };
     conf.nameservers.extend(strings(&extra["nameservers"]));
     conf.nameservers = dedup(std::mem::take(&mut conf.nameservers));
     conf.searches.extend(strings(&extra["searches"]));
