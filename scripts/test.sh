@@ -19,6 +19,8 @@ if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-image-amd64 >/dev/null
 fi
 command -v vng >/dev/null || python3 -m pip install -q virtme-ng
+printf '\033[1m==> fuzzing each target briefly (scripts/fuzz.sh --smoke)\033[0m\n' >&2
+./scripts/fuzz.sh --smoke
 printf '\033[1m==> running the tests\033[0m\n' >&2
 # End-to-end tests each build a lab; two at a time keeps a 2-core machine responsive.
 exec cargo test --release --workspace -- --test-threads 2 "$@"

@@ -475,3 +475,82 @@ fn replayed_datagrams_are_refused_and_counted() {
     .unwrap();
     ping(&lab, &a.name, b.ip).unwrap();
 }
+
+/// Replies to `ping -c count -i interval -W 1 ip` from `from`.
+fn ping_replies(lab: &Lab, from: &str, ip: Ipv4Addr, count: u32) -> Result<u32> {
+    let out = lab.exec(
+        from,
+        &[
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &ip.to_string(),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received")?.parse().ok())
+        .with_context(|| format!("no ping summary in {text:?}"))?;
+    Ok(received)
+}
+
+/// What a user checks while an attacker who read node2's lease floods its WireGuard port
+/// with valid-mac1 handshake initiations from unknown keys (30k/s): the pods across the
+/// tunnel keep talking, and a peer that restarts completes a new handshake (with the cookie
+/// the loaded node demands).
+#[test]
+fn handshake_flood_leaves_tunnels_and_new_handshakes_working() {
+    const RATE: u32 = 30_000;
+    let mut lab = up(spec("wgflood", 2, 1, Backend::Wireguard));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    eventually(Duration::from_secs(5), || ping(&lab, &a.name, b.ip)).unwrap();
+    let key = lease_of(&lab.leases().unwrap(), "node2")["backend_data"]["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = format!("{}:51820", lab.node("node2").unwrap().underlay_ip);
+    let lab_bin = lab.state().bin_dir.join("fabric-lab");
+    // From node1's underlay namespace, self-bounded to 60 s, killed at the end of the test.
+    let _flood = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.netns("node1").unwrap()])
+            .arg(&lab_bin)
+            .args(["wg-flood", "--target", &target, "--public-key", &key])
+            .args(["--rate", &RATE.to_string(), "--seconds", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The established tunnel carries pings with little loss, and a TCP transfer.
+    let got = ping_replies(&lab, &a.name, b.ip, 20).unwrap();
+    assert!(got >= 18, "{got}/20 pings answered during the flood");
+    let transfer = Transfer::start(&b.netns, b.ip, &a.netns, 4).unwrap();
+    let report = transfer.finish().unwrap();
+    assert!(report.error.is_none(), "iperf3 failed: {:?}", report.error);
+    assert!(
+        !report.intervals.is_empty() && report.intervals.iter().all(|&bps| bps > 1e6),
+        "the transfer stalled during the flood: {:?}",
+        report.intervals
+    );
+
+    // node1 restarts with no sessions: its new handshake must get through the loaded node2.
+    lab.stop_fabricd("node1", Signal::SIGKILL).unwrap();
+    lab.start_fabricd("node1").unwrap();
+    eventually(Duration::from_secs(30), || ping(&lab, &a.name, b.ip)).unwrap();
+    ping(&lab, &b.name, a.ip).unwrap();
+    let fresh = &peers_report(&lab, "node1").unwrap()["peers"][0];
+    assert!(fresh["latest_handshake_secs_ago"].is_u64(), "{fresh}");
+    // The flood did arrive, and node2 answered it with cookies instead of key exchanges.
+    let report = peers_report(&lab, "node2").unwrap();
+    let under_load = report["dropped"]["under_load"].as_u64().unwrap_or(0);
+    assert!(under_load > u64::from(RATE), "{}", report["dropped"]);
+}

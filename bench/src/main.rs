@@ -16,6 +16,8 @@
 //! - `services`: on one 3-node Kubernetes-mode lab with kube-proxy and CoreDNS, iperf3 and new
 //!   connections/s to a pod's IP vs to its Service's ClusterIP, interleaved, and DNS lookup
 //!   latency from a pod to the cluster DNS ([`services`]).
+//! - `wg-flood`: fabric wireguard pod-to-pod iperf3, quiet vs while `fabric-lab wg-flood`
+//!   sends 30k/s junk handshake initiations at the receiving node ([`wg_flood`]).
 //!
 //! Every lab namespace starts with the lab's name; if the process is killed before its guards
 //! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included;
@@ -33,6 +35,7 @@ mod report;
 mod services;
 mod throughput;
 mod wg_anchor;
+mod wg_flood;
 mod wireguard;
 
 use std::path::{Path, PathBuf};
@@ -137,6 +140,22 @@ enum Command {
         #[arg(long, default_value = "benchsvc")]
         name: String,
     },
+    /// fabric wireguard pod-to-pod iperf3, quiet vs under a flood of junk handshake
+    /// initiations (valid mac1) at the receiving node's WireGuard port (interleaved).
+    WgFlood {
+        /// Interleaved repetitions (each: P1 quiet, P1 flooded, P4 quiet, P4 flooded).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds per iperf3 run (`-t`).
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Junk initiations per second.
+        #[arg(long, default_value_t = 30_000)]
+        rate: u64,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchflood")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -187,6 +206,17 @@ fn main() -> Result<()> {
             seconds,
             concurrency,
             lookups,
+        })?,
+        Command::WgFlood {
+            reps,
+            seconds,
+            rate,
+            name,
+        } => wg_flood::run(&wg_flood::Options {
+            name,
+            reps,
+            seconds,
+            rate,
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
         Command::Control {

@@ -1,24 +1,32 @@
-//! The local API server: one JSON request per connection on a unix socket (root only, 0600),
+//! The local API server: one JSON request per connection on a unix socket (root only, created
+//! 0600),
 //! answered from the node's [`PodNetwork`], its backend and its policy view. The protocol is
 //! `fabric_cni::api`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fabric_cni::api::{codes, CniError, PolicyStatus, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use tunnel::Backend;
 
+use crate::listen;
 use crate::pods::PodNetwork;
 use crate::policies;
 
 /// The largest request accepted, in bytes.
 const MAX_REQUEST: u64 = 1 << 20;
+
+/// Connections served at once (a CNI call each, mostly; a node runs at most a few hundred
+/// pods) and how long a client has to send its request line.
+const LIMITS: listen::Limits = listen::Limits {
+    connections: 256,
+    read_timeout: Duration::from_secs(10),
+};
 
 /// What the API serves from: the pod network once the node holds a subnet, the data path
 /// once it is built.
@@ -45,21 +53,13 @@ pub async fn serve(path: &Path, serving: Serving) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = listen::bind_private(path)?;
     tracing::info!(socket = %path.display(), "local API listening");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((conn, _)) => {
-                    let serving = serving.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(conn, serving).await {
-                            tracing::debug!(error = %e, "API connection failed");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "API accept failed"),
+    listen::spawn(listener, LIMITS, "api", move |conn| {
+        let serving = serving.clone();
+        async move {
+            if let Err(e) = handle(conn, serving).await {
+                tracing::debug!(error = %e, "API connection failed");
             }
         }
     });
@@ -70,7 +70,7 @@ async fn handle(conn: UnixStream, serving: Serving) -> std::io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
-    reader.read_line(&mut line).await?;
+    listen::within(LIMITS.read_timeout, reader.read_line(&mut line)).await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => dispatch(request, &serving).await,
         Err(e) => Response::Error(CniError::new(

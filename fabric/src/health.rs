@@ -6,7 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::listen;
+
+/// Probes served at once, and how long a prober has to send its request.
+const LIMITS: listen::Limits = listen::Limits {
+    connections: 64,
+    read_timeout: std::time::Duration::from_secs(5),
+};
 
 /// Serves the health endpoints on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<()> {
@@ -22,22 +30,19 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
         }
     };
     tracing::info!(%addr, "health endpoints listening");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                continue;
-            };
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let (status, body) = respond(&buf[..n], ready.load(Ordering::Relaxed));
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-            });
+    listen::spawn(listener, LIMITS, "health", move |mut conn: TcpStream| {
+        let ready = ready.clone();
+        async move {
+            let mut buf = [0u8; 1024];
+            let n = listen::within(LIMITS.read_timeout, conn.read(&mut buf))
+                .await
+                .unwrap_or(0);
+            let (status, body) = respond(&buf[..n], ready.load(Ordering::Relaxed));
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
         }
     });
     Ok(())

@@ -4,7 +4,8 @@
 //! API, chosen by the flags of [`datastore`]), keeps the data path to every other node
 //! converged through a [`tunnel::Backend`], wires pods in for the CNI plugin over a local
 //! unix socket ([`api`], [`pods`]), masquerades pod traffic leaving the
-//! cluster ([`nft`]) and reports health ([`health`]). [`policies`] follows the policy view
+//! cluster and guards its tunnel end ([`nft`]) and reports health ([`health`]); its local
+//! endpoints share one accept loop ([`listen`]). [`policies`] follows the policy view
 //! (pods, namespaces, NetworkPolicies) in the datastore, [`enforce`] judges connections with
 //! it, and [`labels`] checks the label edits `fabricctl` makes. [`command`] runs the
 //! netfilter commands they drive.
@@ -17,6 +18,7 @@ pub mod enforce;
 pub mod flags;
 pub mod health;
 pub mod labels;
+pub mod listen;
 pub mod nft;
 pub mod pods;
 pub mod policies;

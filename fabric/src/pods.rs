@@ -115,6 +115,33 @@ impl Subnets {
         }
     }
 }
+/// Refuses an ADD into the node's own network namespace (fabricd's, or init's): wiring it
+/// as a pod would move the node's default route and addresses under a pod's veth.
+fn refuse_host_netns(netns: &File, path: &str) -> Result<(), CniError> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let target = netns.metadata().map(id).map_err(|e| {
+        CniError::new(
+            codes::INVALID_ENV,
+            format!("cannot read network namespace {path}"),
+            e,
+        )
+    })?;
+    for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if std::fs::metadata(own)
+            .map(id)
+            .is_ok_and(|host| host == target)
+        {
+            return Err(CniError::new(
+                codes::INVALID_ENV,
+                format!("CNI_NETNS {path} is the node's own network namespace"),
+                "a pod needs a network namespace of its own; fabric does not wire host-network pods",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The name of the host-side veth for an attachment: `fab` + 11 hex digits of a stable hash
 /// of container id and interface name (fits IFNAMSIZ).
 pub fn host_veth_name(key: &AttachmentKey) -> String {
@@ -176,11 +203,13 @@ pub struct PodNetwork {
     netlink: Netlink,
     pool: Mutex<PodPool>,
     registry: Registry,
+    tunnel: nft::TunnelGuard,
 }
 
 impl PodNetwork {
     /// Pods in `subnet` (of the cluster network `cluster`) with interfaces of `mtu`, addresses
-    /// recorded in `pool`, identities in `registry`.
+    /// recorded in `pool`, identities in `registry`; the node's table also carries the tunnel
+    /// ends last recorded in `tunnel`.
     pub fn new(
         subnet: Subnets,
         cluster: Subnets,
@@ -188,6 +217,7 @@ impl PodNetwork {
         netlink: Netlink,
         pool: PodPool,
         registry: Registry,
+        tunnel: nft::TunnelGuard,
     ) -> Self {
         Self {
             subnet,
@@ -196,6 +226,7 @@ impl PodNetwork {
             netlink,
             pool: Mutex::new(pool),
             registry,
+            tunnel,
         }
     }
 
@@ -221,6 +252,7 @@ impl PodNetwork {
                 e,
             )
         })?;
+        refuse_host_netns(&netns, netns_path)?;
         // The plugin checked them already; other clients of the socket may not have.
         check_ports(&att.ports)?;
         let requested = self.subnet.requested(&att.ips)?;
@@ -332,11 +364,14 @@ impl PodNetwork {
             .move_link(peer.index, netns)
             .await
             .map_err(nl_err("move veth into pod"))?;
+        // Before the veth comes up: a pod must never steer the node's routing.
+        sysctl::enable_proxy_arp(&host_name).map_err(|e| internal("enable proxy ARP", e))?;
+        sysctl::ignore_router_messages(&host_name)
+            .map_err(|e| internal("turn off router advertisements and redirects", e))?;
         self.netlink
             .set_link(&host, Some(self.mtu), None, true)
             .await
             .map_err(nl_err("configure host veth"))?;
-        sysctl::enable_proxy_arp(&host_name).map_err(|e| internal("enable proxy ARP", e))?;
         if addr6.is_some() {
             self.netlink
                 .ensure_address(host.index, gateway6())
@@ -418,8 +453,9 @@ impl PodNetwork {
         })
     }
 
-    /// Installs the node's nftables table for the pods in `pool`: anti-spoofing per host veth,
-    /// masquerade. Failures are logged; the next reconcile pass tries again.
+    /// Installs the node's nftables table for the pods in `pool` (anti-spoofing per host veth,
+    /// masquerade) and the tunnel ends last recorded. Failures are logged; the next reconcile
+    /// pass tries again.
     async fn apply_firewall(&self, pool: &PodPool) {
         let pods: Vec<nft::PodPort> = pool
             .allocations()
@@ -436,7 +472,13 @@ impl PodNetwork {
                 }
             })
             .collect();
-        let ruleset = nft::ruleset(self.cluster.v4, self.cluster.v6, &pods);
+        let tunnel = self.tunnel.get();
+        let ruleset = nft::ruleset(&nft::NodeRules {
+            cluster: self.cluster.v4,
+            cluster6: self.cluster.v6,
+            pods: &pods,
+            tunnel: tunnel.as_ref(),
+        });
         if let Err(e) = crate::command::off_runtime(move || nft::apply(&ruleset)).await {
             tracing::error!(error = %e, "cannot install the node's nftables rules");
         }

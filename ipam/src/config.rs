@@ -280,7 +280,10 @@ impl NetworkConfig {
         let first = Ipv4Net::new(network.network(), subnet_len).expect("validated length");
         let all = network.subnets(subnet_len).expect("validated length");
         let default_min = all.clone().nth(1).unwrap_or(first).network();
-        let default_max = all.last().unwrap_or(first).network();
+        // The last subnet, found without walking them all (2^30 for 0.0.0.0/0 in /30s).
+        let default_max = Ipv4Net::new(network.broadcast(), subnet_len)
+            .expect("validated length")
+            .network();
         let subnet_min =
             parse_bound("SubnetMin", raw.subnet_min, &network, subnet_len)?.unwrap_or(default_min);
         let subnet_max =
@@ -311,11 +314,10 @@ impl NetworkConfig {
 
     /// The subnets this config hands out, in address order.
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        self.network
-            .subnets(self.subnet_len)
-            .expect("validated length")
-            .filter(move |s| (min..=max).contains(&u32::from(s.network())))
+        // From SubnetMin on, not filtered from the Network's first: a high SubnetMin in a
+        // large Network would make the walk to it take seconds. Both bounds are aligned.
+        let last = Ipv4Net::new(self.subnet_max, self.subnet_len).expect("validated length");
+        ipnet::Ipv4Subnets::new(self.subnet_min, last.broadcast(), self.subnet_len)
     }
 
     /// The config as a Flannel-style JSON document, for display: a PSK shows as `(set)`.
@@ -663,6 +665,27 @@ mod tests {
         assert_eq!(subnets.first().unwrap().to_string(), "10.10.1.0/26");
         assert_eq!(subnets.last().unwrap().to_string(), "10.10.2.0/26");
         assert_eq!(subnets.len(), 5);
+    }
+
+    /// Found by the datastore fuzz target: the whole IPv4 space in /30s (2^30 subnets) took
+    /// 40 s to validate and a high SubnetMin as long to reach; both are found directly now.
+    #[test]
+    fn huge_networks_are_bounded_without_walking_every_subnet() {
+        let started = std::time::Instant::now();
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"0.0.0.0/0","SubnetLen":30,"SubnetMin":"255.255.255.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.subnet_max, Ipv4Addr::new(255, 255, 255, 252));
+        let subnets: Vec<_> = cfg.subnets().collect();
+        assert_eq!(subnets.len(), 64);
+        assert_eq!(subnets[0].to_string(), "255.255.255.0/30");
+        assert_eq!(subnets[63].to_string(), "255.255.255.252/30");
+        let cfg = NetworkConfig::parse(r#"{"Network":"0.0.0.0/0","SubnetLen":30}"#).unwrap();
+        assert_eq!(cfg.subnet_min, Ipv4Addr::new(0, 0, 0, 4));
+        assert_eq!(cfg.subnet_max, Ipv4Addr::new(255, 255, 255, 252));
+        assert_eq!(cfg.subnets().next().unwrap().to_string(), "0.0.0.4/30");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]

@@ -11,13 +11,15 @@
 //! compaction). The lease watch and fabricd's policy view are both built on it.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use ipnet::Ipv4Net;
 use rand::Rng;
@@ -194,28 +196,390 @@ pub struct Reservation {
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    /// Keeps the auth token fresh while any clone of the store lives (see [`TokenKeeper`]).
+    _token_keeper: Option<Arc<TokenKeeper>>,
+}
+
+/// How long a token may go unchecked: etcd expires an unused simple token after
+/// `--auth-token-ttl` (300 s by default), JWT tokens after their `ttl`, and every simple
+/// token when the member restarts.
+const TOKEN_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How to reach etcd: endpoints, key prefix, and optionally TLS and a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Client URLs, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// The key prefix of fabric's data (e.g. `/fabric`).
+    pub prefix: String,
+    /// TLS for `https://` endpoints; `None` with `https://` endpoints means the system's
+    /// trusted roots and no client certificate.
+    pub tls: Option<EtcdTls>,
+    /// The etcd user to authenticate as (etcd's `auth enable`).
+    pub auth: Option<EtcdAuth>,
+}
+
+impl EtcdOptions {
+    /// Plain options: `endpoints` and `prefix`, no TLS, no user.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>, prefix: &str) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            prefix: prefix.to_owned(),
+            tls: None,
+            auth: None,
+        }
+    }
+}
+
+/// TLS towards etcd (Flannel's `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM CA bundle that signed etcd's serving certificate; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub identity: Option<EtcdIdentity>,
+}
+
+/// A client certificate and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdIdentity {
+    /// The certificate (chain).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+}
+
+/// An etcd user and password. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The user name.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why TLS material could not be loaded; each names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    /// The file could not be read.
+    #[error("cannot read etcd {what} {}: {source}", path.display())]
+    Read {
+        /// Which file (`CA file`, `certificate file`, `key file`).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file holds no usable PEM item of the kind expected.
+    #[error("etcd {what} {} {reason}", path.display())]
+    Parse {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl From<TlsFileError> for StoreError {
+    fn from(e: TlsFileError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn read_tls_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|source| TlsFileError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads a PEM file of certificates (a CA bundle or a client certificate chain) and checks
+/// it holds at least one; returns its bytes.
+pub fn load_pem_certificates(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    let pem = read_tls_file(what, path)?;
+    let parse = |reason: String| TlsFileError::Parse {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse(format!("is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(parse(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(pem)
+}
+
+/// Reads a PEM private key file (PKCS#8, PKCS#1 or SEC1) and checks it holds one.
+pub fn load_pem_private_key(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    const WHAT: &str = "key file";
+    let pem = read_tls_file(WHAT, path)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(pem),
+        Ok(None) => Err(TlsFileError::Parse {
+            what: WHAT,
+            path: path.to_owned(),
+            reason: "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".into(),
+        }),
+        Err(e) => Err(TlsFileError::Parse {
+            what: WHAT,
+            path: path.to_owned(),
+            reason: format!("is not valid PEM: {e}"),
+        }),
+    }
+}
+
+impl EtcdTls {
+    /// The TLS configuration tonic takes: the CA (or the system's roots) and the identity.
+    fn client_config(&self) -> Result<TlsOptions, TlsFileError> {
+        let mut config = match &self.ca_file {
+            Some(ca) => TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(load_pem_certificates("CA file", ca)?)),
+            None => TlsOptions::new().with_native_roots(),
+        };
+        if let Some(id) = &self.identity {
+            let cert = load_pem_certificates("certificate file", &id.cert_file)?;
+            let key = load_pem_private_key(&id.key_file)?;
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        Ok(config)
+    }
+}
+
+/// Re-authenticates a store's client when etcd stops honouring its token (expired, or the
+/// member that issued it restarted), checking every [`TOKEN_CHECK_INTERVAL`]. The store's
+/// clones share it; the task stops when the last of them is dropped.
+struct TokenKeeper {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokenKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether `e` is etcd's answer to a request (not a transport failure) about who is asking:
+/// bad credentials, a missing or stale token, a denied permission.
+fn is_auth_answer(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error::GRpcStatus;
+    // gRPC codes: 3 InvalidArgument (authentication failed), 7 PermissionDenied,
+    // 9 FailedPrecondition (auth not enabled), 16 Unauthenticated (bad token).
+    matches!(e, GRpcStatus(s) if matches!(s.code() as i32, 3 | 7 | 9 | 16))
+}
+
+/// Whether etcd denied the request for the user's role.
+fn is_permission_denied(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("permission denied")
+}
+
+/// Whether etcd refused a request for its auth token (not for the user's permissions).
+fn is_token_error(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("invalid auth token")
+        || text.contains("auth store is old")
+        || text.contains("user name is empty")
+}
+
+/// etcd's own words for a failed request: the gRPC status message (without the transport
+/// metadata), and the causes below it.
+fn etcd_message(e: &etcd_client::Error) -> String {
+    let mut text = match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_owned(),
+        other => other.to_string(),
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What etcd's refusal of `username`'s credentials means, for a person.
+fn auth_refused(username: &str, endpoints: &[String], e: &etcd_client::Error) -> StoreError {
+    let text = etcd_message(e);
+    let why = if text.contains("authentication failed") {
+        "wrong user name or password"
+    } else if text.contains("authentication is not enabled") {
+        "authentication is not enabled on this etcd (drop --etcd-username)"
+    } else {
+        "see etcd's answer"
+    };
+    StoreError::Unavailable(format!(
+        "etcd at {endpoints:?} refused authentication for user {username}: {why} ({text})"
+    ))
+}
+
+/// Explains a failed connection, the causes a person can act on first.
+fn connect_failed(options: &EtcdOptions, e: &etcd_client::Error) -> StoreError {
+    let endpoints = &options.endpoints;
+    let text = etcd_message(e);
+    let chain = format!("{text} {e:?}");
+    let https = endpoints.iter().any(|e| e.starts_with("https://"));
+    let has_cert = options.tls.as_ref().is_some_and(|t| t.identity.is_some());
+    let hint = if chain.contains("UnknownIssuer") {
+        ": etcd's certificate is not signed by a CA this client trusts (--etcd-cafile)"
+    } else if chain.contains("NotValidForName") {
+        ": etcd's certificate does not name this endpoint's host"
+    } else if chain.contains("ertificateRequired") || chain.contains("certificate required") {
+        ": etcd requires a client certificate (--etcd-certfile and --etcd-keyfile)"
+    } else if chain.contains("tcp connect error") || chain.contains("onnection refused") {
+        ": nothing accepts connections there (is etcd running, is the endpoint right?)"
+    } else if https && !has_cert {
+        ": etcd closed the connection after the TLS handshake; if it runs with \
+         --client-cert-auth, give a client certificate (--etcd-certfile and --etcd-keyfile)"
+    } else if !https {
+        ": etcd did not answer plain http; if it serves TLS, use an https:// endpoint \
+         (and --etcd-cafile)"
+    } else {
+        ""
+    };
+    StoreError::Unavailable(format!(
+        "cannot connect to etcd at {endpoints:?}: {text}{hint}"
+    ))
+}
+
+impl TokenKeeper {
+    fn start(store: &EtcdStore, auth: EtcdAuth) -> Self {
+        let mut client = store.client.clone();
+        let probe_key = store.key("config");
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TOKEN_CHECK_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let probe = client
+                    .get(
+                        probe_key.as_str(),
+                        Some(GetOptions::new().with_count_only()),
+                    )
+                    .await;
+                let Err(e) = probe else { continue };
+                if !is_token_error(&e) {
+                    continue;
+                }
+                match client
+                    .set_client_auth(auth.username.clone(), auth.password.clone())
+                    .await
+                {
+                    Ok(()) => tracing::info!(user = %auth.username, "etcd auth token renewed"),
+                    Err(e) => tracing::warn!(
+                        user = %auth.username,
+                        error = %e,
+                        "renewing the etcd auth token failed; retrying"
+                    ),
+                }
+            }
+        });
+        Self { task }
+    }
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
+    if is_permission_denied(&e) {
+        return StoreError::Unavailable(
+            "etcd denied permission: the etcd user's role does not grant this access to the key \
+             (see the roles in README, \"etcd with TLS and authentication\")"
+                .into(),
+        );
+    }
     StoreError::Unavailable(e.to_string())
 }
 
 impl EtcdStore {
-    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`), using keys under `prefix`.
-    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+    /// Connects to etcd as `options` say: over TLS if given (or for `https://` endpoints),
+    /// as the given user if any. A bad TLS file, a refused certificate or refused credentials
+    /// are reported as such; the password is never part of an error or a log line.
+    pub async fn connect(options: &EtcdOptions) -> Result<Self, StoreError> {
+        let endpoints = &options.endpoints;
+        if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
+            if options.tls.is_some() {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd TLS options given but endpoint {plain} is plain http: use https://"
+                )));
+            }
+        }
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(endpoints, Some(options))
+        let system_roots = EtcdTls::default();
+        let tls = match &options.tls {
+            Some(tls) => Some(tls),
+            None if endpoints.iter().any(|e| e.starts_with("https://")) => Some(&system_roots),
+            None => None,
+        };
+        if let Some(tls) = tls {
+            connect = connect.with_tls(tls.client_config()?);
+        }
+        if let Some(auth) = &options.auth {
+            connect = connect.with_user(auth.username.clone(), auth.password.clone());
+        }
+        let client = Client::connect(endpoints, Some(connect))
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot connect to etcd at {endpoints:?}: {e}"))
+            .map_err(|e| match &options.auth {
+                Some(auth) if is_auth_answer(&e) => auth_refused(&auth.username, endpoints, &e),
+                _ => connect_failed(options, &e),
             })?;
-        Ok(Self {
+        let mut store = Self {
             client,
-            prefix: prefix.trim_end_matches('/').to_owned(),
-        })
+            prefix: options.prefix.trim_end_matches('/').to_owned(),
+            _token_keeper: None,
+        };
+        // The channel connects lazily: one read now, so an unreachable etcd or a refused TLS
+        // handshake is reported here, as such. A permission error is the role's business and
+        // shows where that key is used.
+        if let Err(e) = store
+            .client
+            .clone()
+            .get(
+                store.key("config"),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+        {
+            let denied = is_permission_denied(&e);
+            match &options.auth {
+                // The role may not read the config; the key it needs will tell.
+                Some(_) if denied => {}
+                Some(auth) if is_auth_answer(&e) => {
+                    return Err(auth_refused(&auth.username, endpoints, &e))
+                }
+                None if denied => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {endpoints:?} has authentication enabled and refuses anonymous \
+                         clients: give --etcd-username and --etcd-password-file"
+                    )))
+                }
+                _ => return Err(connect_failed(options, &e)),
+            }
+        }
+        if let Some(auth) = &options.auth {
+            store._token_keeper = Some(Arc::new(TokenKeeper::start(&store, auth.clone())));
+            tracing::debug!(user = %auth.username, "authenticated to etcd");
+        }
+        Ok(store)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -549,26 +913,12 @@ impl EtcdStore {
         let prefix = self.key("reservations/");
         let (_, keys) = self.list_range(&KeyRange::prefix(&prefix)).await?;
         keys.iter()
-            .map(|state| {
-                let (subnet, value) = decode(&prefix, state)?;
-                let r: Reservation =
-                    serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
-                        key: state.key.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Ok((subnet, r.node))
-            })
+            .map(|state| decode_reservation(&prefix, state))
             .collect()
     }
 
     fn decode_lease(&self, state: &KeyState) -> Result<Lease, StoreError> {
-        let (subnet, value) = decode(&self.subnets_prefix(), state)?;
-        let record: LeaseRecord =
-            serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
-                key: state.key.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(Lease::from_record(subnet, record, state.lease))
+        decode_lease(&self.subnets_prefix(), state)
     }
 
     /// Every lease record and the revision they were read at; undecodable records are
@@ -761,6 +1111,29 @@ impl Store for EtcdStore {
         });
         Ok(rx)
     }
+}
+
+/// Decodes a lease record under `prefix` (`<prefix>/subnets/`). Public for the fuzz targets.
+#[doc(hidden)]
+pub fn decode_lease(prefix: &str, state: &KeyState) -> Result<Lease, StoreError> {
+    let (subnet, value) = decode(prefix, state)?;
+    let record: LeaseRecord = serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
+        key: state.key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Lease::from_record(subnet, record, state.lease))
+}
+
+/// Decodes a reservation record under `prefix` (`<prefix>/reservations/`): the subnet and the
+/// node it is pinned to. Public for the fuzz targets.
+#[doc(hidden)]
+pub fn decode_reservation(prefix: &str, state: &KeyState) -> Result<(Ipv4Net, String), StoreError> {
+    let (subnet, value) = decode(prefix, state)?;
+    let r: Reservation = serde_json::from_slice(value).map_err(|e| StoreError::BadRecord {
+        key: state.key.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((subnet, r.node))
 }
 
 /// Splits a key under `prefix` into its subnet and value.

@@ -112,10 +112,13 @@ pub fn subnet_key(subnet: Ipv4Net) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix_len())
 }
 
-/// Parses a key segment written by [`subnet_key`].
+/// Parses a key segment written by [`subnet_key`], and only that form: a segment with host
+/// bits (`10.244.3.1-24`) or another spelling of the length (`10.244.3.0-024`) would be a
+/// second key for one subnet, read under one key and written under the other.
 pub fn parse_subnet_key(segment: &str) -> Option<Ipv4Net> {
     let (addr, len) = segment.rsplit_once('-')?;
-    Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()
+    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    (subnet_key(net) == segment).then_some(net)
 }
 
 #[cfg(test)]
@@ -130,5 +133,9 @@ mod tests {
         assert_eq!(parse_subnet_key("10.244.3.0/24"), None);
         assert_eq!(parse_subnet_key("10.244.3.0-33"), None);
         assert_eq!(parse_subnet_key("garbage"), None);
+        // Found by the datastore fuzz target: keys that are not subnet_key's own form.
+        for other in ["10.244.3.1-24", "10.244.3.0-024", "10.244.3.0-+24"] {
+            assert_eq!(parse_subnet_key(other), None, "{other}");
+        }
     }
 }

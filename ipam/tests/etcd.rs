@@ -82,7 +82,7 @@ impl Etcd {
     async fn store(&self) -> EtcdStore {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(store) = EtcdStore::connect(&[self.endpoint()], "/t").await {
+            if let Ok(store) = EtcdStore::connect(&ipam::etcd::EtcdOptions::new([self.endpoint()], "/t")).await {
                 if store.current_revision().await.is_ok() {
                     return store;
                 }

@@ -15,6 +15,7 @@ pub mod underlay;
 pub mod vxlan;
 pub mod wireguard;
 
+use std::net::SocketAddrV4;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -74,11 +75,29 @@ pub trait Backend: Send + Sync {
     /// socket) when the daemon stops.
     fn shutdown(&self) {}
 
+    /// Where the tunnels end, for the node's firewall: the UDP address this node receives
+    /// encapsulated traffic on and the ones of the peers in `leases`; `None` for a backend
+    /// that does not encapsulate (host-gw). Only known nodes may reach the local end, and no
+    /// pod may reach any end: a frame that gets in is decapsulated and judged as the inner
+    /// source it claims.
+    fn tunnel_ends(&self, _local: &Lease, _leases: &Leases) -> Option<TunnelEnds> {
+        None
+    }
+
     /// The data path's live state for operators (`fabricctl peers`); kernel backends have
     /// nothing beyond what `ip` shows.
     fn dataplane(&self) -> serde_json::Value {
         serde_json::json!({ "backend": self.kind().as_str() })
     }
+}
+
+/// The UDP ends of a node's tunnels (see [`Backend::tunnel_ends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelEnds {
+    /// Where this node receives: its underlay address and the backend's port.
+    pub local: SocketAddrV4,
+    /// Where each peer receives, in lease order.
+    pub peers: Vec<SocketAddrV4>,
 }
 
 /// Node-local settings a backend needs besides the network config.

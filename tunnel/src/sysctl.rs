@@ -31,3 +31,16 @@ pub fn enable_proxy_arp(iface: &str) -> std::io::Result<()> {
     // Answer at once instead of after a random delay of up to 0.8 s.
     set(&format!("net/ipv4/neigh/{iface}/proxy_delay"), "0")
 }
+
+/// Makes `iface` (a pod's host veth) deaf to what a pod could use to steer the node's
+/// routing: IPv6 router advertisements and redirects, IPv4 redirects. Neighbour discovery and
+/// ARP are untouched. A namespace without IPv6 has nothing to turn off there.
+pub fn ignore_router_messages(iface: &str) -> std::io::Result<()> {
+    for key in ["accept_ra", "accept_redirects"] {
+        match set(&format!("net/ipv6/conf/{iface}/{key}"), "0") {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r?,
+        }
+    }
+    set(&format!("net/ipv4/conf/{iface}/accept_redirects"), "0")
+}

@@ -6,6 +6,7 @@
 //! whatever their payload): per remote node also `<IPv6 subnet> via <IPv6 subnet ::0> onlink`
 //! and the neighbour `<IPv6 subnet ::0> -> VTEP MAC`; the FDB entry serves both.
 
+use std::net::SocketAddrV4;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use crate::mac::Mac;
 use crate::netlink::{FdbEntry, Link, Neighbour, Netlink, Route, VxlanParams};
 use crate::plan::diff;
 use crate::underlay::Underlay;
-use crate::{peers, Backend, Report, TunnelError};
+use crate::{peers, Backend, Report, TunnelEnds, TunnelError};
 
 /// VXLAN encapsulation overhead: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
 pub const OVERHEAD: u32 = 50;
@@ -182,6 +183,17 @@ impl Backend for Vxlan {
             vni: self.params.vni,
         })
         .expect("json")
+    }
+
+    fn tunnel_ends(&self, local: &Lease, leases: &Leases) -> Option<TunnelEnds> {
+        // Every node's device listens on the network's port.
+        let port = self.params.port;
+        Some(TunnelEnds {
+            local: SocketAddrV4::new(local.public_ip, port),
+            peers: peers(BackendKind::Vxlan, local, leases)
+                .map(|l| SocketAddrV4::new(l.public_ip, port))
+                .collect(),
+        })
     }
 
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {

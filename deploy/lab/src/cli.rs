@@ -62,6 +62,13 @@ pub enum Command {
     /// (in-pod agent) New TCP connections per second against a `serve` port.
     #[command(hide = true)]
     ConnectRate(ConnectRateArgs),
+    /// Flood a WireGuard port with junk handshake initiations carrying a valid mac1 (bounded
+    /// rate and duration; run it inside a lab namespace with `exec`).
+    WgFlood(crate::flood::FloodArgs),
+    /// (in-pod agent) What a hostile pod sends (for the security tests), or a sink that
+    /// reports what got through.
+    #[command(hide = true, subcommand)]
+    Attack(crate::attack::Attack),
 }
 
 /// `fabric-lab netpol`.
@@ -205,6 +212,11 @@ pub struct UpArgs {
     /// (Kubernetes mode) kube-proxy's mode: nftables or iptables.
     #[arg(long, default_value_t = ProxyMode::Nftables)]
     pub proxy_mode: ProxyMode,
+    /// (etcd mode) etcd on https only, client certificates required, authentication on:
+    /// fabricd and fabricctl run as etcd users with least-privilege roles; `status -o json`
+    /// shows the files to reach it with.
+    #[arg(long)]
+    pub etcd_tls: bool,
 }
 
 /// Output formats.
@@ -297,6 +309,8 @@ pub fn run(cli: Cli) -> Result<u8> {
             println!("{}", serde_json::to_string(&rate)?);
             Ok(0)
         }
+        Command::WgFlood(args) => crate::flood::main(&args).map(|()| 0),
+        Command::Attack(attack) => attack.run().map(|()| 0),
     }
 }
 
@@ -314,6 +328,7 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.demo = !args.no_demo;
     spec.services = !args.no_services;
     spec.proxy_mode = args.proxy_mode;
+    spec.etcd_tls = args.etcd_tls;
     if let Some(dir) = args.bin_dir {
         spec.bin_dir = dir;
     }
@@ -433,7 +448,13 @@ fn status(args: StatusArgs) -> Result<()> {
                 "datastore": lab.datastore(),
                 "kubeconfig": lab.kubeconfig(),
                 "state_dir": lab.state_dir(),
-                "etcd": { "pid": lab.state().etcd.as_ref().map(|d| d.pid), "running": etcd_running },
+                "etcd": (!lab.is_kubernetes()).then(|| json!({
+                    "pid": lab.state().etcd.as_ref().map(|d| d.pid),
+                    "running": etcd_running,
+                    "tls": lab.etcd_tls(),
+                    "fabricctl": lab.etcd_access(crate::etcd::FABRICCTL_USER),
+                    "fabricd": lab.etcd_access(crate::etcd::FABRICD_USER),
+                })),
                 "control_plane": control_plane.iter().map(|(name, pid, running)| json!({
                     "name": name,
                     "pid": pid,
@@ -482,7 +503,12 @@ fn status(args: StatusArgs) -> Result<()> {
                 format!("kubernetes [{}]", parts.join(", "))
             } else {
                 match &lab.state().etcd {
-                    Some(d) => format!("etcd pid {} ({})", d.pid, running_word(etcd_running)),
+                    Some(d) => format!(
+                        "etcd pid {} ({}{})",
+                        d.pid,
+                        running_word(etcd_running),
+                        if lab.etcd_tls() { ", TLS + auth" } else { "" }
+                    ),
                     None => "etcd stopped".to_string(),
                 }
             };

@@ -161,7 +161,23 @@ impl Lab {
                 self.step(&format!("etcd in {etcd_ns} at {ETCD_IP}"));
                 self.create_netns(&etcd_ns)?;
                 netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
+                if spec.etcd_tls {
+                    self.step(&format!(
+                        "etcd TLS: CA, certificates and passwords in {}",
+                        etcd::pki_dir(&self.layout).display()
+                    ));
+                    etcd::create_pki(&self.layout)?;
+                }
                 self.start_etcd()?;
+                if spec.etcd_tls {
+                    self.step(&format!(
+                        "etcd authentication: users {}, {} and {} with least-privilege roles",
+                        etcd::ROOT_USER,
+                        etcd::FABRICD_USER,
+                        etcd::FABRICCTL_USER
+                    ));
+                    etcd::enable_auth(&etcd_ns, &self.layout)?;
+                }
             }
             Datastore::Kubernetes => self.build_control_plane()?,
         }
@@ -412,7 +428,19 @@ impl Lab {
         let daemon = etcd::start(&self.state.name, &netns, &self.layout)?;
         self.state.etcd = Some(daemon.clone());
         self.save()?;
-        etcd::wait_healthy(&netns, &daemon, &self.layout)
+        let port = etcd::health_port(&self.layout);
+        etcd::wait_healthy_on(&netns, &daemon, &self.layout, port)
+    }
+
+    /// Whether etcd runs with TLS and authentication (`fabric-lab up --etcd-tls`).
+    pub fn etcd_tls(&self) -> bool {
+        !self.is_kubernetes() && etcd::is_tls(&self.layout)
+    }
+
+    /// How etcd user `user` reaches the lab's etcd (etcd mode): what `fabricctl` and
+    /// `fabricd` are given, and what `status -o json` shows.
+    pub fn etcd_access(&self, user: &str) -> etcd::EtcdAccess {
+        etcd::EtcdAccess::for_user(&self.layout, user)
     }
 
     /// Sends `signal` to etcd and waits for it to exit (a datastore outage).
@@ -482,6 +510,9 @@ impl Lab {
         let fabricd = self.state.bin_dir.join("fabricd");
         let (backend, ttl) = (self.state.backend, self.state.lease_ttl);
         let datastore = match self.state.datastore {
+            Datastore::Etcd if self.etcd_tls() => {
+                NodeDatastore::EtcdWith(self.etcd_access(etcd::FABRICD_USER).flags())
+            }
             Datastore::Etcd => NodeDatastore::Etcd,
             Datastore::Kubernetes => NodeDatastore::Kubernetes {
                 kubeconfig: self.layout.node_kubeconfig(node_name),
@@ -563,8 +594,7 @@ impl Lab {
         let fabricctl = self.state.bin_dir.join("fabricctl");
         let cmd = match self.state.datastore {
             Datastore::Etcd => Cmd::in_netns(&self.switch_netns(), fabricctl)
-                .args(["--etcd-endpoints", &topology::etcd_endpoint()])
-                .args(["--etcd-prefix", topology::ETCD_PREFIX]),
+                .args(self.etcd_access(etcd::FABRICCTL_USER).args()),
             Datastore::Kubernetes => Cmd::in_netns(&self.control_plane_netns(), fabricctl)
                 .args(["--datastore", "kubernetes", "--kubeconfig"])
                 .arg(self.layout.admin_kubeconfig()),

@@ -45,10 +45,12 @@
 //! orchestration), [`netpol`] (the reachability suite), [`porter`] (the in-pod agent) and
 //! [`cli`].
 
+pub mod attack;
 pub mod cli;
 pub mod cni_runtime;
 pub mod demo;
 pub mod etcd;
+pub mod flood;
 pub mod kube;
 pub mod kubelet;
 pub mod lab;

@@ -37,6 +37,8 @@ pub fn wg_iface(netns: &str) -> String {
 pub enum NodeDatastore {
     /// The lab's etcd (`--etcd-endpoints`, `--etcd-prefix`).
     Etcd,
+    /// The lab's etcd with these flags (TLS files and user of `fabric-lab up --etcd-tls`).
+    EtcdWith(Vec<(&'static str, String)>),
     /// The lab's kube-apiserver.
     Kubernetes {
         /// The node's kubeconfig (the `fabric` ServiceAccount's token).
@@ -54,6 +56,7 @@ impl NodeDatastore {
                 ("--etcd-endpoints", topology::etcd_endpoint()),
                 ("--etcd-prefix", topology::ETCD_PREFIX.to_string()),
             ],
+            NodeDatastore::EtcdWith(flags) => flags.clone(),
             NodeDatastore::Kubernetes {
                 kubeconfig,
                 net_conf,

@@ -178,6 +178,10 @@ pub struct LabSpec {
     pub services: bool,
     /// Kubernetes mode: kube-proxy's mode.
     pub proxy_mode: crate::kube::proxy::ProxyMode,
+    /// etcd mode: etcd serves https only, requires client certificates signed by the lab's
+    /// CA and has authentication on; fabricd and fabricctl run as etcd users of their own
+    /// with least-privilege roles (`fabric-lab up --etcd-tls`).
+    pub etcd_tls: bool,
 }
 
 impl LabSpec {
@@ -200,6 +204,7 @@ impl LabSpec {
             progress: true,
             services: false,
             proxy_mode: Default::default(),
+            etcd_tls: false,
         }
     }
 
@@ -229,6 +234,11 @@ impl LabSpec {
                 "network {network} overlaps the lab's Kubernetes service network {services}"
             );
         }
+        ensure!(
+            !(self.etcd_tls && self.datastore == Datastore::Kubernetes),
+            "--etcd-tls secures the etcd datastore; a Kubernetes-mode lab's etcd already \
+             serves only kube-apiserver over TLS"
+        );
         if let Some(v6) = &self.ipv6_network {
             v6.parse::<ipnet::Ipv6Net>()
                 .with_context(|| format!("IPv6 network {v6:?} is not an IPv6 CIDR"))?;

@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tunnel::Backend;
 
+use super::admission::{Admission, Refusal};
 use super::holding::Holding;
 use super::host::Host;
 use super::retry;
@@ -41,6 +42,10 @@ pub struct Control {
     pub resync: Duration,
     /// Set after the first converged pass (the health endpoint's readiness).
     pub ready: Arc<AtomicBool>,
+    /// Which peers' leases the data path may act on.
+    pub admission: Admission,
+    /// The leases refused on the last pass (each is warned about once, when first refused).
+    pub refused: Arc<Mutex<Vec<Refusal>>>,
 }
 
 impl Control {
@@ -88,9 +93,21 @@ impl Control {
         }
     }
 
-    /// Converges the data path to `leases`, then the firewall; true when the data path is
-    /// programmed.
+    /// The leases of `leases` the data path may act on; newly refused ones are warned about.
+    fn admit(&self, local: &Lease, leases: &Leases) -> Leases {
+        let (admitted, refused) = self.admission.admit(local, leases);
+        let mut last = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        for r in refused.iter().filter(|r| !last.contains(r)) {
+            tracing::warn!(key = %r.key, node = %r.node, reason = %r.reason, "ignoring a lease record");
+        }
+        *last = refused;
+        admitted
+    }
+
+    /// Converges the data path to the admissible leases of `leases`, then the firewall; true
+    /// when the data path is programmed.
     async fn pass(&self, local: &Lease, leases: &Leases) -> bool {
+        let leases = &self.admit(local, leases);
         let converged = match self.backend.reconcile(local, leases).await {
             Ok(report) => {
                 if report.added + report.removed > 0 {
@@ -111,7 +128,9 @@ impl Control {
                 false
             }
         };
-        self.host.sync_firewall().await;
+        self.host
+            .sync_firewall(self.backend.tunnel_ends(local, leases))
+            .await;
         converged
     }
 

@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use ipam::{Lease, PodPool, Store};
 use tokio::sync::watch;
-use tunnel::Netlink;
+use tunnel::{Netlink, TunnelEnds};
 
+use crate::nft::TunnelGuard;
 use crate::pods::{PodNetwork, Registry, Subnets};
 use crate::state::StateDir;
 
@@ -25,9 +26,10 @@ pub trait Host: Send + Sync {
     /// to the local API. Called for every lease acquired.
     fn open_pods(&self, lease: &Lease) -> Result<()>;
 
-    /// Re-installs the node's firewall rules for the pod network open now, if any; failures
-    /// are logged. Called after every reconcile pass, converged or not.
-    async fn sync_firewall(&self);
+    /// Re-installs the node's firewall rules for the pod network open now, if any, guarding
+    /// the tunnel ends `tunnel`; failures are logged. Called after every reconcile pass,
+    /// converged or not.
+    async fn sync_firewall(&self, tunnel: Option<TunnelEnds>);
 }
 
 /// The real host side, in the daemon's network namespace.
@@ -46,6 +48,8 @@ pub struct NodeHost {
     pub mtu: u32,
     /// Publishes the pod network to the local API.
     pub pods: watch::Sender<Option<Arc<PodNetwork>>>,
+    /// The tunnel ends every pod network's table guards.
+    pub tunnel: TunnelGuard,
 }
 
 #[async_trait]
@@ -78,12 +82,14 @@ impl Host for NodeHost {
             self.netlink.clone(),
             pool,
             registry,
+            self.tunnel.clone(),
         );
         self.pods.send_replace(Some(Arc::new(pods)));
         Ok(())
     }
 
-    async fn sync_firewall(&self) {
+    async fn sync_firewall(&self, tunnel: Option<TunnelEnds>) {
+        self.tunnel.set(tunnel);
         let pods = self.pods.borrow().clone();
         if let Some(pods) = pods {
             pods.sync_firewall().await;

@@ -8,6 +8,7 @@
 //! host side ([`NodeHost`]: sysctls, the pod network, nftables) in. The unit tests drive
 //! [`Control`] against [`ipam::memory::MemoryStore`] with a fake backend and host.
 
+pub mod admission;
 mod control;
 pub mod holding;
 mod host;
@@ -23,6 +24,7 @@ use ipam::{Store, StoreError};
 use tokio::sync::watch;
 use tunnel::{Backend, Netlink, Underlay};
 
+pub use admission::Admission;
 pub use control::Control;
 pub use host::{Host, NodeHost};
 
@@ -55,6 +57,8 @@ pub struct Agent {
     pub ready: Arc<AtomicBool>,
     /// Publishes the pod network to the local API once a subnet is held.
     pub pods: watch::Sender<Option<Arc<PodNetwork>>>,
+    /// Which peers' leases the data path may act on.
+    pub admission: Admission,
 }
 
 /// Retries `op` with capped exponential backoff until it succeeds, logging each failure.
@@ -90,6 +94,7 @@ impl Agent {
             },
             mtu: self.backend.mtu(),
             pods: self.pods,
+            tunnel: Default::default(),
         };
         let control = Control {
             store: self.store,
@@ -102,6 +107,8 @@ impl Agent {
             renew_every: holding::renew_period(self.lease_ttl),
             resync: self.resync,
             ready: self.ready,
+            admission: self.admission,
+            refused: Default::default(),
         };
         control.run().await
     }

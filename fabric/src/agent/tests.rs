@@ -3,6 +3,7 @@
 //! the kernel, so the tests run unprivileged and never change the machine's namespace.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,21 +16,28 @@ use ipnet::Ipv4Net;
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use tunnel::{Backend, Report, TunnelError};
+use tunnel::{Backend, Report, TunnelEnds, TunnelError};
 
+use super::admission::{self, Admission};
 use super::{Control, Host};
 use crate::state::StateDir;
 
 /// Long enough never to be reached when the agent does what it should.
 const WAIT: Duration = Duration::from_secs(5);
 const NODE: &str = "n1";
+/// The datastore's address, as the agent is told.
+const DATASTORE: &str = "198.51.100.2";
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
 }
 
+fn config() -> NetworkConfig {
+    NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap()
+}
+
 fn store() -> MemoryStore {
-    MemoryStore::new(NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap())
+    MemoryStore::new(config())
 }
 
 fn peer(subnet: &str, node: &str, ip: &str, mac: &str) -> Lease {
@@ -74,6 +82,15 @@ impl Backend for FakeBackend {
         json!({ "VtepMAC": "02:00:00:00:00:01" })
     }
 
+    fn tunnel_ends(&self, local: &Lease, leases: &Leases) -> Option<TunnelEnds> {
+        Some(TunnelEnds {
+            local: SocketAddrV4::new(local.public_ip, 8472),
+            peers: tunnel::peers(BackendKind::Vxlan, local, leases)
+                .map(|l| SocketAddrV4::new(l.public_ip, 8472))
+                .collect(),
+        })
+    }
+
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {
         let _ = self.passes.send(Pass {
             local: local.clone(),
@@ -99,7 +116,7 @@ impl Backend for FakeBackend {
 enum HostCall {
     Forwarding,
     Pods(Ipv4Net),
-    Firewall,
+    Firewall(Option<TunnelEnds>),
 }
 
 #[derive(Default)]
@@ -128,8 +145,16 @@ impl FakeHost {
     fn firewall_syncs(&self) -> usize {
         self.calls()
             .iter()
-            .filter(|c| **c == HostCall::Firewall)
+            .filter(|c| matches!(c, HostCall::Firewall(_)))
             .count()
+    }
+
+    /// The tunnel ends of the last firewall sync.
+    fn guarded(&self) -> Option<TunnelEnds> {
+        self.calls().into_iter().rev().find_map(|c| match c {
+            HostCall::Firewall(ends) => ends,
+            _ => None,
+        })
     }
 }
 
@@ -145,8 +170,8 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn sync_firewall(&self) {
-        self.record(HostCall::Firewall);
+    async fn sync_firewall(&self, tunnel: Option<TunnelEnds>) {
+        self.record(HostCall::Firewall(tunnel));
     }
 }
 
@@ -158,6 +183,7 @@ struct Running {
     passes: mpsc::UnboundedReceiver<Pass>,
     ready: Arc<AtomicBool>,
     dir: tempfile::TempDir,
+    control_refused: Arc<Mutex<Vec<admission::Refusal>>>,
     task: JoinHandle<Result<()>>,
 }
 
@@ -179,6 +205,11 @@ struct Start {
 }
 
 impl Running {
+    /// The leases the agent refused on its last pass.
+    fn refused(&self) -> Vec<admission::Refusal> {
+        self.control_refused.lock().unwrap().clone()
+    }
+
     fn start(store: &MemoryStore, start: Start) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(&dir.path().join("state")).unwrap();
@@ -210,8 +241,15 @@ impl Running {
             renew_every: Duration::from_millis(10),
             resync: Duration::from_secs(3600),
             ready: ready.clone(),
+            admission: Admission::new(
+                &config(),
+                true,
+                admission::protected(net("192.0.2.1/24"), &[DATASTORE.parse().unwrap()]),
+            ),
+            refused: Default::default(),
         };
         Self {
+            control_refused: control.refused.clone(),
             store: store.clone(),
             backend,
             host,
@@ -303,7 +341,10 @@ async fn first_pass_converges_to_the_node_own_lease() {
         [
             HostCall::Forwarding,
             HostCall::Pods(own.subnet),
-            HostCall::Firewall
+            HostCall::Firewall(Some(TunnelEnds {
+                local: SocketAddrV4::new(own.public_ip, 8472),
+                peers: vec![],
+            }))
         ]
     );
 }
@@ -340,6 +381,51 @@ async fn peer_added_reaches_the_backend() {
             (net("10.244.1.0/24"), "n1".into()),
             (n2.subnet, "n2".into())
         ])
+    );
+}
+
+#[tokio::test]
+async fn forged_leases_never_reach_the_backend_or_open_the_tunnel_end() {
+    let store = store();
+    let mut agent = Running::start(&store, Start::default());
+    agent.next_pass().await;
+    // A host route for the datastore's address, and a subnet covering the underlay.
+    let forged = peer(
+        &format!("{DATASTORE}/32"),
+        "evil",
+        "192.0.2.66",
+        "02:00:00:00:00:66",
+    );
+    store.put_lease(forged.clone());
+    store.put_lease(peer(
+        "10.244.0.0/16",
+        "evil2",
+        "192.0.2.67",
+        "02:00:00:00:00:67",
+    ));
+    let n2 = peer("10.244.9.0/24", "n2", "192.0.2.2", "02:00:00:00:00:02");
+    store.put_lease(n2.clone());
+    let pass = agent
+        .pass_where("n2's lease arrives", |p| p.leases.contains_key(&n2.subnet))
+        .await;
+    assert_eq!(
+        nodes(&pass.leases),
+        BTreeMap::from([
+            (net("10.244.1.0/24"), "n1".into()),
+            (n2.subnet, "n2".into())
+        ])
+    );
+    eventually("the firewall guards the tunnel end for n2 only", || {
+        agent
+            .host
+            .guarded()
+            .is_some_and(|ends| ends.peers == [SocketAddrV4::new(n2.public_ip, 8472)])
+    })
+    .await;
+    let refused: Vec<String> = agent.refused().into_iter().map(|r| r.key).collect();
+    assert_eq!(
+        refused,
+        ["subnets/10.244.0.0-16", "subnets/198.51.100.2-32"]
     );
 }
 

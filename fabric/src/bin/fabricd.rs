@@ -1,11 +1,13 @@
 //! `fabricd`: fabric's node agent. See `fabricd --help`.
 
+use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use fabric::agent::{retry, Agent};
+use fabric::agent::{admission, retry, Admission, Agent};
+use fabric::datastore::{Datastore, DatastoreFlags};
 use fabric::flags::DaemonFlags;
 use fabric::state::StateDir;
 use fabric::{api, enforce, health, policies};
@@ -117,6 +119,11 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     let _ = backend_slot.set(backend.clone());
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
+    let admission = Admission::new(
+        &config,
+        datastore == Datastore::Etcd,
+        admission::protected(underlay.addr, &datastore_addresses(&flags.datastore).await),
+    );
     let agent = Agent {
         store,
         backend: backend.clone(),
@@ -130,6 +137,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         cluster6: config.ipv6.map(|v6| v6.network),
         ready,
         pods: pods_tx,
+        admission,
     };
     tokio::select! {
         r = agent.run() => r,
@@ -140,6 +148,53 @@ async fn run(flags: DaemonFlags) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The addresses fabricd reaches its datastore at, which no lease may route elsewhere: the
+/// etcd endpoints', or the Kubernetes API server's (from the kubeconfig, or the in-cluster
+/// service address), resolved once at start. Unresolvable names are left out with a warning.
+async fn datastore_addresses(flags: &DatastoreFlags) -> Vec<IpAddr> {
+    let urls = match flags.kind() {
+        Datastore::Etcd => flags.etcd_endpoints.clone(),
+        Datastore::Kubernetes => match &flags.kubeconfig {
+            Some(path) => kubeconfig_servers(path),
+            None => std::env::var("KUBERNETES_SERVICE_HOST")
+                .into_iter()
+                .collect(),
+        },
+    };
+    let mut addresses = Vec::new();
+    for url in &urls {
+        let Some((host, port)) = admission::url_host(url, 443) else {
+            continue;
+        };
+        let target = match host.parse::<IpAddr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            Err(_) => format!("{host}:{port}"),
+        };
+        match tokio::net::lookup_host(target).await {
+            Ok(found) => addresses.extend(found.map(|a| a.ip())),
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "cannot resolve a datastore address; leases covering it are not refused")
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// The API server URLs a kubeconfig names (empty when it cannot be read: connecting with it
+/// reports that).
+fn kubeconfig_servers(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
+    doc["clusters"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["cluster"]["server"].as_str().map(str::to_owned))
+        .collect()
 }
 
 async fn shutdown() {

@@ -4,6 +4,13 @@
 //! them in one `sendmsg` (UDP GSO). RX takes coalesced datagrams in one `recvmsg` (UDP GRO).
 //! Decisions (which peer, may this source come out of this tunnel) are made by
 //! [`super::table`]; this module only moves bytes and counts drops.
+//!
+//! Every datagram first goes through the device's one [`RateLimiter`] ([`admit`]), shared by
+//! every peer's `Tunn`: handshake messages need a valid mac1 (a cheap keyed BLAKE2s with the
+//! device's public key, no X25519), and once more than [`HANDSHAKE_RATE_LIMIT`] arrive in a
+//! second, a valid mac2 too (a cookie bound to the sender's address); those without one get a
+//! cookie reply and no handshake work. Only what passes reaches [`classify_packet`], whose
+//! X25519 finds the initiator's static key. The timer thread resets the count every second.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -12,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 
@@ -30,6 +39,14 @@ const BUF: usize = 65_535 + VNET_HDR_LEN;
 /// WireGuard data message type.
 const MESSAGE_DATA: u8 = 4;
 
+/// Handshake messages per second the device takes before it demands cookies (mac2), as
+/// boringtun's own device does. Each one a peer's `Tunn` processes counts twice: once in
+/// [`admit`], once when `Tunn::decapsulate` verifies it again.
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// Size of a cookie reply message.
+pub const COOKIE_REPLY_LEN: usize = 64;
+
 /// Counters of what the data plane dropped, and why.
 #[derive(Debug, Default)]
 pub struct Drops {
@@ -43,6 +60,9 @@ pub struct Drops {
     pub spoofed: AtomicU64,
     /// Packets from the TUN device with no peer for their destination, or unreadable.
     pub no_route: AtomicU64,
+    /// Handshake messages that arrived while the device was under load without a valid
+    /// cookie (mac2): answered with a cookie reply, not processed.
+    pub under_load: AtomicU64,
 }
 
 impl Drops {
@@ -51,14 +71,24 @@ impl Drops {
     }
 
     /// The counters, as (name, value) pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
         [
             ("malformed", self.malformed.load(Ordering::Relaxed)),
             ("unknown_peer", self.unknown_peer.load(Ordering::Relaxed)),
             ("rejected", self.rejected.load(Ordering::Relaxed)),
             ("spoofed", self.spoofed.load(Ordering::Relaxed)),
             ("no_route", self.no_route.load(Ordering::Relaxed)),
+            ("under_load", self.under_load.load(Ordering::Relaxed)),
         ]
+    }
+
+    /// The counter a refusal is counted under.
+    fn of(&self, reason: Refusal) -> &AtomicU64 {
+        match reason {
+            Refusal::Malformed => &self.malformed,
+            Refusal::UnknownPeer => &self.unknown_peer,
+            Refusal::BadMac | Refusal::BadHandshake => &self.rejected,
+        }
     }
 }
 
@@ -72,6 +102,9 @@ pub struct Plane {
     pub table: Shared,
     /// The node's keys.
     pub keys: KeyPair,
+    /// The device's handshake rate limiter (keyed on its public key), shared with every
+    /// peer's `Tunn`.
+    pub limiter: Arc<RateLimiter>,
     /// Drop counters.
     pub drops: Drops,
 }
@@ -249,14 +282,28 @@ impl Plane {
         out: &mut [u8],
         gro: &mut Coalescer,
     ) {
-        let Some(peer) = self.peer_for(table, datagram) else {
-            return;
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let from_ip = IpAddr::V4(*from.ip());
+        let peer = match admit(
+            table,
+            &self.keys,
+            &self.limiter,
+            from_ip,
+            datagram,
+            &mut cookie,
+        ) {
+            Verdict::Peer(peer) => peer,
+            Verdict::Cookie(reply) => {
+                Drops::count(&self.drops.under_load);
+                return send(&self.udp, from, reply);
+            }
+            Verdict::Drop(reason) => return Drops::count(self.drops.of(reason)),
         };
         let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut input = datagram;
         loop {
             let dst = &mut out[VNET_HDR_LEN..];
-            let outcome = match tunn.decapsulate(Some(IpAddr::V4(*from.ip())), input, dst) {
+            let outcome = match tunn.decapsulate(Some(from_ip), input, dst) {
                 TunnResult::Done => Outcome::Done,
                 TunnResult::Err(e) => {
                     tracing::trace!(peer = %peer.node, error = ?e, "datagram refused");
@@ -290,19 +337,6 @@ impl Plane {
         }
     }
 
-    /// The peer an incoming datagram belongs to, counting the ones that belong to nobody.
-    fn peer_for<'t>(&self, table: &'t Table<Tunn>, datagram: &[u8]) -> Option<&'t Arc<Peer<Tunn>>> {
-        classify(table, &self.keys, datagram)
-            .map_err(|reason| {
-                Drops::count(match reason {
-                    Refusal::Malformed => &self.drops.malformed,
-                    Refusal::UnknownPeer => &self.drops.unknown_peer,
-                    Refusal::BadHandshake => &self.drops.rejected,
-                })
-            })
-            .ok()
-    }
-
     /// Starts a handshake with `peer` now, instead of waiting for traffic: after a restart the
     /// peer still holds sessions we lost, and only a new handshake makes it drop them.
     pub fn initiate(&self, peer: &Peer<Tunn>) {
@@ -318,6 +352,9 @@ impl Plane {
         let mut out = vec![0u8; BUF];
         loop {
             std::thread::sleep(Duration::from_millis(250));
+            // A no-op until a second has passed since the last reset: the count restarts
+            // once a second.
+            self.limiter.reset_count();
             let table = snapshot(&self.table);
             for peer in table.peers() {
                 let mut tunn = peer.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,20 +373,69 @@ pub enum Refusal {
     Malformed,
     /// No peer with that key or receiver index.
     UnknownPeer,
+    /// A handshake message whose mac1 is not for our public key (checked before any X25519).
+    BadMac,
     /// A handshake initiation that does not decrypt for our key.
     BadHandshake,
 }
 
+/// What to do with one incoming datagram.
+pub enum Verdict<'t, 'c, T> {
+    /// Hand it to this peer's `Tunn`.
+    Peer(&'t Arc<Peer<T>>),
+    /// The device is under load and this handshake message carries no valid cookie: send
+    /// this cookie reply back to its sender and do nothing else.
+    Cookie(&'c [u8]),
+    /// Drop it, counted under this reason.
+    Drop(Refusal),
+}
+
+/// Decides what becomes of a datagram from `from`: first the device's rate limiter (mac1,
+/// and under load mac2, both keyed BLAKE2s; no key exchange), then [`classify_packet`] for
+/// what passes. `cookie` receives a cookie reply ([`COOKIE_REPLY_LEN`] bytes). Pure but for
+/// the limiter's counters; the unit tests drive it.
+pub fn admit<'t, 'c, T>(
+    table: &'t Table<T>,
+    keys: &KeyPair,
+    limiter: &RateLimiter,
+    from: IpAddr,
+    datagram: &[u8],
+    cookie: &'c mut [u8],
+) -> Verdict<'t, 'c, T> {
+    let packet = match limiter.verify_packet(Some(from), datagram, cookie) {
+        Ok(packet) => packet,
+        Err(TunnResult::WriteToNetwork(reply)) => return Verdict::Cookie(reply),
+        Err(TunnResult::Err(WireGuardError::InvalidMac)) => return Verdict::Drop(Refusal::BadMac),
+        Err(_) => return Verdict::Drop(Refusal::Malformed),
+    };
+    match classify_packet(table, keys, packet) {
+        Ok(peer) => Verdict::Peer(peer),
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
 /// Finds the peer an incoming datagram belongs to: by the sender's static key for handshake
-/// initiations, by receiver index for everything else. Pure; the fuzz target drives it.
+/// initiations, by receiver index for everything else. No rate limiting (the data plane goes
+/// through [`admit`]). Pure; the fuzz target drives it.
 pub fn classify<'t, T>(
     table: &'t Table<T>,
     keys: &KeyPair,
     datagram: &[u8],
 ) -> Result<&'t Arc<Peer<T>>, Refusal> {
-    let peer = match Tunn::parse_incoming_packet(datagram).map_err(|_| Refusal::Malformed)? {
+    let packet = Tunn::parse_incoming_packet(datagram).map_err(|_| Refusal::Malformed)?;
+    classify_packet(table, keys, packet)
+}
+
+/// [`classify`] for a parsed packet. An initiation costs an X25519 (with our private key and
+/// its ephemeral) to decrypt the initiator's static key.
+pub fn classify_packet<'t, T>(
+    table: &'t Table<T>,
+    keys: &KeyPair,
+    packet: Packet<'_>,
+) -> Result<&'t Arc<Peer<T>>, Refusal> {
+    let peer = match packet {
         Packet::HandshakeInit(init) => {
-            let public = PublicKey::from(keys.secret());
+            let public = PublicKey::from(keys.public.0);
             let half = parse_handshake_anon(keys.secret(), &public, &init)
                 .map_err(|_| Refusal::BadHandshake)?;
             table.by_key(&Key(half.peer_static_public))
@@ -432,6 +518,225 @@ mod tests {
             classify(&table, &keys, &init).err(),
             Some(Refusal::BadHandshake)
         );
+    }
+
+    /// Our device's address as its peers see it, and the peer's.
+    const OURS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(172, 30, 0, 12));
+    const THEIRS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(172, 30, 0, 11));
+
+    /// Our device (key `[7; 32]`) with one peer (key `[9; 32]`) whose `Tunn` shares a
+    /// limiter of `limit` handshakes per second, and the peer's own `Tunn` toward us.
+    struct Device {
+        keys: KeyPair,
+        limiter: Arc<RateLimiter>,
+        table: Table<Tunn>,
+        remote: Tunn,
+    }
+
+    fn device(limit: u64) -> Device {
+        let keys = KeyPair::from_private([7; 32]);
+        let theirs = KeyPair::from_private([9; 32]);
+        let limiter = Arc::new(RateLimiter::new(&PublicKey::from(keys.public.0), limit));
+        let spec = PeerSpec {
+            node: "peer".into(),
+            key: theirs.public,
+            endpoint: "172.30.0.11:51820".parse().unwrap(),
+            allowed: crate::wireguard::table::Allowed {
+                v4: "10.244.2.0/24".parse().unwrap(),
+                v6: None,
+            },
+        };
+        let (table, _) = Table::default().update(&[spec], &mut 1, |spec, index| {
+            Tunn::new(
+                keys.secret().clone(),
+                PublicKey::from(spec.key.0),
+                None,
+                None,
+                index,
+                Some(limiter.clone()),
+            )
+        });
+        let remote = Tunn::new(
+            theirs.secret().clone(),
+            PublicKey::from(keys.public.0),
+            None,
+            None,
+            77,
+            None,
+        );
+        Device {
+            keys,
+            limiter,
+            table,
+            remote,
+        }
+    }
+
+    impl Device {
+        fn admit<'c>(&self, datagram: &[u8], cookie: &'c mut [u8]) -> Verdict<'_, 'c, Tunn> {
+            admit(
+                &self.table,
+                &self.keys,
+                &self.limiter,
+                THEIRS,
+                datagram,
+                cookie,
+            )
+        }
+
+        /// A fresh initiation from the peer (`resend`: even if one is in flight).
+        fn initiation(&mut self, resend: bool) -> Vec<u8> {
+            let mut buf = [0u8; 256];
+            match self.remote.format_handshake_initiation(&mut buf, resend) {
+                TunnResult::WriteToNetwork(init) => init.to_vec(),
+                _ => panic!("no initiation"),
+            }
+        }
+
+        fn has_session(&self) -> bool {
+            let peer = self.table.peers().next().unwrap();
+            let tunn = peer.state.lock().unwrap();
+            tunn.stats().0.is_some()
+        }
+    }
+
+    /// An initiation toward `keys` from a key nobody knows (`seed` is not 7 or 9): valid
+    /// mac1, valid crypto.
+    fn stranger(keys: &KeyPair, seed: u8) -> Vec<u8> {
+        let secret = boringtun::x25519::StaticSecret::from([seed; 32]);
+        let mut tunn = Tunn::new(secret, PublicKey::from(keys.public.0), None, None, 1, None);
+        let mut buf = [0u8; 256];
+        match tunn.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(init) => init.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    }
+
+    #[test]
+    fn bad_mac1_is_dropped_before_any_key_exchange() {
+        let mut dev = device(HANDSHAKE_RATE_LIMIT);
+        let mut init = dev.initiation(false);
+        // mac1 is not part of the key exchange: without the limiter, the X25519 path would
+        // decrypt this initiation and find the peer.
+        init[116] ^= 1;
+        assert!(classify(&dev.table, &dev.keys, &init).is_ok());
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        assert!(matches!(
+            dev.admit(&init, &mut cookie),
+            Verdict::Drop(Refusal::BadMac)
+        ));
+        // Random bytes shaped like an initiation: refused on mac1 alone.
+        let mut junk = vec![0xa5u8; 148];
+        junk[..4].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            dev.admit(&junk, &mut cookie),
+            Verdict::Drop(Refusal::BadMac)
+        ));
+        assert!(!dev.has_session());
+    }
+
+    #[test]
+    fn under_load_an_initiation_without_mac2_gets_a_cookie_reply() {
+        let mut dev = device(0);
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        for init in [dev.initiation(false), stranger(&dev.keys, 1)] {
+            let Verdict::Cookie(reply) = dev.admit(&init, &mut cookie) else {
+                panic!("no cookie reply");
+            };
+            assert_eq!(reply.len(), COOKIE_REPLY_LEN);
+            assert_eq!(reply[0], 3, "a cookie reply, not a handshake response");
+            assert_eq!(
+                reply[4..8],
+                init[4..8],
+                "addressed to the initiator's index"
+            );
+        }
+        assert!(!dev.has_session());
+    }
+
+    #[test]
+    fn a_junk_flood_pays_at_most_the_limit_in_key_exchanges() {
+        let dev = device(HANDSHAKE_RATE_LIMIT);
+        let junk: Vec<Vec<u8>> = (100..120).map(|seed| stranger(&dev.keys, seed)).collect();
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let (mut exchanged, mut cookies) = (0, 0);
+        for init in junk.iter().cycle().take(1000) {
+            match dev.admit(init, &mut cookie) {
+                // Passed the limiter: X25519 found a key nobody knows.
+                Verdict::Drop(Refusal::UnknownPeer) => exchanged += 1,
+                Verdict::Cookie(_) => cookies += 1,
+                _ => panic!("unexpected verdict"),
+            }
+        }
+        assert_eq!(exchanged, HANDSHAKE_RATE_LIMIT);
+        assert_eq!(cookies, 1000 - HANDSHAKE_RATE_LIMIT);
+    }
+
+    #[test]
+    fn a_real_peer_completes_its_handshake_under_load() {
+        let mut dev = device(0);
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let mut out = vec![0u8; 2048];
+        let first = dev.initiation(false);
+        let Verdict::Cookie(reply) = dev.admit(&first, &mut cookie) else {
+            panic!("no cookie reply");
+        };
+        // The peer takes the cookie and retries with mac2.
+        let reply = reply.to_vec();
+        assert!(matches!(
+            dev.remote.decapsulate(Some(OURS), &reply, &mut out),
+            TunnResult::Done
+        ));
+        let retry = dev.initiation(true);
+        let Verdict::Peer(peer) = dev.admit(&retry, &mut cookie) else {
+            panic!("the retry with a cookie did not pass");
+        };
+        let response = match peer
+            .state
+            .lock()
+            .unwrap()
+            .decapsulate(Some(THEIRS), &retry, &mut out)
+        {
+            TunnResult::WriteToNetwork(r) => r.to_vec(),
+            _ => panic!("no handshake response"),
+        };
+        assert_eq!(response[0], 2);
+        let keepalive = match dev.remote.decapsulate(Some(OURS), &response, &mut out) {
+            TunnResult::WriteToNetwork(k) => k.to_vec(),
+            _ => panic!("the peer did not take the response"),
+        };
+        // Data flows both ways through the new session.
+        let Verdict::Peer(peer) = dev.admit(&keepalive, &mut cookie) else {
+            panic!("keepalive refused");
+        };
+        assert!(matches!(
+            peer.state
+                .lock()
+                .unwrap()
+                .decapsulate(Some(THEIRS), &keepalive, &mut out),
+            TunnResult::Done
+        ));
+        assert!(dev.has_session());
+        let mut packet = [0u8; 20];
+        packet[0] = 0x45;
+        packet[3] = 20;
+        packet[12..16].copy_from_slice(&[10, 244, 2, 5]);
+        packet[16..20].copy_from_slice(&[10, 244, 1, 5]);
+        let data = match dev.remote.encapsulate(&packet, &mut out) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("no data message"),
+        };
+        let Verdict::Peer(peer) = dev.admit(&data, &mut cookie) else {
+            panic!("data refused");
+        };
+        let mut tunn = peer.state.lock().unwrap();
+        match tunn.decapsulate(Some(THEIRS), &data, &mut out) {
+            TunnResult::WriteToTunnelV4(p, src) => {
+                assert_eq!(p, packet);
+                assert_eq!(src, std::net::Ipv4Addr::new(10, 244, 2, 5));
+            }
+            _ => panic!("not delivered"),
+        }
     }
 
     #[test]

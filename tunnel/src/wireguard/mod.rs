@@ -1,7 +1,8 @@
 //! The wireguard backend: a TUN device (`fabric.wg` by default) served by the daemon with
 //! boringtun's protocol core per peer, one UDP port (51820 by default), a route per remote
 //! subnet via the TUN device, MTU = underlay MTU - 80. Peers follow the leases: added,
-//! re-keyed, re-addressed (the endpoint roams), removed.
+//! re-keyed, re-addressed (the endpoint roams), removed. One handshake rate limiter per
+//! device, shared by every peer's `Tunn` ([`dataplane::admit`]).
 
 pub mod dataplane;
 pub mod keys;
@@ -11,23 +12,24 @@ pub mod tun;
 pub mod uapi;
 pub mod udp;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519::PublicKey;
 use ipam::{BackendConfig, BackendKind, Lease, Leases};
 use ipnet::Ipv4Net;
 
-use self::dataplane::{Drops, Plane};
+use self::dataplane::{Drops, Plane, HANDSHAKE_RATE_LIMIT};
 use self::keys::KeyPair;
 use self::table::{desired, Table, WireguardData};
 use crate::netlink::{Netlink, Route};
 use crate::plan::diff;
 use crate::underlay::Underlay;
-use crate::{Backend, Report, TunnelError};
+use crate::{Backend, Report, TunnelEnds, TunnelError};
 
 /// WireGuard's encapsulation overhead over IPv4: IP 20 + UDP 8 + WireGuard 32, rounded up
 /// like `wg-quick` (and Flannel) do, so IPv6 underlays fit too.
@@ -89,11 +91,16 @@ impl WireGuard {
         })?;
         let gro = udp::tune(&udp, SOCKET_BUFFER);
         tracing::debug!(gro, "WireGuard socket tuned");
+        let limiter = Arc::new(RateLimiter::new(
+            &PublicKey::from(keys.public.0),
+            HANDSHAKE_RATE_LIMIT,
+        ));
         let plane = Arc::new(Plane {
             tun,
             udp,
             table: Arc::new(RwLock::new(Arc::new(Table::default()))),
             keys,
+            limiter,
             drops: Drops::default(),
         });
         plane
@@ -140,6 +147,13 @@ impl Backend for WireGuard {
 
     fn shutdown(&self) {
         let _ = std::fs::remove_file(uapi::socket_path(&self.iface));
+    }
+
+    fn tunnel_ends(&self, local: &Lease, leases: &Leases) -> Option<TunnelEnds> {
+        Some(TunnelEnds {
+            local: SocketAddrV4::new(local.public_ip, self.listen_port),
+            peers: desired(local, leases).iter().map(|p| p.endpoint).collect(),
+        })
     }
 
     fn dataplane(&self) -> serde_json::Value {
@@ -206,7 +220,7 @@ impl Backend for WireGuard {
                     self.psk,
                     keepalive,
                     index,
-                    None,
+                    Some(self.plane.limiter.clone()),
                 )
             });
             *shared = Arc::new(table);

@@ -1,4 +1,6 @@
-//! The lab's PKI, made with the `openssl` CLI: a CA, kube-apiserver's serving certificate
+//! The lab's PKI, made with the `openssl` CLI. For the `--etcd-tls` lab ([`etcd_leaves`]):
+//! a CA, etcd's serving certificate and the client certificates of fabricd and fabricctl.
+//! For the Kubernetes lab: a CA, kube-apiserver's serving certificate
 //! (its underlay address, the `kubernetes` Service's IP, loopback and the Service's DNS names),
 //! client certificates (the admin in `system:masters`, kube-controller-manager, kube-scheduler,
 //! kube-proxy, and each node's kubelet identity `system:node:NODE` in `system:nodes`, issued as
@@ -130,6 +132,28 @@ pub fn leaves() -> Vec<Leaf> {
     ]
 }
 
+/// The file stem of etcd's serving certificate in the `--etcd-tls` lab.
+pub const ETCD_SERVER: &str = "etcd-server";
+
+/// The certificates of the `--etcd-tls` lab: etcd's serving certificate for `ips` (and
+/// `localhost`), and one client certificate per lab client (`etcd-fabricd` on the nodes,
+/// `etcd-fabricctl` for the operator). The clients' common names are no etcd user's, so with
+/// `--client-cert-auth` a certificate alone authenticates nobody: the password does.
+pub fn etcd_leaves(ips: &[Ipv4Addr]) -> Vec<Leaf> {
+    vec![
+        Leaf {
+            name: ETCD_SERVER.into(),
+            common_name: "etcd".into(),
+            organization: None,
+            usage: Usage::Server,
+            ips: ips.to_vec(),
+            dns: vec!["localhost"],
+        },
+        Leaf::client("etcd-fabricd", "fabric-lab-node", None),
+        Leaf::client("etcd-fabricctl", "fabric-lab-operator", None),
+    ]
+}
+
 /// The file stem of `node`'s kubelet certificate.
 pub fn node_cert_name(node: &str) -> String {
     format!("node-{node}")
@@ -179,6 +203,45 @@ impl Pki {
 
     /// Makes the CA, every leaf of [`leaves`] and the service-account key pair.
     pub fn create(&self) -> Result<()> {
+        self.create_ca()?;
+        for leaf in leaves() {
+            self.issue(&leaf)?;
+        }
+        openssl([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &path(&self.sa_key()),
+        ])
+        .and_then(|()| {
+            openssl([
+                "pkey",
+                "-in",
+                &path(&self.sa_key()),
+                "-pubout",
+                "-out",
+                &path(&self.sa_pub()),
+            ])
+        })
+        .context("making the service-account key pair")?;
+        std::fs::set_permissions(self.sa_key(), std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    }
+
+    /// Makes the CA and every leaf of [`etcd_leaves`] for etcd at `ips`.
+    pub fn create_etcd(&self, ips: &[Ipv4Addr]) -> Result<()> {
+        self.create_ca()?;
+        for leaf in etcd_leaves(ips) {
+            self.issue(&leaf)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the directory (0700) and the CA (its key 0600).
+    fn create_ca(&self) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
@@ -205,32 +268,8 @@ impl Pki {
             &path(&self.ca_cert()),
         ])
         .context("making the lab CA")?;
-        for leaf in leaves() {
-            self.issue(&leaf)?;
-        }
-        openssl([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &path(&self.sa_key()),
-        ])
-        .and_then(|()| {
-            openssl([
-                "pkey",
-                "-in",
-                &path(&self.sa_key()),
-                "-pubout",
-                "-out",
-                &path(&self.sa_pub()),
-            ])
-        })
-        .context("making the service-account key pair")?;
-        std::fs::set_permissions(self.sa_key(), std::fs::Permissions::from_mode(0o600))?;
-        std::fs::set_permissions(self.ca_key(), std::fs::Permissions::from_mode(0o600))?;
-        Ok(())
+        std::fs::set_permissions(self.ca_key(), std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", self.ca_key().display()))
     }
 
     /// Issues `leaf` with the CA (key, CSR, the CA's signature with the leaf's extensions);

@@ -1,0 +1,234 @@
+//! Attacks on a lab cluster that fabric must refuse, each tried the way an attacker would:
+//! a pod (or a host on the underlay that is not a node) hand-building VXLAN frames with a
+//! spoofed inner source, a pod announcing itself as its node's IPv6 router, a forged lease
+//! routing the datastore's address away. Each test also shows the path it probes works for
+//! legitimate traffic, so a refusal is fabric's and not a broken probe.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use fabric_lab::{Backend, CniCommand, Invocation, Lab};
+use fabric_tests::{eventually, ping, spec, up};
+
+const SINK_PORT: u16 = 9999;
+
+/// The lab's own binary, as pods run it.
+fn lab_bin(lab: &Lab) -> String {
+    lab.state().bin_dir.join("fabric-lab").display().to_string()
+}
+
+/// Runs `fabric-lab attack sink` in `target` for `seconds` while `during` runs; returns what
+/// it printed (one `<source> <payload>` line per datagram).
+fn sink_while(
+    lab: &Lab,
+    target: &str,
+    seconds: u64,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<String> {
+    let netns = lab.netns(target)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &netns, &lab_bin(lab), "attack", "sink"])
+        .args([
+            "--port",
+            &SINK_PORT.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the sink")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = during();
+    let out = child.wait_with_output().context("waiting for the sink")?;
+    sent?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The VTEP MAC of `node`'s VXLAN device, as its lease publishes it.
+fn vtep_mac(lab: &Lab, node: &str) -> Result<String> {
+    let out = lab.exec_ok(node, &["cat", "/sys/class/net/fabric.1/address"])?;
+    Ok(out.trim().to_owned())
+}
+
+#[test]
+fn pods_and_strangers_cannot_inject_vxlan_frames() {
+    let lab = up(spec("inject", 2, 2, Backend::Vxlan));
+    let victim = lab.pod("node2-pod1").unwrap().clone();
+    let claimed = lab.pod("node2-pod2").unwrap().ip;
+    let node1 = lab.node("node1").unwrap().clone();
+    let node2 = lab.node("node2").unwrap().clone();
+    let mac = vtep_mac(&lab, "node2").unwrap();
+    let bin = lab_bin(&lab);
+    let inject = |from: &str, to: String| -> Result<()> {
+        let out = lab.exec(
+            from,
+            &[
+                &bin,
+                "attack",
+                "vxlan",
+                "--to",
+                &to,
+                "--dst-mac",
+                &mac,
+                "--inner-src",
+                &claimed.to_string(),
+                "--inner-dst",
+                &format!("{}:{SINK_PORT}", victim.ip),
+                "--count",
+                "10",
+            ],
+        )?;
+        ensure!(
+            out.status.success(),
+            "{from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let node2_end = format!("{}:8472", node2.underlay_ip);
+    let node2_vtep = format!(
+        "{}:8472",
+        node2.subnet.as_deref().unwrap().split('/').next().unwrap()
+    );
+    let printed = sink_while(&lab, "node2-pod1", 6, || {
+        // A pod on another node, at the victim node's tunnel end (its traffic leaves
+        // masqueraded, from node1's address: a known node).
+        inject("node1-pod1", node2_end.clone())?;
+        // A pod on the victim's node, at its own node's tunnel end and VTEP address.
+        inject("node2-pod2", node2_end.clone())?;
+        inject("node2-pod2", node2_vtep.clone())?;
+        // A host on the underlay that is not a node (the etcd host).
+        inject("etcd", node2_end.clone())?;
+        // The control: a real pod's datagram, sent the ordinary way, gets through.
+        let out = lab.exec(
+            "node1-pod2",
+            &[
+                "sh",
+                "-c",
+                &format!("echo control | nc -u -w 1 {} {SINK_PORT}", victim.ip),
+            ],
+        )?;
+        ensure!(out.status.success(), "control datagram: {out:?}");
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        printed.contains("control"),
+        "the sink heard nothing, not even the control:\n{printed}"
+    );
+    assert!(
+        !printed.contains("fabric-inject"),
+        "injected VXLAN frames were decapsulated and delivered as {claimed}:\n{printed}"
+    );
+    // The guard is what an operator would look for, and the tunnel still carries traffic.
+    let table = lab
+        .exec_ok("node2", &["nft", "list", "set", "inet", "fabric", "nodes"])
+        .unwrap();
+    assert!(table.contains(&node1.underlay_ip.to_string()), "{table}");
+    ping(&lab, "node1-pod1", victim.ip).unwrap();
+}
+
+#[test]
+fn pods_cannot_announce_themselves_as_their_nodes_ipv6_router() {
+    let lab = up(spec("ra", 1, 1, Backend::Vxlan));
+    let pod = lab.pod("node1-pod1").unwrap().clone();
+    let veth = lab
+        .exec_ok(
+            "node1",
+            &[
+                "sh",
+                "-c",
+                &format!("ip -o route show {} | awk '{{print $3}}'", pod.ip),
+            ],
+        )
+        .unwrap();
+    let veth = veth.trim().to_owned();
+    assert!(veth.starts_with("fab"), "host veth of {}: {veth:?}", pod.ip);
+    for (key, want) in [("accept_ra", "0"), ("accept_redirects", "0")] {
+        let value = lab
+            .exec_ok(
+                "node1",
+                &["cat", &format!("/proc/sys/net/ipv6/conf/{veth}/{key}")],
+            )
+            .unwrap();
+        assert_eq!(value.trim(), want, "{veth} {key}");
+    }
+    // Sent once the pod's link-local address has passed duplicate address detection.
+    let bin = lab_bin(&lab);
+    let advertise = ["attack", "router-advert", "--iface", "eth0", "--count", "5"];
+    eventually(Duration::from_secs(5), || {
+        let out = lab.exec("node1-pod1", &[&[bin.as_str()][..], &advertise].concat())?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let routes = lab
+        .exec_ok("node1", &["ip", "-6", "route", "show"])
+        .unwrap();
+    assert!(
+        !routes.contains("default") && !routes.contains("2001:db8:bad"),
+        "a pod's router advertisement changed the node's IPv6 routes:\n{routes}"
+    );
+    let addresses = lab.exec_ok("node1", &["ip", "-6", "addr", "show"]).unwrap();
+    assert!(!addresses.contains("2001:db8:bad"), "{addresses}");
+    // Neighbour discovery still works: the pod reaches its host veth's link-local address.
+    let link_local = lab
+        .exec_ok(
+            "node1",
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "ip -o -6 addr show dev {veth} scope link | awk '{{print $4}}' | cut -d/ -f1"
+                ),
+            ],
+        )
+        .unwrap();
+    let target = format!("{}%eth0", link_local.trim());
+    eventually(Duration::from_secs(5), || {
+        let out = lab.exec("node1-pod1", &["ping", "-6", "-c", "1", "-W", "1", &target])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_add_into_the_nodes_own_namespace_is_refused() {
+    let lab = up(spec("hostns", 1, 0, Backend::Vxlan));
+    let node = lab.node("node1").unwrap().clone();
+    let routes_before = lab.exec_ok("node1", &["ip", "route", "show"]).unwrap();
+    let links = || {
+        let out = lab.exec_ok("node1", &["ip", "-o", "link", "show"]).unwrap();
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1).map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let links_before = links();
+    let inv = Invocation::new(
+        "grab-the-host",
+        Some(fabric_lab::topology::netns_path(&node.netns)),
+    );
+    let err = lab
+        .cni("node1", CniCommand::Add, &inv, None)
+        .expect_err("ADD into the node's namespace must fail");
+    let text = err.to_string();
+    assert!(text.contains("the node's own network namespace"), "{text}");
+    assert_eq!(
+        lab.exec_ok("node1", &["ip", "route", "show"]).unwrap(),
+        routes_before,
+        "the node's routes changed"
+    );
+    assert_eq!(links(), links_before, "the node's links changed");
+}
