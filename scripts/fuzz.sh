@@ -13,8 +13,9 @@
 #
 # One worker at a time (no -jobs/-fork). Build outputs, the growing corpora, crash artifacts
 # and logs live under FUZZ_DIR (default target/fuzz, gitignored); the seeds in fuzz/seeds/
-# (text; binary inputs as hex, *.hex) are read, never written. A crash, a timeout (FUZZ_TIMEOUT, 10 s) or an input exceeding the
-# RSS limit fails the script (exit non-zero) and leaves the input in FUZZ_DIR/artifacts/.
+# (text; binary inputs as hex, *.hex) are read, never written. A crash, a timeout
+# (FUZZ_TIMEOUT, 10 s) or an input exceeding the RSS limit fails the script (exit non-zero,
+# after the other targets ran) and leaves the input in FUZZ_DIR/artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

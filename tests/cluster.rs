@@ -285,8 +285,10 @@ fn spoofed_source_addresses_are_dropped() {
     let rules = lab
         .exec_ok("node1", &["nft", "list", "table", "inet", "fabric"])
         .unwrap();
+    // What an operator finds: the pod's veth and address in the anti-spoofing set.
     assert!(
-        rules.contains(&format!("ip saddr != {} drop", a.ip)),
+        rules.contains("iifname . ip saddr != @pod_addrs drop")
+            && rules.contains(&format!(" . {}", a.ip)),
         "{rules}"
     );
 }

@@ -232,3 +232,110 @@ fn an_add_into_the_nodes_own_namespace_is_refused() {
     );
     assert_eq!(links(), links_before, "the node's links changed");
 }
+
+/// Writes `value` at `key` in the lab's etcd the way someone with datastore access (or a
+/// buggy tool) would, bypassing fabricctl's validation.
+fn etcd_put(lab: &Lab, key: &str, value: &str) {
+    let endpoint = format!("http://{}:2379", fabric_lab::topology::ETCD_IP);
+    let out = lab
+        .exec(
+            "etcd",
+            &["etcdctl", "--endpoints", &endpoint, "put", key, value],
+        )
+        .unwrap();
+    assert!(out.status.success(), "etcdctl put {key}: {out:?}");
+}
+
+#[test]
+fn a_forged_lease_cannot_route_the_datastore_away() {
+    let lab = up(spec("forged", 2, 1, Backend::Vxlan));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    let etcd = fabric_lab::topology::ETCD_IP;
+    // A lease record that would route etcd's address into the overlay, toward node2.
+    let node2 = lab.node("node2").unwrap().clone();
+    let mac = vtep_mac(&lab, "node2").unwrap();
+    let record = serde_json::json!({
+        "node": "evil", "public_ip": node2.underlay_ip.to_string(), "backend_type": "vxlan",
+        "backend_data": { "VtepMAC": mac, "VNI": 1 },
+    });
+    etcd_put(
+        &lab,
+        &format!("/fabric/subnets/{etcd}-32"),
+        &record.to_string(),
+    );
+    // Every node noticed it (a warning naming the key) and routes nothing for it.
+    let key = format!("subnets/{etcd}-32");
+    for node in ["node1", "node2"] {
+        eventually(Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(&lab.node(node)?.log)?;
+            ensure!(
+                log.contains("ignoring a lease record") && log.contains(&key),
+                "{node}: no warning yet"
+            );
+            Ok(())
+        })
+        .unwrap();
+        let route = lab
+            .exec_ok(node, &["ip", "route", "get", &etcd.to_string()])
+            .unwrap();
+        assert!(
+            !route.contains("fabric.1"),
+            "{node} routes etcd into the overlay: {route}"
+        );
+    }
+    // The datastore is still reachable from every node, and pods still talk.
+    let leases = lab.fabricctl(&["leases", "-o", "json"]).unwrap();
+    assert!(
+        leases.contains("evil"),
+        "the record is listed for the operator: {leases}"
+    );
+    ping(&lab, &a.name, b.ip).unwrap();
+    let out = lab
+        .exec("node1", &["nc", "-z", "-w", "2", &etcd.to_string(), "2379"])
+        .unwrap();
+    assert!(out.status.success(), "node1 cannot reach etcd: {out:?}");
+}
+
+#[test]
+fn an_invalid_policy_keeps_isolating_what_it_selects() {
+    let lab = up(spec("failclosed", 2, 1, Backend::Vxlan));
+    let (a, b) = (lab.pods()[0].clone(), lab.pods()[1].clone());
+    let _server = fabric_tests::Listeners::start(&lab, &[&b.name], 8080).unwrap();
+    eventually(Duration::from_secs(5), || {
+        fabric_tests::tcp_connect(&lab, &a.name, b.ip, 8080)
+    })
+    .unwrap();
+    // A policy fabricctl would refuse (port 70000), written straight into the datastore: read
+    // as written it allows ingress on that port only, so it must isolate b all the same.
+    let policy = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": { "name": "broken", "namespace": b.namespace },
+        "spec": { "podSelector": {}, "ingress": [{ "ports": [{ "port": 70000 }] }] },
+    });
+    etcd_put(
+        &lab,
+        &format!("/fabric/policies/{}/broken", b.namespace),
+        &policy.to_string(),
+    );
+    for node in lab.nodes() {
+        let socket = node.socket.display().to_string();
+        lab.fabricctl_local(&["policy", "sync", "--socket", &socket])
+            .unwrap_or_else(|e| panic!("policy sync on {}: {e:#}", node.name));
+    }
+    eventually(Duration::from_secs(10), || {
+        ensure!(
+            fabric_tests::tcp_connect(&lab, &a.name, b.ip, 8080).is_err(),
+            "{} still reaches {} past an invalid policy",
+            a.name,
+            b.name
+        );
+        Ok(())
+    })
+    .unwrap();
+    let log = std::fs::read_to_string(&lab.node(&b.node).unwrap().log).unwrap();
+    assert!(
+        log.contains("invalid policy: isolating the pods it selects"),
+        "no warning in {}'s log",
+        b.node
+    );
+}

@@ -8,10 +8,16 @@
 //!
 //! ADD either completes or leaves nothing behind (no veth, no held address); DEL and GC are
 //! idempotent.
+//!
+//! Attachments proceed in parallel: the pool is locked only to take or give back an address,
+//! never across netlink, nft or the datastore, and the node's nft table is applied by one
+//! caller at a time, each apply covering every pool change made before it started
+//! ([`Firewall`]), so a hundred ADDs at once cost a few table applies, not a hundred in a row.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fabric_cni::api::{
     check_ports, codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig,
@@ -204,6 +210,58 @@ pub struct PodNetwork {
     pool: Mutex<PodPool>,
     registry: Registry,
     tunnel: nft::TunnelGuard,
+    firewall: Firewall,
+}
+
+/// An address [`PodNetwork::add`] took from the pool.
+struct Taken {
+    addr: Ipv4Addr,
+    /// The pool's last address handed out before (to undo the allocation without a trace).
+    last: Option<Ipv4Addr>,
+    /// The pool's generation with it.
+    change: u64,
+}
+
+/// Which pool changes the node's nft table reflects. Each change to the pool takes a new
+/// generation (under the pool's lock); an apply, one at a time, installs the pool as it is
+/// then and records the generation it saw, so a caller whose change an apply that started
+/// after it already covered has nothing left to do.
+#[derive(Debug, Default)]
+struct Firewall {
+    /// The last generation given to a pool change.
+    changed: AtomicU64,
+    /// Held across an apply: the generation the table last reflected (0: none).
+    applied: Mutex<u64>,
+}
+
+impl Firewall {
+    /// A new generation for a change made while the pool's lock is held.
+    fn change(&self) -> u64 {
+        self.changed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The generation of the pool's state, read while the pool's lock is held.
+    fn current(&self) -> u64 {
+        self.changed.load(Ordering::SeqCst)
+    }
+
+    /// Makes sure an apply that covers generation `change` has finished (`None`: apply in
+    /// any case). `apply` reads the pool, returns the generation it read and whether it
+    /// installed the table; it runs only with the apply lock held.
+    async fn converge<F, Fut>(&self, change: Option<u64>, apply: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = (u64, bool)>,
+    {
+        let mut applied = self.applied.lock().await;
+        if change.is_some_and(|c| *applied >= c) {
+            return;
+        }
+        let (seen, ok) = apply().await;
+        if ok {
+            *applied = (*applied).max(seen);
+        }
+    }
 }
 
 impl PodNetwork {
@@ -227,6 +285,7 @@ impl PodNetwork {
             pool: Mutex::new(pool),
             registry,
             tunnel,
+            firewall: Firewall::default(),
         }
     }
 
@@ -256,8 +315,45 @@ impl PodNetwork {
         // The plugin checked them already; other clients of the socket may not have.
         check_ports(&att.ports)?;
         let requested = self.subnet.requested(&att.ips)?;
+        let taken = self.allocate(att, requested).await?;
+        let addr = taken.addr;
+        let addr6 = self.subnet.ipv6_of(addr);
+        match self.wire(att, &netns, netns_path, addr, addr6).await {
+            Ok(result) => {
+                self.apply_firewall(Some(taken.change)).await;
+                let registered = self.register(att, addr, addr6).await;
+                Ok(Added { result, registered })
+            }
+            Err(e) => {
+                // Leave nothing behind: the veth pair goes with its host side.
+                if let Err(cleanup) = self.unwire(&att.key).await {
+                    tracing::error!(error = %cleanup, container = %att.key.container_id, "cleanup after failed ADD");
+                }
+                let undone = {
+                    let mut pool = self.pool.lock().await;
+                    pool.update(|a| Ok(a.undo(&owner(&att.key), taken.last)))
+                        .map(|_| self.firewall.change())
+                };
+                match undone {
+                    // An apply since the allocation may have let the address in.
+                    Ok(change) => self.apply_firewall(Some(change)).await,
+                    Err(release) => {
+                        tracing::error!(error = %release, "cannot release address after failed ADD")
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes an address for the attachment (and records it).
+    async fn allocate(
+        &self,
+        att: &Attachment,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Taken, CniError> {
         let mut pool = self.pool.lock().await;
-        let before = pool.allocations().clone();
+        let last = pool.allocations().last();
         let addr = pool
             .update(|a| a.allocate(owner(&att.key), requested))
             .map_err(|e| match e {
@@ -276,27 +372,19 @@ impl PodNetwork {
                 ),
                 PoolError::Io { .. } => internal("cannot record the pod address", e),
             })?;
-        let addr6 = self.subnet.ipv6_of(addr);
-        match self.wire(att, &netns, netns_path, addr, addr6).await {
-            Ok(result) => {
-                self.apply_firewall(&pool).await;
-                let registered = self.register(att, addr, addr6).await;
-                Ok(Added { result, registered })
-            }
-            Err(e) => {
-                // Leave nothing behind: the veth pair goes with its host side.
-                if let Err(cleanup) = self.unwire(&att.key).await {
-                    tracing::error!(error = %cleanup, container = %att.key.container_id, "cleanup after failed ADD");
-                }
-                if let Err(release) = pool.update(|a| {
-                    *a = before;
-                    Ok(())
-                }) {
-                    tracing::error!(error = %release, "cannot release address after failed ADD");
-                }
-                Err(e)
-            }
-        }
+        Ok(Taken {
+            addr,
+            last,
+            change: self.firewall.change(),
+        })
+    }
+
+    /// Gives back the attachment's address, if it holds one; returns it with the pool's new
+    /// generation.
+    async fn release(&self, key: &AttachmentKey) -> Result<Option<(Ipv4Addr, u64)>, PoolError> {
+        let mut pool = self.pool.lock().await;
+        let released = pool.update(|a| Ok(a.release(&owner(key))))?;
+        Ok(released.map(|addr| (addr, self.firewall.change())))
     }
 
     async fn wire(
@@ -453,10 +541,30 @@ impl PodNetwork {
         })
     }
 
-    /// Installs the node's nftables table for the pods in `pool` (anti-spoofing per host veth,
-    /// masquerade) and the tunnel ends last recorded. Failures are logged; the next reconcile
-    /// pass tries again.
-    async fn apply_firewall(&self, pool: &PodPool) {
+    /// Installs the node's nftables table for the pods in the pool (anti-spoofing per host
+    /// veth, masquerade) and the tunnel ends last recorded, unless an apply that started after
+    /// pool change `change` already did (`None`: in any case). Failures are logged; the next
+    /// reconcile pass tries again.
+    async fn apply_firewall(&self, change: Option<u64>) {
+        self.firewall
+            .converge(change, || async {
+                let (ruleset, seen) = {
+                    let pool = self.pool.lock().await;
+                    (self.ruleset(&pool), self.firewall.current())
+                };
+                match crate::command::off_runtime(move || nft::apply(&ruleset)).await {
+                    Ok(()) => (seen, true),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot install the node's nftables rules");
+                        (seen, false)
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// The node's nftables table for the pods in `pool`.
+    fn ruleset(&self, pool: &PodPool) -> String {
         let pods: Vec<nft::PodPort> = pool
             .allocations()
             .iter()
@@ -473,20 +581,17 @@ impl PodNetwork {
             })
             .collect();
         let tunnel = self.tunnel.get();
-        let ruleset = nft::ruleset(&nft::NodeRules {
+        nft::ruleset(&nft::NodeRules {
             cluster: self.cluster.v4,
             cluster6: self.cluster.v6,
             pods: &pods,
             tunnel: tunnel.as_ref(),
-        });
-        if let Err(e) = crate::command::off_runtime(move || nft::apply(&ruleset)).await {
-            tracing::error!(error = %e, "cannot install the node's nftables rules");
-        }
+        })
     }
 
     /// Re-installs the node's nftables table (a reconcile pass: heals hand-made damage).
     pub async fn sync_firewall(&self) {
-        self.apply_firewall(&*self.pool.lock().await).await;
+        self.apply_firewall(None).await;
     }
 
     /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
@@ -538,16 +643,16 @@ impl PodNetwork {
 
     /// Detaches a pod; unknown attachments succeed.
     pub async fn del(&self, key: &AttachmentKey) -> Result<(), CniError> {
-        let mut pool = self.pool.lock().await;
         self.unwire(key)
             .await
             .map_err(|e| internal("cannot remove the pod's veth", e))?;
-        let released = pool
-            .update(|a| Ok(a.release(&owner(key))))
+        let released = self
+            .release(key)
+            .await
             .map_err(|e| internal("cannot record the released address", e))?;
-        if let Some(addr) = released {
+        if let Some((addr, change)) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
-            self.apply_firewall(&pool).await;
+            self.apply_firewall(Some(change)).await;
             if let Err(e) = self
                 .registry
                 .store
@@ -777,6 +882,31 @@ mod tests {
             .collect::<Vec<_>>(),
             ["10.244.2.17/32", "fd00:10:244:2::11/128"]
         );
+    }
+
+    #[tokio::test]
+    async fn one_firewall_apply_covers_every_pool_change_made_before_it() {
+        let fw = Firewall::default();
+        let runs = AtomicU64::new(0);
+        let apply = |ok: bool| {
+            let (fw, runs) = (&fw, &runs);
+            move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                (fw.current(), ok)
+            }
+        };
+        let (first, second) = (fw.change(), fw.change());
+        fw.converge(Some(second), apply(true)).await;
+        // The apply for the second change saw the first: nothing left to do for it.
+        fw.converge(Some(first), apply(true)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // A failed apply covers nothing; a reconcile pass applies in any case.
+        let third = fw.change();
+        fw.converge(Some(third), apply(false)).await;
+        fw.converge(Some(third), apply(true)).await;
+        fw.converge(Some(third), apply(true)).await;
+        fw.converge(None, apply(true)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -310,21 +310,20 @@ impl Objects {
                     .set(&name, record, mod_revision, &mut changes.pods);
             }
             Kind::Policies => {
+                // Fail closed: a policy that cannot be read or fails validation still
+                // isolates what it would have, allowing nothing.
                 let record = value.and_then(|v| {
-                    let np: NetworkPolicy = match serde_json::from_slice(&v) {
-                        Ok(np) => np,
+                    let policy = match serde_json::from_slice::<NetworkPolicy>(&v) {
+                        Ok(np) => Policy::from_k8s(&np).or_else(|e| {
+                            tracing::warn!(key = %name, error = %e, "invalid policy: isolating the pods it selects, allowing nothing");
+                            Policy::fail_closed(&np, &name).ok_or(())
+                        }),
                         Err(e) => {
-                            tracing::warn!(key = %name, error = %e, "skipping an unreadable policy");
-                            return None;
+                            tracing::warn!(key = %name, error = %e, "unreadable policy: isolating its namespace's pods, allowing nothing");
+                            Policy::unreadable(&name).ok_or(())
                         }
                     };
-                    match Policy::from_k8s(&np) {
-                        Ok(policy) => Some((policy.key.clone(), policy)),
-                        Err(e) => {
-                            tracing::warn!(key = %name, error = %e, "skipping an invalid policy");
-                            None
-                        }
-                    }
+                    policy.ok().map(|p| (p.key.clone(), p))
                 });
                 self.policies
                     .set(&name, record, mod_revision, &mut changes.policies);
@@ -1081,17 +1080,36 @@ mod tests {
         objects.apply(pod("c1", "x/a", 10, &[], &[], 3), &mut changes);
         assert_eq!(changes.len(), 2);
 
-        // An invalid policy replacing a valid one removes it.
+        // An invalid policy replacing a valid one fails closed: it still isolates the pods
+        // it selects, both ways (its policyTypes cannot be read), allowing nothing.
         let mut changes = Changes::default();
         objects.apply(policy_object(NAMED_PORT, 4), &mut changes);
-        let bad = json!({"metadata": {"name": "web", "namespace": "x"}, "spec": {"policyTypes": ["Sideways"]}});
+        let bad = json!({"metadata": {"name": "web", "namespace": "x"}, "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Sideways"]}});
         let mut changes = Changes::default();
         objects.apply(stored(Kind::Policies, "x/web", Some(bad), 5), &mut changes);
-        assert_eq!(
-            changes.policies.get(&PolicyKey::new("x", "web")),
-            Some(&None)
+        let denied = changes
+            .policies
+            .get(&PolicyKey::new("x", "web"))
+            .cloned()
+            .flatten()
+            .expect("the invalid policy stays, failing closed");
+        assert_eq!(denied.ingress, Some(vec![]));
+        assert_eq!(denied.egress, Some(vec![]));
+        assert!(!denied.pod_selector.is_everything());
+        assert_eq!(objects.counts().0, 1);
+        // A record that is not even a policy isolates its whole namespace.
+        objects.apply(
+            stored(Kind::Policies, "x/junk", Some(json!([1, 2])), 6),
+            &mut changes,
         );
-        assert_eq!(objects.counts().0, 0);
+        assert_eq!(objects.counts().0, 2);
+        let cluster = objects.build();
+        let junk = cluster.policy(&PolicyKey::new("x", "junk")).expect("kept");
+        assert!(junk.pod_selector.is_everything());
+        assert_eq!(
+            (junk.ingress.as_deref(), junk.egress.as_deref()),
+            (Some(&[][..]), Some(&[][..]))
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::objects::{Kind, PodRecord, StoredObject, Versioned};
 use crate::store::{
     ObjectFeed, ObjectSource, ObjectUpdate, ProgressHandle, Renewal, Store, StoreError,
 };
-use crate::subnet::{choose, Choice, Occupancy};
+use crate::subnet::{choose, Choice, Occupancy, UNREADABLE};
 
 /// How many times one acquire call retries after losing a race for a subnet.
 const ACQUIRE_ATTEMPTS: usize = 16;
@@ -908,45 +908,71 @@ impl EtcdStore {
         Ok(resp.deleted() > 0)
     }
 
-    /// Every reservation.
+    /// Every reservation. A record whose value cannot be decoded is kept as reserved to
+    /// [`UNREADABLE`] (no node can claim its subnet), with a warning; a key that names no
+    /// subnet is skipped.
     pub async fn reservations(&self) -> Result<BTreeMap<Ipv4Net, String>, StoreError> {
         let prefix = self.key("reservations/");
         let (_, keys) = self.list_range(&KeyRange::prefix(&prefix)).await?;
-        keys.iter()
-            .map(|state| decode_reservation(&prefix, state))
-            .collect()
+        let mut reservations = BTreeMap::new();
+        for state in &keys {
+            let (subnet, value) = match decode(&prefix, state) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping reservation record");
+                    continue;
+                }
+            };
+            let node = match serde_json::from_slice::<Reservation>(value) {
+                Ok(r) => r.node,
+                Err(e) => {
+                    tracing::warn!(key = %state.key, error = %e, "unreadable reservation; its subnet stays reserved");
+                    UNREADABLE.to_owned()
+                }
+            };
+            reservations.insert(subnet, node);
+        }
+        Ok(reservations)
     }
 
     fn decode_lease(&self, state: &KeyState) -> Result<Lease, StoreError> {
         decode_lease(&self.subnets_prefix(), state)
     }
 
-    /// Every lease record and the revision they were read at; undecodable records are
-    /// skipped with a warning (one bad record must not take the cluster down).
-    async fn snapshot(&self) -> Result<(BTreeMap<Ipv4Net, (Lease, i64)>, i64), StoreError> {
-        let (revision, keys) = self
-            .list_range(&KeyRange::prefix(&self.subnets_prefix()))
-            .await?;
-        let mut leases = BTreeMap::new();
+    /// Every lease record, with the revision each was last changed at; and the subnets whose
+    /// records cannot be decoded, skipped with a warning (one bad record must not take the
+    /// cluster down) but still occupied: their keys exist, so no one can claim them.
+    async fn snapshot(&self) -> Result<LeaseSnapshot, StoreError> {
+        let prefix = self.subnets_prefix();
+        let (_, keys) = self.list_range(&KeyRange::prefix(&prefix)).await?;
+        let mut snapshot = LeaseSnapshot::default();
         for state in &keys {
             match self.decode_lease(state) {
                 Ok(lease) => {
-                    leases.insert(lease.subnet, (lease, state.mod_revision));
+                    snapshot
+                        .leases
+                        .insert(lease.subnet, (lease, state.mod_revision));
                 }
-                Err(e) => tracing::warn!(error = %e, "skipping lease record"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping lease record; its subnet stays occupied");
+                    if let Ok((subnet, _)) = decode(&prefix, state) {
+                        snapshot.unreadable.push(subnet);
+                    }
+                }
             }
         }
-        Ok((leases, revision))
+        Ok(snapshot)
     }
 
     /// One attempt: choose a subnet and claim it in a transaction. `Ok(None)` = lost a race.
     async fn try_acquire(&self, request: &LeaseRequest) -> Result<Option<Lease>, StoreError> {
         let config = self.network_config().await?;
-        let (leases, _) = self.snapshot().await?;
+        let LeaseSnapshot { leases, unreadable } = self.snapshot().await?;
         let occupancy = Occupancy {
             leased: leases
                 .iter()
                 .map(|(s, (l, _))| (*s, l.node.clone()))
+                .chain(unreadable.into_iter().map(|s| (s, UNREADABLE.to_owned())))
                 .collect(),
             reserved: self.reservations().await?,
         };
@@ -1051,7 +1077,7 @@ impl Store for EtcdStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let (leases, _) = self.snapshot().await?;
+        let leases = self.snapshot().await?.leases;
         let mut client = self.client.clone();
         let mut out = Vec::with_capacity(leases.len());
         for (_, (mut lease, _)) in leases {
@@ -1134,6 +1160,15 @@ pub fn decode_reservation(prefix: &str, state: &KeyState) -> Result<(Ipv4Net, St
         reason: e.to_string(),
     })?;
     Ok((subnet, r.node))
+}
+
+/// The lease records as [`EtcdStore::snapshot`] reads them.
+#[derive(Debug, Default)]
+struct LeaseSnapshot {
+    /// Each decodable lease and the revision it was last changed at.
+    leases: BTreeMap<Ipv4Net, (Lease, i64)>,
+    /// Subnets whose records cannot be decoded.
+    unreadable: Vec<Ipv4Net>,
 }
 
 /// Splits a key under `prefix` into its subnet and value.

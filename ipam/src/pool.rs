@@ -147,6 +147,23 @@ impl Allocations {
         Some(addr)
     }
 
+    /// Takes back an allocation that never came into use (its attachment failed): frees
+    /// `owner`'s address and, unless another allocation came since, moves the round-robin
+    /// position back to `last` (what [`Allocations::last`] said before), so the allocation
+    /// leaves no trace.
+    pub fn undo(&mut self, owner: &Owner, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let addr = self.release(owner)?;
+        if self.last == Some(addr) {
+            self.last = last;
+        }
+        Some(addr)
+    }
+
+    /// The last address handed out.
+    pub fn last(&self) -> Option<Ipv4Addr> {
+        self.last
+    }
+
     /// The address held by `owner`.
     pub fn get(&self, owner: &Owner) -> Option<Ipv4Addr> {
         self.held
@@ -285,6 +302,24 @@ mod tests {
             a.allocate(owner("a"), None),
             Err(PoolError::AlreadyAllocated { .. })
         ));
+    }
+
+    #[test]
+    fn an_undone_allocation_leaves_no_trace() {
+        let mut a = Allocations::new(subnet());
+        a.allocate(owner("a"), None).unwrap();
+        let before = a.clone();
+        let addr = a.allocate(owner("b"), None).unwrap();
+        assert_eq!(a.undo(&owner("b"), before.last()), Some(addr));
+        assert_eq!(a, before);
+        assert_eq!(a.undo(&owner("b"), None), None);
+        // After an allocation since, the round-robin position stays where that one left it.
+        let b = a.allocate(owner("b"), None).unwrap();
+        let c = a.allocate(owner("c"), None).unwrap();
+        a.undo(&owner("b"), before.last());
+        assert_eq!(a.last(), Some(c));
+        assert_eq!(a.get(&owner("b")), None);
+        assert_ne!(b, c);
     }
 
     #[test]

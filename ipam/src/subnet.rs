@@ -6,6 +6,10 @@ use ipnet::Ipv4Net;
 
 use crate::config::NetworkConfig;
 
+/// The holder recorded for a subnet whose lease or reservation record cannot be decoded: a
+/// name no node can have (node names are DNS subdomains), so the subnet is occupied for all.
+pub const UNREADABLE: &str = "<unreadable record>";
+
 /// What the datastore holds when a node asks for a subnet.
 #[derive(Debug, Clone, Default)]
 pub struct Occupancy {

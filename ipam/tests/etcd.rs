@@ -82,7 +82,9 @@ impl Etcd {
     async fn store(&self) -> EtcdStore {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(store) = EtcdStore::connect(&ipam::etcd::EtcdOptions::new([self.endpoint()], "/t")).await {
+            if let Ok(store) =
+                EtcdStore::connect(&ipam::etcd::EtcdOptions::new([self.endpoint()], "/t")).await
+            {
                 if store.current_revision().await.is_ok() {
                     return store;
                 }
@@ -314,4 +316,62 @@ async fn lease_watch_follows_leases() {
     assert_eq!(now.len(), 2);
     assert_eq!(now[&a.subnet].node, "a");
     assert_eq!(now[&b.subnet].node, "b");
+}
+
+#[tokio::test]
+async fn undecodable_leases_and_reservations_stay_occupied_and_never_wedge_allocation() {
+    let etcd = Etcd::start();
+    let store = etcd.store().await;
+    store
+        .put_config(
+            r#"{"Network": "10.244.0.0/22", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}"#,
+        )
+        .await
+        .unwrap();
+    // Garbage where a lease and a reservation belong (a hand edit, a newer writer, an attack).
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    raw.put("/t/subnets/10.244.0.0-24", "{not json", None)
+        .await
+        .unwrap();
+    raw.put("/t/reservations/10.244.1.0-24", "[1,2,3]", None)
+        .await
+        .unwrap();
+    let reservations = store
+        .reservations()
+        .await
+        .expect("one bad record is no error");
+    assert_eq!(
+        reservations
+            .get(&"10.244.1.0/24".parse().unwrap())
+            .map(String::as_str),
+        Some(ipam::subnet::UNREADABLE)
+    );
+    let request = |node: &str, previous: Option<&str>| LeaseRequest {
+        node: node.into(),
+        public_ip: Ipv4Addr::new(192, 0, 2, 1),
+        backend_type: "host-gw".into(),
+        backend_data: json!(null),
+        previous: previous.map(|p| p.parse().unwrap()),
+        ttl_secs: 60,
+    };
+    // A node that held the subnet now unreadable asks for it back: it gets a free one.
+    let a = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.acquire_lease(&request("a", Some("10.244.0.0/24"))),
+    )
+    .await
+    .expect("no wedge")
+    .unwrap();
+    let b = store.acquire_lease(&request("b", None)).await.unwrap();
+    let mut got = [a.subnet.to_string(), b.subnet.to_string()];
+    got.sort();
+    assert_eq!(got, ["10.244.2.0/24", "10.244.3.0/24"]);
+    // Nothing is left: the answer says so, rather than taking an occupied subnet.
+    let c = store.acquire_lease(&request("c", None)).await;
+    assert!(matches!(c, Err(ipam::StoreError::Exhausted)), "{c:?}");
+    // The records are still there, untouched.
+    let kept = raw.get("/t/subnets/10.244.0.0-24", None).await.unwrap();
+    assert_eq!(kept.kvs()[0].value(), b"{not json");
 }

@@ -128,6 +128,64 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// What a NetworkPolicy that fails validation still enforces: fail closed. It keeps
+    /// isolating the pods it selects, allowing nothing, in the directions it names (`Ingress`
+    /// always; `Egress` too when `policyTypes` says so, an egress rule is present, or
+    /// `policyTypes` holds something unknown). A selector that cannot be read selects every
+    /// pod of the namespace. `None` when not even the namespace can be told, from the object
+    /// or from `stored_as` (the record's `<namespace>/<name>`).
+    pub fn fail_closed(np: &NetworkPolicy, stored_as: &str) -> Option<Policy> {
+        let (ns_hint, name_hint) = stored_as.split_once('/').unwrap_or(("", stored_as));
+        let namespace = np
+            .metadata
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| ns_hint.to_owned());
+        if namespace.is_empty() {
+            return None;
+        }
+        let name = np
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| name_hint.to_owned());
+        let spec = np.spec.as_ref();
+        let pod_selector = spec
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| Selector::from_k8s(s, &FieldPath::root("spec")).ok())
+            .unwrap_or_else(Selector::everything);
+        let types = spec
+            .and_then(|s| s.policy_types.as_deref())
+            .unwrap_or_default();
+        let egress =
+            spec.is_some_and(|s| s.egress.is_some()) || types.iter().any(|t| t != "Ingress");
+        Some(Policy {
+            key: PolicyKey { namespace, name },
+            pod_selector,
+            ingress: Some(Vec::new()),
+            egress: egress.then(Vec::new),
+        })
+    }
+
+    /// What a policy record that cannot even be decoded still enforces, stored as
+    /// `<namespace>/<name>`: every pod of the namespace isolated both ways, allowing nothing.
+    pub fn unreadable(stored_as: &str) -> Option<Policy> {
+        let (namespace, name) = stored_as.split_once('/')?;
+        (!namespace.is_empty()).then(|| Policy {
+            key: PolicyKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            pod_selector: Selector::everything(),
+            ingress: Some(Vec::new()),
+            egress: Some(Vec::new()),
+        })
+    }
+}
+
 fn collect<T>(r: Result<T, Vec<FieldError>>, errors: &mut Vec<FieldError>) -> Option<T> {
     r.map_err(|e| errors.extend(e)).ok()
 }

@@ -217,6 +217,11 @@ pub struct UpArgs {
     /// shows the files to reach it with.
     #[arg(long)]
     pub etcd_tls: bool,
+    /// (etcd mode) Run etcd as a cluster of this many members (odd, at most 5), each in its
+    /// own namespace (`etcd`, `etcd2`, ...); fabricd and fabricctl get every member's
+    /// endpoint. Peers talk plain http on the underlay, also with --etcd-tls.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub etcd_members: usize,
 }
 
 /// Output formats.
@@ -329,6 +334,7 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.services = !args.no_services;
     spec.proxy_mode = args.proxy_mode;
     spec.etcd_tls = args.etcd_tls;
+    spec.etcd_members = args.etcd_members;
     if let Some(dir) = args.bin_dir {
         spec.bin_dir = dir;
     }
@@ -416,7 +422,8 @@ fn run_demo(lab: &Lab) -> Result<()> {
 fn status(args: StatusArgs) -> Result<()> {
     let mut lab = Lab::attach(&args.lab.name)?;
     // Fresh subnets if the datastore is up; the recorded ones otherwise. Nothing is written.
-    let etcd_running = lab.state().etcd.as_ref().is_some_and(|d| d.is_running());
+    let etcd_running = lab.etcd_members().iter().any(|m| m.running());
+    let etcd_leader = etcd_running.then(|| lab.etcd_leader().ok()).flatten();
     let datastore_up = if lab.is_kubernetes() {
         lab.apiserver_running()
     } else {
@@ -449,8 +456,17 @@ fn status(args: StatusArgs) -> Result<()> {
                 "kubeconfig": lab.kubeconfig(),
                 "state_dir": lab.state_dir(),
                 "etcd": (!lab.is_kubernetes()).then(|| json!({
-                    "pid": lab.state().etcd.as_ref().map(|d| d.pid),
+                    "pid": lab.etcd_members().first().and_then(|m| m.daemon.as_ref()).map(|d| d.pid),
                     "running": etcd_running,
+                    "leader": etcd_leader,
+                    "members": lab.etcd_members().iter().map(|m| json!({
+                        "name": m.name,
+                        "netns": m.netns,
+                        "ip": m.ip,
+                        "endpoint": crate::etcd::client_url(lab.layout(), m),
+                        "pid": m.daemon.as_ref().map(|d| d.pid),
+                        "running": m.running(),
+                    })).collect::<Vec<_>>(),
                     "tls": lab.etcd_tls(),
                     "fabricctl": lab.etcd_access(crate::etcd::FABRICCTL_USER),
                     "fabricd": lab.etcd_access(crate::etcd::FABRICD_USER),
@@ -502,15 +518,32 @@ fn status(args: StatusArgs) -> Result<()> {
                     .collect();
                 format!("kubernetes [{}]", parts.join(", "))
             } else {
-                match &lab.state().etcd {
-                    Some(d) => format!(
-                        "etcd pid {} ({}{})",
-                        d.pid,
-                        running_word(etcd_running),
-                        if lab.etcd_tls() { ", TLS + auth" } else { "" }
-                    ),
-                    None => "etcd stopped".to_string(),
-                }
+                let members: Vec<String> = lab
+                    .etcd_members()
+                    .iter()
+                    .map(|m| {
+                        let role = if etcd_leader.as_deref() == Some(m.name.as_str()) {
+                            ", leader"
+                        } else {
+                            ""
+                        };
+                        match &m.daemon {
+                            Some(d) => format!(
+                                "{} {} pid {} ({}{role})",
+                                m.name,
+                                m.ip,
+                                d.pid,
+                                running_word(m.running())
+                            ),
+                            None => format!("{} {} stopped", m.name, m.ip),
+                        }
+                    })
+                    .collect();
+                format!(
+                    "etcd{} [{}]",
+                    if lab.etcd_tls() { " (TLS + auth)" } else { "" },
+                    members.join(", ")
+                )
             };
             println!(
                 "lab {}: backend {}, network {}, {datastore}, state {}",

@@ -1,5 +1,11 @@
-//! The lab's datastore: the real etcd, single member, in the `LAB-etcd` namespace, and its
-//! health check (an HTTP GET of `/health` made from a thread inside that namespace).
+//! The lab's datastore: the real etcd, in the `LAB-etcd` namespace, and its health check (an
+//! HTTP GET of `/health` made from a thread inside that namespace).
+//!
+//! With `fabric-lab up --etcd-members N` (odd, up to 5) it is a cluster: member `etcd` in
+//! `LAB-etcd`, `etcd2` in `LAB-etcd2`, ... each at its own underlay address
+//! ([`topology::etcd_member_ip`]) with a static initial cluster; the members talk to each other
+//! over plain http on the underlay (port 2380), even in a TLS lab, and every client is given
+//! every member's client URL. [`leader`] asks the cluster which member leads.
 //!
 //! With `fabric-lab up --etcd-tls` etcd serves clients on https only, demands a client
 //! certificate signed by the lab's CA (`--client-cert-auth`) and has authentication enabled:
@@ -11,17 +17,18 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::kube::certs::{self, Pki};
 use crate::netns;
 use crate::process::{self, Cmd, Daemon};
-use crate::state::Layout;
-use crate::topology::{ETCD_CLIENT_PORT, ETCD_IP, ETCD_PREFIX};
+use crate::state::{EtcdMember, Layout};
+use crate::topology::{self, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX};
 
 /// etcd's metrics and health listener in a TLS lab: plain http on the etcd namespace's
 /// loopback only.
@@ -208,12 +215,13 @@ pub struct EtcdAccess {
 }
 
 impl EtcdAccess {
-    /// How etcd user `user` (`fabricd` or `fabricctl`) reaches the lab's etcd; in a plain lab
-    /// everyone is anonymous over http.
-    pub fn for_user(layout: &Layout, user: &str) -> Self {
+    /// How etcd user `user` (`fabricd` or `fabricctl`) reaches the lab's etcd cluster of
+    /// `members` (every member's client URL); in a plain lab everyone is anonymous over http.
+    pub fn for_user(layout: &Layout, members: &[EtcdMember], user: &str) -> Self {
+        let endpoints = client_urls(layout, members);
         if !is_tls(layout) {
             return EtcdAccess {
-                endpoints: vec![crate::topology::etcd_endpoint()],
+                endpoints,
                 prefix: ETCD_PREFIX.to_string(),
                 cafile: None,
                 certfile: None,
@@ -225,7 +233,7 @@ impl EtcdAccess {
         let pki = pki(layout);
         let cert = client_cert_name(user);
         EtcdAccess {
-            endpoints: vec![tls_endpoint()],
+            endpoints,
             prefix: ETCD_PREFIX.to_string(),
             cafile: Some(pki.ca_cert()),
             certfile: Some(pki.cert(&cert)),
@@ -261,17 +269,73 @@ impl EtcdAccess {
     }
 }
 
-/// etcd's https client URL on the underlay.
-pub fn tls_endpoint() -> String {
-    format!("https://{ETCD_IP}:{ETCD_CLIENT_PORT}")
+/// The URL scheme etcd serves clients with: `https` in a TLS lab.
+fn client_scheme(layout: &Layout) -> &'static str {
+    if is_tls(layout) {
+        "https"
+    } else {
+        "http"
+    }
 }
 
-/// Makes the etcd PKI of a TLS lab: the CA, etcd's serving certificate (the underlay
-/// address and loopback), one client certificate per lab client, and the users' passwords
-/// (random, 0600).
-pub fn create_pki(layout: &Layout) -> Result<()> {
+/// A member's client URL on the underlay.
+pub fn client_url(layout: &Layout, member: &EtcdMember) -> String {
+    format!(
+        "{}://{}:{ETCD_CLIENT_PORT}",
+        client_scheme(layout),
+        member.ip
+    )
+}
+
+/// Every member's client URL on the underlay, in member order.
+pub fn client_urls(layout: &Layout, members: &[EtcdMember]) -> Vec<String> {
+    members.iter().map(|m| client_url(layout, m)).collect()
+}
+
+/// A member's peer URL: plain http on the underlay, in a TLS lab too.
+pub fn peer_url(member: &EtcdMember) -> String {
+    format!("http://{}:{ETCD_PEER_PORT}", member.ip)
+}
+
+/// The static `--initial-cluster`: `etcd=http://172.30.0.2:2380,etcd2=...`.
+pub fn initial_cluster(members: &[EtcdMember]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.name, peer_url(m)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The records of an etcd cluster of `count` members for lab `lab` (names, namespaces,
+/// addresses, data dirs and logs from [`topology`] and `layout`), none running yet.
+pub fn plan_members(lab: &str, layout: &Layout, count: usize) -> Result<Vec<EtcdMember>> {
+    topology::validate_etcd_members(count)?;
+    (1..=count)
+        .map(|k| {
+            let name = topology::etcd_member(k);
+            Ok(EtcdMember {
+                netns: topology::etcd_member_netns(lab, k),
+                ip: topology::etcd_member_ip(k)?,
+                data_dir: layout.etcd_member_data(&name),
+                log: layout.log(&name),
+                daemon: None,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Makes the etcd PKI of a TLS lab: the CA, etcd's serving certificate (every member's
+/// underlay address and loopback), one client certificate per lab client, and the users'
+/// passwords (random, 0600).
+pub fn create_pki(layout: &Layout, members: &[EtcdMember]) -> Result<()> {
     let pki = pki(layout);
-    pki.create_etcd(&[ETCD_IP, Ipv4Addr::LOCALHOST])?;
+    let ips: Vec<Ipv4Addr> = members
+        .iter()
+        .map(|m| m.ip)
+        .chain([Ipv4Addr::LOCALHOST])
+        .collect();
+    pki.create_etcd(&ips)?;
     for user in [ROOT_USER, FABRICD_USER, FABRICCTL_USER] {
         let path = password_file(layout, user);
         let password = format!("{:032x}", rand::random::<u128>());
@@ -290,14 +354,27 @@ fn read_password(layout: &Layout, user: &str) -> Result<String> {
     Ok(text.trim_end().to_string())
 }
 
-/// etcdctl inside `netns` against the lab's etcd over TLS with fabricctl's certificate, as
-/// `user` (its password passed in the environment, never on the command line) or as nobody.
-pub fn etcdctl(netns: &str, layout: &Layout, user: Option<&str>) -> Result<Cmd> {
+/// etcdctl inside `netns` against `members` of the lab's etcd; in a TLS lab with fabricctl's
+/// certificate, as `user` (its password passed in the environment, never on the command
+/// line) or as nobody.
+pub fn etcdctl(
+    netns: &str,
+    layout: &Layout,
+    members: &[EtcdMember],
+    user: Option<&str>,
+) -> Result<Cmd> {
+    let cmd = Cmd::in_netns(netns, "etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints={}",
+            client_urls(layout, members).join(",")
+        ));
+    if !is_tls(layout) {
+        return Ok(cmd);
+    }
     let pki = pki(layout);
     let cert = client_cert_name(FABRICCTL_USER);
-    let mut cmd = Cmd::in_netns(netns, "etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", tls_endpoint()))
+    let mut cmd = cmd
         .arg(format!("--cacert={}", pki.ca_cert().display()))
         .arg(format!("--cert={}", pki.cert(&cert).display()))
         .arg(format!("--key={}", pki.key(&cert).display()));
@@ -310,10 +387,10 @@ pub fn etcdctl(netns: &str, layout: &Layout, user: Option<&str>) -> Result<Cmd> 
 }
 
 /// Creates the users and roles of [`grants`] and enables authentication (once, on a fresh
-/// TLS etcd in `netns`; the data dir keeps them across restarts).
-pub fn enable_auth(netns: &str, layout: &Layout) -> Result<()> {
+/// TLS etcd cluster of `members`, from `netns`; the data dirs keep them across restarts).
+pub fn enable_auth(netns: &str, layout: &Layout, members: &[EtcdMember]) -> Result<()> {
     let run = |args: &[String], stdin: Option<String>| -> Result<()> {
-        let mut cmd = etcdctl(netns, layout, None)?.args(args);
+        let mut cmd = etcdctl(netns, layout, members, None)?.args(args);
         if let Some(stdin) = stdin {
             cmd = cmd.stdin(stdin);
         }
@@ -356,61 +433,48 @@ pub fn binary() -> PathBuf {
     process::which("etcd").unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
-/// etcd's command line for lab `lab` (member name = lab name); in a TLS lab (see
-/// [`is_tls`]) clients are served on https only, with client certificates required.
-pub fn args(lab: &str, layout: &Layout) -> Vec<String> {
-    if is_tls(layout) {
-        return tls_args(lab, layout);
-    }
-    let client = format!("http://{ETCD_IP}:{ETCD_CLIENT_PORT}");
-    let peer = "http://127.0.0.1:2380";
-    vec![
+/// The command line of etcd member `member` of the cluster `members`: its data dir, its
+/// client URL on the underlay and loopback (https only in a TLS lab, see [`is_tls`], with
+/// client certificates required and health on a plain loopback metrics listener), its plain
+/// http peer URL on the underlay, and the static initial cluster.
+pub fn args(member: &EtcdMember, members: &[EtcdMember], layout: &Layout) -> Vec<String> {
+    let scheme = client_scheme(layout);
+    let client = client_url(layout, member);
+    let peer = peer_url(member);
+    let mut args = vec![
         "--name".into(),
-        lab.into(),
+        member.name.clone(),
         "--data-dir".into(),
-        layout.etcd_data().display().to_string(),
+        member.data_dir.display().to_string(),
         "--listen-client-urls".into(),
-        format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+        format!("{client},{scheme}://127.0.0.1:{ETCD_CLIENT_PORT}"),
         "--advertise-client-urls".into(),
         client,
         "--listen-peer-urls".into(),
-        peer.into(),
+        peer.clone(),
         "--initial-advertise-peer-urls".into(),
-        peer.into(),
+        peer,
         "--initial-cluster".into(),
-        format!("{lab}={peer}"),
-    ]
-}
-
-fn tls_args(lab: &str, layout: &Layout) -> Vec<String> {
-    let pki = pki(layout);
-    let path = |p: PathBuf| p.display().to_string();
-    let peer = "http://127.0.0.1:2380";
-    vec![
-        "--name".into(),
-        lab.into(),
-        "--data-dir".into(),
-        layout.etcd_data().display().to_string(),
-        "--listen-client-urls".into(),
-        format!("{},https://127.0.0.1:{ETCD_CLIENT_PORT}", tls_endpoint()),
-        "--advertise-client-urls".into(),
-        tls_endpoint(),
-        "--cert-file".into(),
-        path(pki.cert(certs::ETCD_SERVER)),
-        "--key-file".into(),
-        path(pki.key(certs::ETCD_SERVER)),
-        "--client-cert-auth".into(),
-        "--trusted-ca-file".into(),
-        path(pki.ca_cert()),
-        "--listen-metrics-urls".into(),
-        format!("http://127.0.0.1:{METRICS_PORT}"),
-        "--listen-peer-urls".into(),
-        peer.into(),
-        "--initial-advertise-peer-urls".into(),
-        peer.into(),
-        "--initial-cluster".into(),
-        format!("{lab}={peer}"),
-    ]
+        initial_cluster(members),
+        "--initial-cluster-state".into(),
+        "new".into(),
+    ];
+    if is_tls(layout) {
+        let pki = pki(layout);
+        let path = |p: PathBuf| p.display().to_string();
+        args.extend([
+            "--cert-file".into(),
+            path(pki.cert(certs::ETCD_SERVER)),
+            "--key-file".into(),
+            path(pki.key(certs::ETCD_SERVER)),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            path(pki.ca_cert()),
+            "--listen-metrics-urls".into(),
+            format!("http://127.0.0.1:{METRICS_PORT}"),
+        ]);
+    }
+    args
 }
 
 /// Where etcd answers `GET /health` inside its namespace: the client port, or in a TLS lab
@@ -423,29 +487,37 @@ pub fn health_port(layout: &Layout) -> u16 {
     }
 }
 
-/// Starts etcd inside `netns` (in its own session, logging to `logs/etcd.log`).
-pub fn start(lab: &str, netns: &str, layout: &Layout) -> Result<Daemon> {
-    Cmd::in_netns(netns, binary())
-        .args(args(lab, layout))
-        .spawn_daemon(&layout.log("etcd"))
-        .context("starting etcd")
+/// Starts etcd member `member` of `members` inside its namespace (in its own session,
+/// appending to its log).
+pub fn start(member: &EtcdMember, members: &[EtcdMember], layout: &Layout) -> Result<Daemon> {
+    Cmd::in_netns(&member.netns, binary())
+        .args(args(member, members, layout))
+        .spawn_daemon(&member.log)
+        .with_context(|| format!("starting etcd member {}", member.name))
+}
+
+/// Waits until etcd member `member` (running as `daemon`) reports itself healthy, which needs
+/// a leader, so a quorum of its cluster; fails early if it exits.
+pub fn wait_member_healthy(member: &EtcdMember, daemon: &Daemon, layout: &Layout) -> Result<()> {
+    wait_healthy_on(&member.netns, daemon, &member.log, health_port(layout))
 }
 
 /// Waits until etcd in `netns` reports itself healthy; fails early if it exits.
 pub fn wait_healthy(netns: &str, daemon: &Daemon, layout: &Layout) -> Result<()> {
-    wait_healthy_on(netns, daemon, layout, ETCD_CLIENT_PORT)
+    wait_healthy_on(netns, daemon, &layout.log("etcd"), ETCD_CLIENT_PORT)
 }
 
-/// [`wait_healthy`], asking on `port` of the namespace's loopback.
-pub fn wait_healthy_on(netns: &str, daemon: &Daemon, layout: &Layout, port: u16) -> Result<()> {
+/// [`wait_healthy`], asking on `port` of the namespace's loopback; `log` is what the error
+/// shows the end of.
+pub fn wait_healthy_on(netns: &str, daemon: &Daemon, log: &Path, port: u16) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if !daemon.is_running() {
             bail!(
                 "etcd (pid {}) exited during startup; last lines of {}:\n{}",
                 daemon.pid,
-                layout.log("etcd").display(),
-                process::tail(&layout.log("etcd"), 20)
+                log.display(),
+                process::tail(log, 20)
             );
         }
         let last = match netns::in_netns(netns, move || health_check_on(port))? {
@@ -456,8 +528,8 @@ pub fn wait_healthy_on(netns: &str, daemon: &Daemon, layout: &Layout, port: u16)
             bail!(
                 "etcd not healthy after {}s ({last}); last lines of {}:\n{}",
                 READY_TIMEOUT.as_secs(),
-                layout.log("etcd").display(),
-                process::tail(&layout.log("etcd"), 20)
+                log.display(),
+                process::tail(log, 20)
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -480,6 +552,56 @@ pub fn health_check_on(port: u16) -> Result<()> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).context("reading")?;
     check_health_answer(&answer)
+}
+
+/// Which member of `members` leads the cluster: `etcdctl endpoint status` from `netns`
+/// against the running members (as root in a TLS lab), see [`leader_of`].
+pub fn leader(netns: &str, layout: &Layout, members: &[EtcdMember]) -> Result<String> {
+    let running: Vec<EtcdMember> = members.iter().filter(|m| m.running()).cloned().collect();
+    let user = is_tls(layout).then_some(ROOT_USER);
+    // A member that does not answer is reported on stderr and fails the exit status; the
+    // others' statuses are still printed.
+    let out = etcdctl(netns, layout, &running, user)?
+        .args(["endpoint", "status", "-w", "json"])
+        .timeout(Duration::from_secs(10))
+        .output()
+        .context("running etcdctl endpoint status")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let status: Value = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "parsing `etcdctl endpoint status`: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    leader_of(&status, &client_urls(layout, &running), &running)
+}
+
+/// The leader's name from `etcdctl endpoint status -w json` (a list of `{"Endpoint",
+/// "Status": {"header": {"member_id"}, "leader"}}`): the member whose endpoint (`urls[i]` is
+/// `members[i]`'s) answered with its own id as the leader. Fails while there is none, or the
+/// members disagree (an election in progress).
+pub fn leader_of(status: &Value, urls: &[String], members: &[EtcdMember]) -> Result<String> {
+    let entries = status.as_array().context("endpoint status is not a list")?;
+    let mut leaders = entries.iter().filter_map(|e| {
+        let s = &e["Status"];
+        s["leader"].as_u64().filter(|&l| l != 0)
+    });
+    let Some(leader) = leaders.next() else {
+        bail!("no member knows a leader: {status}");
+    };
+    if leaders.any(|l| l != leader) {
+        bail!("members disagree on the leader (an election?): {status}");
+    }
+    let endpoint = entries
+        .iter()
+        .find(|e| e["Status"]["header"]["member_id"].as_u64() == Some(leader))
+        .and_then(|e| e["Endpoint"].as_str())
+        .with_context(|| format!("the leader {leader:x} did not answer: {status}"))?;
+    urls.iter()
+        .zip(members)
+        .find(|(url, _)| *url == endpoint)
+        .map(|(_, m)| m.name.clone())
+        .with_context(|| format!("endpoint {endpoint} is no member's"))
 }
 
 /// Judges an HTTP answer to `GET /health`: status 200 and `"health":"true"`.
@@ -544,15 +666,18 @@ mod tests {
     fn tls_access_and_command_line() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::at(dir.path());
+        let members = plan_members("t", &layout, 1).unwrap();
         assert!(!is_tls(&layout));
         assert_eq!(
-            EtcdAccess::for_user(&layout, FABRICD_USER).args().join(" "),
+            EtcdAccess::for_user(&layout, &members, FABRICD_USER)
+                .args()
+                .join(" "),
             "--etcd-endpoints http://172.30.0.2:2379 --etcd-prefix /fabric"
         );
         std::fs::create_dir_all(pki_dir(&layout)).unwrap();
         std::fs::write(pki(&layout).ca_cert(), "").unwrap();
         assert!(is_tls(&layout));
-        let access = EtcdAccess::for_user(&layout, FABRICD_USER);
+        let access = EtcdAccess::for_user(&layout, &members, FABRICD_USER);
         let root = dir.path().display().to_string();
         assert_eq!(
             access.args().join(" "),
@@ -563,7 +688,7 @@ mod tests {
                  --etcd-password-file {root}/etcd-pki/fabricd.password"
             )
         );
-        let joined = args("t", &layout).join(" ");
+        let joined = args(&members[0], &members, &layout).join(" ");
         assert!(
             joined.contains("--listen-client-urls https://172.30.0.2:2379,https://127.0.0.1:2379"),
             "{joined}"
@@ -572,18 +697,92 @@ mod tests {
             joined.contains("--client-cert-auth --trusted-ca-file"),
             "{joined}"
         );
-        assert!(!joined.contains("http://172.30.0.2"), "{joined}");
+        assert!(!joined.contains("http://172.30.0.2:2379"), "{joined}");
+        assert!(
+            joined.contains("--listen-peer-urls http://172.30.0.2:2380"),
+            "peers stay plain http: {joined}"
+        );
         assert_eq!(health_port(&layout), METRICS_PORT);
     }
 
     #[test]
     fn command_line() {
-        let args = args("t", &Layout::at("/run/fabric-lab/t"));
-        let joined = args.join(" ");
-        assert!(joined.starts_with("--name t --data-dir /run/fabric-lab/t/etcd"));
+        let layout = Layout::at("/run/fabric-lab/t");
+        let members = plan_members("t", &layout, 1).unwrap();
+        let joined = args(&members[0], &members, &layout).join(" ");
+        assert!(joined.starts_with("--name etcd --data-dir /run/fabric-lab/t/etcd"));
         assert!(
             joined.contains("--listen-client-urls http://172.30.0.2:2379,http://127.0.0.1:2379")
         );
-        assert!(joined.ends_with("--initial-cluster t=http://127.0.0.1:2380"));
+        assert!(joined.ends_with(
+            "--initial-cluster etcd=http://172.30.0.2:2380 --initial-cluster-state new"
+        ));
+    }
+
+    #[test]
+    fn cluster_of_three() {
+        let layout = Layout::at("/run/fabric-lab/t");
+        assert!(plan_members("t", &layout, 2).is_err());
+        let members = plan_members("t", &layout, 3).unwrap();
+        let names: Vec<_> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["etcd", "etcd2", "etcd3"]);
+        assert_eq!(members[2].netns, "t-etcd3");
+        assert_eq!(members[2].data_dir, Path::new("/run/fabric-lab/t/etcd3"));
+        assert_eq!(
+            members[2].log,
+            Path::new("/run/fabric-lab/t/logs/etcd3.log")
+        );
+        let joined = args(&members[1], &members, &layout).join(" ");
+        assert!(
+            joined.starts_with("--name etcd2 --data-dir /run/fabric-lab/t/etcd2"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--advertise-client-urls http://172.30.0.4:2379 "),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "--initial-cluster etcd=http://172.30.0.2:2380,etcd2=http://172.30.0.4:2380,\
+                 etcd3=http://172.30.0.5:2380"
+            ),
+            "{joined}"
+        );
+        assert_eq!(
+            EtcdAccess::for_user(&layout, &members, FABRICCTL_USER).endpoints,
+            [
+                "http://172.30.0.2:2379",
+                "http://172.30.0.4:2379",
+                "http://172.30.0.5:2379"
+            ]
+        );
+    }
+
+    #[test]
+    fn leader_from_endpoint_status() {
+        let layout = Layout::at("/run/fabric-lab/t");
+        let members = plan_members("t", &layout, 3).unwrap();
+        let urls = client_urls(&layout, &members);
+        let entry = |url: &str, id: u64, leader: u64| {
+            serde_json::json!({
+                "Endpoint": url,
+                "Status": {"header": {"member_id": id, "raft_term": 3}, "leader": leader},
+            })
+        };
+        // Ids above 2^63, as etcd's random ones often are.
+        let (a, b, c) = (0xfa0f_1ce2_9b3e_01d7_u64, 0x1c2d, 0x9e3f_0000_0000_0001_u64);
+        let status = serde_json::json!([
+            entry(&urls[0], a, b),
+            entry(&urls[1], b, b),
+            entry(&urls[2], c, b)
+        ]);
+        assert_eq!(leader_of(&status, &urls, &members).unwrap(), "etcd2");
+        // The leader itself did not answer: unknown which member it is.
+        let status = serde_json::json!([entry(&urls[0], a, b), entry(&urls[2], c, b)]);
+        assert!(leader_of(&status, &urls, &members).is_err());
+        let split = serde_json::json!([entry(&urls[0], a, a), entry(&urls[1], b, b)]);
+        assert!(leader_of(&split, &urls, &members).is_err());
+        let none = serde_json::json!([entry(&urls[0], a, 0)]);
+        assert!(leader_of(&none, &urls, &members).is_err());
     }
 }

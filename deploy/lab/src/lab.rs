@@ -20,9 +20,9 @@ use crate::cni_runtime::{self, CniCommand, Conflist, Invocation, Runtime};
 use crate::node::NodeDatastore;
 use crate::process::{self, Cmd};
 use crate::spec::{Backend, Datastore, LabSpec, PodSpec};
-use crate::state::{LabState, Layout, Node, Pod, STATE_VERSION};
+use crate::state::{EtcdMember, LabState, Layout, Node, Pod, STATE_VERSION};
 use crate::teardown::{self, DownReport};
-use crate::topology::{self, ETCD_IP, POD_IFACE, SWITCH_IP};
+use crate::topology::{self, POD_IFACE, SWITCH_IP};
 use crate::{etcd, kube, netns, node};
 
 /// Capabilities a Kubernetes-mode fabricd reads from the Pod object instead of CNI
@@ -117,7 +117,7 @@ impl Lab {
                 proxy_mode: spec.proxy_mode,
                 reservations: spec.reservations.clone(),
                 namespaces: Vec::new(),
-                etcd: None,
+                etcd_members: Vec::new(),
                 control_plane: Vec::new(),
                 nodes: Vec::new(),
                 pods: Vec::new(),
@@ -157,16 +157,29 @@ impl Lab {
 
         match spec.datastore {
             Datastore::Etcd => {
-                let etcd_ns = topology::etcd_netns(&name);
-                self.step(&format!("etcd in {etcd_ns} at {ETCD_IP}"));
-                self.create_netns(&etcd_ns)?;
-                netns::plug_into_switch(&sw, "etcd", &etcd_ns, ETCD_IP, Some(SWITCH_IP))?;
+                let members = etcd::plan_members(&name, &self.layout, spec.etcd_members)?;
+                for member in &members {
+                    self.step(&format!(
+                        "etcd member {} in {} at {}",
+                        member.name, member.netns, member.ip
+                    ));
+                    self.create_netns(&member.netns)?;
+                    netns::plug_into_switch(
+                        &sw,
+                        &member.name,
+                        &member.netns,
+                        member.ip,
+                        Some(SWITCH_IP),
+                    )?;
+                }
+                self.state.etcd_members = members;
+                self.save()?;
                 if spec.etcd_tls {
                     self.step(&format!(
                         "etcd TLS: CA, certificates and passwords in {}",
                         etcd::pki_dir(&self.layout).display()
                     ));
-                    etcd::create_pki(&self.layout)?;
+                    etcd::create_pki(&self.layout, &self.state.etcd_members)?;
                 }
                 self.start_etcd()?;
                 if spec.etcd_tls {
@@ -176,7 +189,7 @@ impl Lab {
                         etcd::FABRICD_USER,
                         etcd::FABRICCTL_USER
                     ));
-                    etcd::enable_auth(&etcd_ns, &self.layout)?;
+                    etcd::enable_auth(&self.etcd_netns(), &self.layout, &self.state.etcd_members)?;
                 }
             }
             Datastore::Kubernetes => self.build_control_plane()?,
@@ -360,8 +373,9 @@ impl Lab {
         topology::etcd_netns(&self.state.name)
     }
 
-    /// The namespace `target` names: a pod, a node, `etcd`, `sw`, `cp` (the Kubernetes control
-    /// plane, also `etcd` in Kubernetes mode), or a lab namespace itself.
+    /// The namespace `target` names: a pod, a node, an etcd member (`etcd`, `etcd2`, ...),
+    /// `sw`, `cp` (the Kubernetes control plane, also `etcd` in Kubernetes mode), or a lab
+    /// namespace itself.
     pub fn netns(&self, target: &str) -> Result<String> {
         let name = &self.state.name;
         if let Some(pod) = self.state.find_pod(target) {
@@ -370,9 +384,11 @@ impl Lab {
         if let Some(node) = self.state.node(target) {
             return Ok(node.netns.clone());
         }
+        if let Some(member) = self.state.etcd_member(target) {
+            return Ok(member.netns.clone());
+        }
         match target {
             "cp" | "etcd" if self.is_kubernetes() => return Ok(self.control_plane_netns()),
-            "etcd" => return Ok(self.etcd_netns()),
             "sw" | "switch" => return Ok(self.switch_netns()),
             "ext" | "external" if self.state.services => return Ok(self.external_netns()),
             _ => {}
@@ -389,7 +405,16 @@ impl Lab {
             "lab {name} has no {target:?}: try a pod ({}), a node ({}), {} or sw",
             pods.join(", "),
             nodes.join(", "),
-            if self.is_kubernetes() { "cp" } else { "etcd" }
+            if self.is_kubernetes() {
+                "cp".to_string()
+            } else {
+                self.state
+                    .etcd_members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         )
     }
 
@@ -414,22 +439,81 @@ impl Lab {
 
     // ---- etcd -----------------------------------------------------------------------------
 
-    /// Starts etcd (again) and waits until it is healthy (etcd mode).
+    /// The etcd cluster's members (etcd mode), in order.
+    pub fn etcd_members(&self) -> &[EtcdMember] {
+        &self.state.etcd_members
+    }
+
+    /// The etcd member called `name` (`etcd`, `etcd2`, ...).
+    pub fn etcd_member(&self, name: &str) -> Result<&EtcdMember> {
+        self.state
+            .etcd_member(name)
+            .ok_or_else(|| anyhow!("lab {} has no etcd member {name:?}", self.state.name))
+    }
+
+    fn etcd_member_mut(&mut self, name: &str) -> Result<&mut EtcdMember> {
+        let lab = &self.state.name;
+        self.state
+            .etcd_members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .ok_or_else(|| anyhow!("lab {lab} has no etcd member {name:?}"))
+    }
+
+    /// Starts every etcd member that is not running (etcd mode), then waits until each is
+    /// healthy: all are started before any is waited for, since a member is healthy only
+    /// once a quorum elected a leader.
     pub fn start_etcd(&mut self) -> Result<()> {
+        self.ensure_etcd_mode()?;
+        let stopped: Vec<String> = self
+            .etcd_members()
+            .iter()
+            .filter(|m| !m.running())
+            .map(|m| m.name.clone())
+            .collect();
+        ensure!(!stopped.is_empty(), "every etcd member is already running");
+        for name in &stopped {
+            self.spawn_etcd_member(name)?;
+        }
+        stopped
+            .iter()
+            .try_for_each(|name| self.wait_etcd_member_healthy(name))
+    }
+
+    /// Starts etcd member `name` (again, on its data dir) and waits until it is healthy, i.e.
+    /// has rejoined a cluster with a leader.
+    pub fn start_etcd_member(&mut self, name: &str) -> Result<()> {
+        self.spawn_etcd_member(name)?;
+        self.wait_etcd_member_healthy(name)
+    }
+
+    fn ensure_etcd_mode(&self) -> Result<()> {
         ensure!(
             !self.is_kubernetes(),
             "lab {} runs etcd inside its Kubernetes control plane",
             self.state.name
         );
-        if let Some(d) = self.state.etcd.as_ref().filter(|d| d.is_running()) {
-            bail!("etcd is already running (pid {})", d.pid);
+        Ok(())
+    }
+
+    fn spawn_etcd_member(&mut self, name: &str) -> Result<()> {
+        self.ensure_etcd_mode()?;
+        let member = self.etcd_member(name)?;
+        if let Some(d) = member.daemon.as_ref().filter(|d| d.is_running()) {
+            bail!("etcd member {name} is already running (pid {})", d.pid);
         }
-        let netns = self.etcd_netns();
-        let daemon = etcd::start(&self.state.name, &netns, &self.layout)?;
-        self.state.etcd = Some(daemon.clone());
-        self.save()?;
-        let port = etcd::health_port(&self.layout);
-        etcd::wait_healthy_on(&netns, &daemon, &self.layout, port)
+        let daemon = etcd::start(member, &self.state.etcd_members, &self.layout)?;
+        self.etcd_member_mut(name)?.daemon = Some(daemon);
+        self.save()
+    }
+
+    fn wait_etcd_member_healthy(&self, name: &str) -> Result<()> {
+        let member = self.etcd_member(name)?;
+        let daemon = member
+            .daemon
+            .as_ref()
+            .with_context(|| format!("etcd member {name} is not running"))?;
+        etcd::wait_member_healthy(member, daemon, &self.layout)
     }
 
     /// Whether etcd runs with TLS and authentication (`fabric-lab up --etcd-tls`).
@@ -437,17 +521,43 @@ impl Lab {
         !self.is_kubernetes() && etcd::is_tls(&self.layout)
     }
 
-    /// How etcd user `user` reaches the lab's etcd (etcd mode): what `fabricctl` and
-    /// `fabricd` are given, and what `status -o json` shows.
+    /// How etcd user `user` reaches the lab's etcd (etcd mode; every member's endpoint): what
+    /// `fabricctl` and `fabricd` are given, and what `status -o json` shows.
     pub fn etcd_access(&self, user: &str) -> etcd::EtcdAccess {
-        etcd::EtcdAccess::for_user(&self.layout, user)
+        etcd::EtcdAccess::for_user(&self.layout, &self.state.etcd_members, user)
     }
 
-    /// Sends `signal` to etcd and waits for it to exit (a datastore outage).
+    /// The name of the etcd member that leads the cluster now, as the running members report
+    /// it (`etcdctl endpoint status`); fails while none does (an election).
+    pub fn etcd_leader(&self) -> Result<String> {
+        etcd::leader(&self.switch_netns(), &self.layout, &self.state.etcd_members)
+    }
+
+    /// Sends `signal` to every running etcd member and waits for each to exit (a datastore
+    /// outage).
     pub fn stop_etcd(&mut self, signal: Signal) -> Result<()> {
-        let daemon = self.state.etcd.clone().context("etcd is not running")?;
-        stop_daemon("etcd", &daemon, signal)?;
-        self.state.etcd = None;
+        let running: Vec<String> = self
+            .etcd_members()
+            .iter()
+            .filter(|m| m.daemon.is_some())
+            .map(|m| m.name.clone())
+            .collect();
+        ensure!(!running.is_empty(), "etcd is not running");
+        running
+            .iter()
+            .try_for_each(|name| self.stop_etcd_member(name, signal))
+    }
+
+    /// Sends `signal` to etcd member `name` (by its PID) and waits for it to exit; SIGKILL is
+    /// a member crash.
+    pub fn stop_etcd_member(&mut self, name: &str, signal: Signal) -> Result<()> {
+        let daemon = self
+            .etcd_member(name)?
+            .daemon
+            .clone()
+            .with_context(|| format!("etcd member {name} is not running"))?;
+        stop_daemon(&format!("etcd member {name}"), &daemon, signal)?;
+        self.etcd_member_mut(name)?.daemon = None;
         self.save()
     }
 
@@ -510,10 +620,7 @@ impl Lab {
         let fabricd = self.state.bin_dir.join("fabricd");
         let (backend, ttl) = (self.state.backend, self.state.lease_ttl);
         let datastore = match self.state.datastore {
-            Datastore::Etcd if self.etcd_tls() => {
-                NodeDatastore::EtcdWith(self.etcd_access(etcd::FABRICD_USER).flags())
-            }
-            Datastore::Etcd => NodeDatastore::Etcd,
+            Datastore::Etcd => NodeDatastore::Etcd(self.etcd_access(etcd::FABRICD_USER).flags()),
             Datastore::Kubernetes => NodeDatastore::Kubernetes {
                 kubeconfig: self.layout.node_kubeconfig(node_name),
                 net_conf: self.layout.net_conf(),
@@ -756,6 +863,22 @@ impl Lab {
         self.state.pods.retain(|p| p.netns != pod.netns);
         self.state.namespaces.retain(|n| *n != pod.netns);
         self.save()
+    }
+
+    /// Creates an empty pod namespace for `pod` (default namespace, `lo` up), recorded so
+    /// teardown removes it, and returns the invocation a runtime would use to attach it on
+    /// `eth0`: for callers that drive CNI themselves, e.g. many ADDs at once through
+    /// [`Lab::cni_runtime`] (which [`Lab::add_pod`], taking `&mut self`, cannot do). The
+    /// namespace is a lab target for [`Lab::exec`] by its name (the invocation's container id).
+    pub fn pod_sandbox(&mut self, pod: &str) -> Result<Invocation> {
+        topology::validate_pod_name("pod name", pod)?;
+        let netns = topology::pod_netns(&self.state.name, topology::DEFAULT_POD_NAMESPACE, pod);
+        ensure!(!netns::exists(&netns), "namespace {netns} is already taken");
+        self.create_netns(&netns)?;
+        let mut inv = Invocation::new(netns.clone(), Some(topology::netns_path(&netns)))
+            .k8s_pod(topology::DEFAULT_POD_NAMESPACE, pod);
+        inv.ifname = POD_IFACE.to_string();
+        Ok(inv)
     }
 
     /// The invocation a runtime would use for an existing pod (for CHECK, DEL, custom calls).

@@ -11,7 +11,7 @@ use fabric_cni::api::{self, Request, Response};
 use crate::process::{self, Cmd, Daemon};
 use crate::spec::{format_ttl, Backend};
 use crate::state::Node;
-use crate::topology::{self, UNDERLAY_IFACE};
+use crate::topology::UNDERLAY_IFACE;
 
 /// How long fabricd gets to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,10 +35,9 @@ pub fn wg_iface(netns: &str) -> String {
 /// Where fabricd keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeDatastore {
-    /// The lab's etcd (`--etcd-endpoints`, `--etcd-prefix`).
-    Etcd,
-    /// The lab's etcd with these flags (TLS files and user of `fabric-lab up --etcd-tls`).
-    EtcdWith(Vec<(&'static str, String)>),
+    /// The lab's etcd with these flags ([`crate::etcd::EtcdAccess::flags`]: every member's
+    /// endpoint, the prefix, and with `fabric-lab up --etcd-tls` the TLS files and user).
+    Etcd(Vec<(&'static str, String)>),
     /// The lab's kube-apiserver.
     Kubernetes {
         /// The node's kubeconfig (the `fabric` ServiceAccount's token).
@@ -52,11 +51,7 @@ impl NodeDatastore {
     /// fabricd's flags for this datastore.
     pub fn args(&self) -> Vec<(&'static str, String)> {
         match self {
-            NodeDatastore::Etcd => vec![
-                ("--etcd-endpoints", topology::etcd_endpoint()),
-                ("--etcd-prefix", topology::ETCD_PREFIX.to_string()),
-            ],
-            NodeDatastore::EtcdWith(flags) => flags.clone(),
+            NodeDatastore::Etcd(flags) => flags.clone(),
             NodeDatastore::Kubernetes {
                 kubeconfig,
                 net_conf,
@@ -182,16 +177,19 @@ mod tests {
             kubelet: None,
             kube_proxy: None,
         };
+        let members = crate::etcd::plan_members("t", &layout, 3).unwrap();
+        let access = crate::etcd::EtcdAccess::for_user(&layout, &members, "fabricd");
         let args = fabricd_args(
             &node,
             Backend::HostGw,
             Duration::from_secs(30),
-            &NodeDatastore::Etcd,
+            &NodeDatastore::Etcd(access.flags()),
         );
         assert_eq!(
             args.join(" "),
             format!(
-                "--etcd-endpoints http://172.30.0.2:2379 --etcd-prefix /fabric --backend host-gw \
+                "--etcd-endpoints http://172.30.0.2:2379,http://172.30.0.4:2379,\
+                 http://172.30.0.5:2379 --etcd-prefix /fabric --backend host-gw \
              --node-name node2 --iface eth0 --state-dir /run/fabric-lab/t/nodes/node2 \
              --socket /run/fabric-lab/t/nodes/node2/fabricd.sock --lease-ttl 30s \
              --healthz-addr 127.0.0.1:9109 --wg-iface {}",

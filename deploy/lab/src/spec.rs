@@ -182,6 +182,10 @@ pub struct LabSpec {
     /// CA and has authentication on; fabricd and fabricctl run as etcd users of their own
     /// with least-privilege roles (`fabric-lab up --etcd-tls`).
     pub etcd_tls: bool,
+    /// etcd mode: the etcd cluster's size (odd, 1 to [`topology::MAX_ETCD_MEMBERS`]), each
+    /// member in its own namespace; every client gets every member's endpoint
+    /// (`fabric-lab up --etcd-members N`).
+    pub etcd_members: usize,
 }
 
 impl LabSpec {
@@ -205,6 +209,7 @@ impl LabSpec {
             services: false,
             proxy_mode: Default::default(),
             etcd_tls: false,
+            etcd_members: 1,
         }
     }
 
@@ -238,6 +243,12 @@ impl LabSpec {
             !(self.etcd_tls && self.datastore == Datastore::Kubernetes),
             "--etcd-tls secures the etcd datastore; a Kubernetes-mode lab's etcd already \
              serves only kube-apiserver over TLS"
+        );
+        topology::validate_etcd_members(self.etcd_members)?;
+        ensure!(
+            self.etcd_members == 1 || self.datastore == Datastore::Etcd,
+            "--etcd-members sizes the etcd datastore; a Kubernetes-mode lab runs one etcd for \
+             kube-apiserver"
         );
         if let Some(v6) = &self.ipv6_network {
             v6.parse::<ipnet::Ipv6Net>()
@@ -490,6 +501,18 @@ mod tests {
         assert!(bad.validate().is_err());
         bad.network = "10.0.0.0/8".into();
         assert!(bad.validate().is_err());
+        for members in [0, 2, 7] {
+            let mut bad = spec.clone();
+            bad.etcd_members = members;
+            assert!(bad.validate().is_err(), "{members} etcd members accepted");
+        }
+        let mut cluster = spec.clone();
+        cluster.etcd_members = 3;
+        cluster.etcd_tls = true;
+        cluster.validate().unwrap();
+        cluster.etcd_tls = false;
+        cluster.datastore = Datastore::Kubernetes;
+        assert!(cluster.validate().is_err());
         let mut ok = spec;
         ok.reservations.push("10.244.1.0/24=node1".parse().unwrap());
         ok.validate().unwrap();

@@ -7,8 +7,9 @@
 //! state.json                 LabState: spec, namespaces, processes, nodes, pods
 //! net-conf.json              the network config given to `fabricctl config set`
 //! cni/10-fabric.conflist     the default conflist (each node's `socket` is filled in per call)
-//! etcd/                      etcd's data dir (either mode)
-//! logs/etcd.log              etcd's stdout+stderr
+//! etcd/                      etcd's data dir (either mode; the first member's)
+//! etcd2/, etcd3/, ...        the other members' data dirs (`--etcd-members N`)
+//! logs/etcd.log              etcd's stdout+stderr (logs/etcd2.log, ... for the others)
 //! logs/kube-*.log            kube-apiserver's and kube-controller-manager's (Kubernetes mode)
 //! logs/nodeK.log             fabricd's stdout+stderr on nodeK (appended across restarts)
 //! nodes/nodeK/               fabricd's --state-dir on nodeK
@@ -85,7 +86,12 @@ impl Layout {
 
     /// `etcd/`.
     pub fn etcd_data(&self) -> PathBuf {
-        self.root.join("etcd")
+        self.etcd_member_data(&crate::topology::etcd_member(1))
+    }
+
+    /// `<member>/`: etcd member `member`'s data dir (`etcd/`, `etcd2/`, ...).
+    pub fn etcd_member_data(&self, member: &str) -> PathBuf {
+        self.root.join(member)
     }
 
     /// `logs/`.
@@ -278,6 +284,31 @@ impl Pod {
     }
 }
 
+/// One member of the lab's etcd cluster (etcd mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMember {
+    /// `etcd`, `etcd2`, ...: etcd's `--name`, the `exec` target, the log's name.
+    pub name: String,
+    /// `LAB-etcd`, `LAB-etcd2`, ...
+    pub netns: String,
+    /// Its underlay address (clients on 2379, peers on 2380).
+    pub ip: Ipv4Addr,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its stdout+stderr (appended across restarts).
+    pub log: PathBuf,
+    /// etcd, while the lab has it running.
+    #[serde(default)]
+    pub daemon: Option<Daemon>,
+}
+
+impl EtcdMember {
+    /// Is this member's etcd running?
+    pub fn running(&self) -> bool {
+        self.daemon.as_ref().is_some_and(Daemon::is_running)
+    }
+}
+
 /// A control-plane daemon (Kubernetes mode): what it is and its process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Component {
@@ -326,9 +357,11 @@ pub struct LabState {
     pub reservations: Vec<Reservation>,
     /// Every namespace the lab created (recorded just before creating it), in order.
     pub namespaces: Vec<String>,
-    /// etcd, while running (etcd mode).
-    #[serde(default)]
-    pub etcd: Option<Daemon>,
+    /// The etcd cluster's members (etcd mode), in order; the first is `etcd`. (Earlier
+    /// state files had one `etcd` daemon instead; it is ignored, and teardown still ends it as
+    /// a process inside the lab's namespaces.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<EtcdMember>,
     /// The Kubernetes control plane's daemons in start order (Kubernetes mode), each recorded
     /// as soon as it is started; stopped in reverse order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -372,6 +405,11 @@ impl LabState {
             .iter()
             .find(|c| c.name == name)
             .map(|c| &c.daemon)
+    }
+
+    /// The etcd member called `name` (`etcd`, `etcd2`, ...).
+    pub fn etcd_member(&self, name: &str) -> Option<&EtcdMember> {
+        self.etcd_members.iter().find(|m| m.name == name)
     }
 
     /// The node called `name`.
@@ -438,11 +476,18 @@ mod tests {
             proxy_mode: Default::default(),
             reservations: vec!["10.244.1.0/24=node1".parse().unwrap()],
             namespaces: vec!["t-sw".into(), "t-etcd".into(), "t-node1".into()],
-            etcd: Some(Daemon {
-                pid: 42,
-                binary: "/usr/bin/etcd".into(),
-                start_time: 7,
-            }),
+            etcd_members: vec![EtcdMember {
+                name: "etcd".into(),
+                netns: "t-etcd".into(),
+                ip: Ipv4Addr::new(172, 30, 0, 2),
+                data_dir: layout.etcd_data(),
+                log: layout.log("etcd"),
+                daemon: Some(Daemon {
+                    pid: 42,
+                    binary: "/usr/bin/etcd".into(),
+                    start_time: 7,
+                }),
+            }],
             control_plane: Vec::new(),
             nodes: vec![Node {
                 name: "node1".into(),
@@ -540,7 +585,7 @@ mod tests {
 
         state.datastore = Datastore::Kubernetes;
         state.kube_bin_dir = Some("/c/bin".into());
-        state.etcd = None;
+        state.etcd_members.clear();
         state.control_plane.push(Component {
             name: "kube-apiserver".into(),
             daemon: Daemon {

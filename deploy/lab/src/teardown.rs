@@ -3,9 +3,9 @@
 //!
 //! Processes: those recorded in the state file (the kubelet roles and kube-proxies first, then
 //! fabricd, the containers the kubelet roles recorded in their own state files, the control
-//! plane) are ended by PID after checking that the PID still runs the recorded binary; then any
-//! process left inside one of the lab's namespaces (matched by the namespace inode in
-//! `/proc/PID/ns/net`) was started there by the lab, and is ended too. Files outside the state
+//! plane, every etcd member) are ended by PID after checking that the PID still runs the
+//! recorded binary; then any process left inside one of the lab's namespaces (matched by the
+//! namespace inode in `/proc/PID/ns/net`) was started there by the lab, and is ended too. Files outside the state
 //! dir: the pods' `/etc/netns/<netns>/` directories (recorded, and any left for a namespace of
 //! the lab). Namespaces: the recorded ones, plus every `NAME-*` one not claimed by another lab
 //! with a longer name.
@@ -67,7 +67,7 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
 
     // 1. The processes we recorded: the kubelet roles (so nothing starts pods again) and
     // kube-proxies, fabricd (it may clean up after itself), the kubelet roles' containers,
-    // then the Kubernetes control plane in reverse start order, then etcd.
+    // then the Kubernetes control plane in reverse start order, then the etcd members.
     let mut etc_dirs = Vec::new();
     if let Some(state) = state {
         let mut containers = Vec::new();
@@ -88,22 +88,26 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
             .into_iter()
             .flatten()
         });
-        let recorded = agents
-            .chain(
-                state
-                    .nodes
-                    .iter()
-                    .filter_map(|n| Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?))),
-            )
-            .chain(containers.iter().map(|(what, d)| (what.clone(), d)))
-            .chain(
-                state
-                    .control_plane
-                    .iter()
-                    .rev()
-                    .map(|c| (c.name.clone(), &c.daemon)),
-            )
-            .chain(state.etcd.iter().map(|d| ("etcd".to_string(), d)));
+        let recorded =
+            agents
+                .chain(
+                    state.nodes.iter().filter_map(|n| {
+                        Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?))
+                    }),
+                )
+                .chain(containers.iter().map(|(what, d)| (what.clone(), d)))
+                .chain(
+                    state
+                        .control_plane
+                        .iter()
+                        .rev()
+                        .map(|c| (c.name.clone(), &c.daemon)),
+                )
+                .chain(
+                    state.etcd_members.iter().filter_map(|m| {
+                        Some((format!("etcd member {}", m.name), m.daemon.as_ref()?))
+                    }),
+                );
         for (what, daemon) in recorded {
             stop_recorded(&what, daemon, &mut report);
         }
@@ -204,7 +208,9 @@ pub fn lab_namespaces(name: &str, state: Option<&LabState>) -> Result<Vec<String
     let rank = |ns: &String| {
         if *ns == topology::switch_netns(name) {
             0
-        } else if *ns == topology::etcd_netns(name) || *ns == topology::control_plane_netns(name) {
+        } else if *ns == topology::control_plane_netns(name)
+            || topology::etcd_member_index(&ns[name.len() + 1..]).is_some()
+        {
             1
         } else if topology::node_index(&ns[name.len() + 1..]).is_some() {
             2

@@ -2,10 +2,14 @@
 //! member has, and which names are legal. Pure functions only.
 //!
 //! Every namespace of lab `NAME` starts with `NAME-`: `NAME-sw` (the underlay switch, bridge
-//! `br0` with [`SWITCH_IP`]), `NAME-etcd` ([`ETCD_IP`], etcd mode) or `NAME-cp`
+//! `br0` with [`SWITCH_IP`]), `NAME-etcd` ([`ETCD_IP`], etcd mode; with `--etcd-members N`
+//! also `NAME-etcd2`.. at `172.30.0.4`.., see [`etcd_member_ip`]) or `NAME-cp`
 //! ([`CONTROL_PLANE_IP`], the Kubernetes control plane, Kubernetes mode), `NAME-nodeK`
 //! (`172.30.0.(10+K)`) and one namespace per pod, `NAME-<pod>` (`NAME-<k8s-namespace>-<pod>`
 //! outside `default`).
+//!
+//! Underlay addresses: `.1` switch, `.2` etcd (member 1), `.3` control plane, `.4`..`.7` etcd
+//! members 2..5, `.11`..`.210` nodes, `.250` the outside host.
 
 use std::net::Ipv4Addr;
 
@@ -15,10 +19,14 @@ use anyhow::{bail, ensure, Result};
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// The switch's address on `br0`; the nodes' default gateway ("the outside world").
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
-/// etcd's address on the underlay.
+/// etcd's address on the underlay (the first member's, see [`etcd_member_ip`]).
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 /// etcd's client port.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port (plain http on the underlay, between the members).
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Most etcd members a lab runs (`--etcd-members`).
+pub const MAX_ETCD_MEMBERS: usize = 5;
 /// The Kubernetes control plane's address on the underlay (kube-apiserver listens here).
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
 /// A host on the underlay outside the cluster (`NAME-ext`, Kubernetes mode with services):
@@ -56,9 +64,54 @@ pub const MAX_NODES: usize = 200;
 /// Longest lab name: keeps the node sockets' paths far below the 108-byte `sun_path` limit.
 pub const MAX_LAB_NAME_LEN: usize = 32;
 
-/// The etcd client endpoint as seen from the underlay.
-pub fn etcd_endpoint() -> String {
-    format!("http://{ETCD_IP}:{ETCD_CLIENT_PORT}")
+/// The plain etcd client endpoints of a lab with `members` etcd members, as seen from the
+/// underlay (member order).
+pub fn etcd_endpoints(members: usize) -> Result<Vec<String>> {
+    (1..=members)
+        .map(|k| Ok(format!("http://{}:{ETCD_CLIENT_PORT}", etcd_member_ip(k)?)))
+        .collect()
+}
+
+/// Checks an etcd cluster size: odd (a majority then survives the loss of N/2 members), 1 to
+/// [`MAX_ETCD_MEMBERS`].
+pub fn validate_etcd_members(members: usize) -> Result<()> {
+    ensure!(
+        (1..=MAX_ETCD_MEMBERS).contains(&members) && members % 2 == 1,
+        "etcd members must be an odd number from 1 to {MAX_ETCD_MEMBERS}, not {members}"
+    );
+    Ok(())
+}
+
+/// The name of etcd member `k` (1-based): `etcd`, `etcd2`, `etcd3`, ... Also its `exec`
+/// target, its log's name and its data dir's name in the state dir.
+pub fn etcd_member(k: usize) -> String {
+    if k == 1 {
+        "etcd".to_string()
+    } else {
+        format!("etcd{k}")
+    }
+}
+
+/// Parses an etcd member name ([`etcd_member`]) back into its index.
+pub fn etcd_member_index(name: &str) -> Option<usize> {
+    (1..=MAX_ETCD_MEMBERS).find(|&k| etcd_member(k) == name)
+}
+
+/// The underlay address of etcd member `k` (1-based): [`ETCD_IP`] for the first, then
+/// `172.30.0.(2+k)` (`.4`..`.7`), past the control plane's `.3` and below the nodes.
+pub fn etcd_member_ip(k: usize) -> Result<Ipv4Addr> {
+    let last = match k {
+        1 => 2,
+        2..=MAX_ETCD_MEMBERS => 2 + k as u8,
+        _ => bail!("etcd member index {k} out of range 1..={MAX_ETCD_MEMBERS}"),
+    };
+    let [a, b, c, _] = SWITCH_IP.octets();
+    Ok(Ipv4Addr::new(a, b, c, last))
+}
+
+/// The namespace of etcd member `k`: `LAB-etcd`, `LAB-etcd2`, ...
+pub fn etcd_member_netns(lab: &str, k: usize) -> String {
+    format!("{lab}-{}", etcd_member(k))
 }
 
 /// Checks a lab name: 1 to 32 of `[a-z0-9-]`, starting and ending with a letter or digit.
@@ -104,9 +157,9 @@ pub fn switch_netns(lab: &str) -> String {
     format!("{lab}-sw")
 }
 
-/// etcd's namespace.
+/// etcd's namespace (the first member's).
 pub fn etcd_netns(lab: &str) -> String {
-    format!("{lab}-etcd")
+    etcd_member_netns(lab, 1)
 }
 
 /// The Kubernetes control plane's namespace.
@@ -238,8 +291,44 @@ mod tests {
         assert_eq!(node_index("node12"), Some(12));
         assert_eq!(node_index("node0"), None);
         assert_eq!(node_index("etcd"), None);
-        assert_eq!(etcd_endpoint(), "http://172.30.0.2:2379");
+        assert_eq!(
+            etcd_endpoints(3).unwrap(),
+            [
+                "http://172.30.0.2:2379",
+                "http://172.30.0.4:2379",
+                "http://172.30.0.5:2379"
+            ]
+        );
         assert_eq!(apiserver_url(), "https://172.30.0.3:6443");
+    }
+
+    #[test]
+    fn etcd_members() {
+        for ok in [1, 3, 5] {
+            validate_etcd_members(ok).unwrap();
+        }
+        for bad in [0, 2, 4, 6, 7] {
+            assert!(validate_etcd_members(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(etcd_member(1), "etcd");
+        assert_eq!(etcd_member(3), "etcd3");
+        assert_eq!(etcd_member_netns("lab", 1), etcd_netns("lab"));
+        assert_eq!(etcd_member_netns("lab", 2), "lab-etcd2");
+        for k in 1..=MAX_ETCD_MEMBERS {
+            assert_eq!(etcd_member_index(&etcd_member(k)), Some(k));
+        }
+        for bad in ["etcd1", "etcd0", "etcd6", "etcd02", "etcdx", "node1"] {
+            assert_eq!(etcd_member_index(bad), None, "{bad}");
+        }
+        let mut taken = vec![SWITCH_IP, CONTROL_PLANE_IP, EXTERNAL_IP];
+        taken.extend((1..=MAX_NODES).map(|k| node_underlay_ip(k).unwrap()));
+        for k in 1..=MAX_ETCD_MEMBERS {
+            let ip = etcd_member_ip(k).unwrap();
+            assert!(!taken.contains(&ip), "etcd member {k} at taken {ip}");
+            taken.push(ip);
+        }
+        assert_eq!(etcd_member_ip(1).unwrap(), ETCD_IP);
+        assert!(etcd_member_ip(0).is_err() && etcd_member_ip(6).is_err());
     }
 
     #[test]
