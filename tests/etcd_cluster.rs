@@ -292,6 +292,13 @@ fn leader_killed_during_pod_churn_loses_nothing() {
             assert_eq!(node.pid(), Some(fabricd_pids[&node.name]), "{}", node.name);
         }
         let log = std::fs::read_to_string(&node.log).unwrap();
+        // What it rode through, for the record.
+        for line in log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        {
+            eprintln!("{}: {line}", node.name);
+        }
         for bad in ["panicked", "exiting", "fatal"] {
             assert!(
                 !log.to_lowercase().contains(bad),

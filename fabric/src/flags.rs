@@ -80,6 +80,22 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_POLICY_QUEUES", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub policy_queues: Option<u16>,
 
+    /// New connections per second one source address may start that wait for a policy
+    /// verdict (those of isolated pods: from a pod isolated for egress, or from any source to
+    /// a pod isolated for ingress). Beyond it, after a burst of --policy-new-flow-burst, that
+    /// source's new connections are dropped before the queue (TCP sends a dropped SYN again a
+    /// second later), so one flooding pod or peer cannot starve the other pods' connections
+    /// of verdicts. Counted in `iptables -L FABRIC-POLICY-QUEUE -v` (or the `queued` chain of
+    /// `nft list table inet fabric-policy`). 0 turns the limit off.
+    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_LIMIT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::enforce::FlowLimit::MAX)))]
+    pub policy_new_flow_limit: u32,
+
+    /// New connections one source address may start at once above --policy-new-flow-limit.
+    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_BURST", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::enforce::FlowLimit::MAX)))]
+    pub policy_new_flow_burst: u32,
+
     /// How long CNI ADD waits, after registering a new pod, until this node enforces policy
     /// on it (the pod in the view, its queue rules installed), so that its first packet is
     /// judged with its own identity. Past it, ADD succeeds anyway and a connection the policy

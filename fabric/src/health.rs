@@ -1,9 +1,12 @@
-//! `/healthz` (the daemon runs) and `/readyz` (subnet leased and routes programmed) over a
-//! minimal HTTP/1.1 responder.
+//! `/healthz` (every part of the daemon is alive) and `/readyz` (subnet leased and routes
+//! programmed) over a minimal HTTP/1.1 responder, and the [`Liveness`] registry `/healthz`
+//! answers from: long-running tasks hold an [`Alive`] guard (dropped when they end or panic),
+//! loops that must come round hold a [`Beat`], and the data path reports its threads.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,8 +19,95 @@ const LIMITS: listen::Limits = listen::Limits {
     read_timeout: std::time::Duration::from_secs(5),
 };
 
+/// What `/healthz` checks: the daemon's long-running parts.
+#[derive(Default)]
+pub struct Liveness {
+    parts: Mutex<Vec<Part>>,
+    data_path: OnceLock<Arc<dyn tunnel::Backend>>,
+}
+
+enum Part {
+    /// A task or thread: alive while its guard lives.
+    Task(&'static str, Arc<AtomicBool>),
+    /// A loop that must come round at least every `.2`.
+    Beat(&'static str, Arc<Mutex<Instant>>, Duration),
+}
+
+/// Held by a task or thread for as long as it runs; dropping it (the task ended, or
+/// panicked) marks the part dead.
+pub struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A loop's heartbeat: [`Beat::tick`] each time round.
+#[derive(Clone)]
+pub struct Beat(Arc<Mutex<Instant>>);
+
+impl Beat {
+    /// The loop came round.
+    pub fn tick(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+impl Liveness {
+    /// Registers a task or thread named `name`, alive while the guard lives.
+    pub fn task(&self, name: &'static str) -> Alive {
+        let alive = Arc::new(AtomicBool::new(true));
+        self.parts().push(Part::Task(name, alive.clone()));
+        Alive(alive)
+    }
+
+    /// Registers a loop named `name` that must tick at least every `max`.
+    pub fn beat(&self, name: &'static str, max: Duration) -> Beat {
+        let last = Arc::new(Mutex::new(Instant::now()));
+        self.parts().push(Part::Beat(name, last.clone(), max));
+        Beat(last)
+    }
+
+    /// Adds the data path's own report (its threads) once it is built.
+    pub fn data_path(&self, backend: Arc<dyn tunnel::Backend>) {
+        let _ = self.data_path.set(backend);
+    }
+
+    /// What is dead or stuck, if anything.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failed: Vec<String> = self
+            .parts()
+            .iter()
+            .filter_map(|part| match part {
+                Part::Task(name, alive) => {
+                    (!alive.load(Ordering::Relaxed)).then(|| format!("{name} has stopped"))
+                }
+                Part::Beat(name, last, max) => {
+                    let since = last.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                    (since > *max).then(|| {
+                        format!("{name} is stuck ({}s since its last pass)", since.as_secs())
+                    })
+                }
+            })
+            .collect();
+        if let Some(Err(e)) = self.data_path.get().map(|b| b.health()) {
+            failed.push(e);
+        }
+        failed
+    }
+
+    fn parts(&self) -> std::sync::MutexGuard<'_, Vec<Part>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Serves the health endpoints on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    liveness: Arc<Liveness>,
+) -> std::io::Result<()> {
     // A predecessor that was just killed may still hold the port for a moment.
     let mut attempts = 0;
     let listener = loop {
@@ -31,13 +121,17 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
     };
     tracing::info!(%addr, "health endpoints listening");
     listen::spawn(listener, LIMITS, "health", move |mut conn: TcpStream| {
-        let ready = ready.clone();
+        let (ready, liveness) = (ready.clone(), liveness.clone());
         async move {
             let mut buf = [0u8; 1024];
             let n = listen::within(LIMITS.read_timeout, conn.read(&mut buf))
                 .await
                 .unwrap_or(0);
-            let (status, body) = respond(&buf[..n], ready.load(Ordering::Relaxed));
+            let (status, body) = respond(
+                &buf[..n],
+                ready.load(Ordering::Relaxed),
+                &liveness.failures(),
+            );
             let reply = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -48,17 +142,21 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
     Ok(())
 }
 
-fn respond(request: &[u8], ready: bool) -> (&'static str, &'static str) {
+fn respond(request: &[u8], ready: bool, failures: &[String]) -> (&'static str, String) {
     let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
     let path = line.split(|b| *b == b' ').nth(1).unwrap_or_default();
     match path {
-        b"/healthz" => ("200 OK", "ok\n"),
-        b"/readyz" if ready => ("200 OK", "ready\n"),
+        b"/healthz" if failures.is_empty() => ("200 OK", "ok\n".into()),
+        b"/healthz" => (
+            "500 Internal Server Error",
+            format!("unhealthy: {}\n", failures.join("; ")),
+        ),
+        b"/readyz" if ready => ("200 OK", "ready\n".into()),
         b"/readyz" => (
             "503 Service Unavailable",
-            "not ready: no subnet lease or routes yet\n",
+            "not ready: no subnet lease (or it was lost) or routes not programmed yet\n".into(),
         ),
-        _ => ("404 Not Found", "try /healthz or /readyz\n"),
+        _ => ("404 Not Found", "try /healthz or /readyz\n".into()),
     }
 }
 
@@ -68,12 +166,44 @@ mod tests {
 
     #[test]
     fn readyz_follows_readiness() {
+        let ok: &[String] = &[];
         assert_eq!(
-            respond(b"GET /readyz HTTP/1.1\r\n", false).0,
+            respond(b"GET /readyz HTTP/1.1\r\n", false, ok).0,
             "503 Service Unavailable"
         );
-        assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", true).0, "200 OK");
-        assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n", false).0, "200 OK");
-        assert_eq!(respond(b"garbage", true).0, "404 Not Found");
+        assert_eq!(respond(b"GET /readyz HTTP/1.1\r\n", true, ok).0, "200 OK");
+        assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n", false, ok).0, "200 OK");
+        assert_eq!(respond(b"garbage", true, ok).0, "404 Not Found");
+    }
+
+    #[test]
+    fn healthz_fails_when_a_part_stops_or_sticks() {
+        let liveness = Liveness::default();
+        let follower = liveness.task("policy follower");
+        let beat = liveness.beat("agent loop", Duration::from_millis(50));
+        assert!(liveness.failures().is_empty());
+        drop(follower);
+        std::thread::sleep(Duration::from_millis(80));
+        let failures = liveness.failures();
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("policy follower has stopped"));
+        assert!(failures[1].contains("agent loop is stuck"));
+        beat.tick();
+        assert_eq!(liveness.failures().len(), 1);
+        let (status, body) = respond(b"GET /healthz HTTP/1.1\r\n", true, &liveness.failures());
+        assert_eq!(status, "500 Internal Server Error");
+        assert!(body.contains("policy follower has stopped"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_dead() {
+        let liveness = Arc::new(Liveness::default());
+        let alive = liveness.task("worker");
+        let task = tokio::spawn(async move {
+            let _alive = alive;
+            panic!("boom");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(liveness.failures(), ["worker has stopped"]);
     }
 }

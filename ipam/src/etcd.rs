@@ -198,7 +198,14 @@ pub struct EtcdStore {
     prefix: String,
     /// Keeps the auth token fresh while any clone of the store lives (see [`TokenKeeper`]).
     _token_keeper: Option<Arc<TokenKeeper>>,
+    /// Keeps requests off endpoints that refuse connections (see [`EndpointKeeper`]).
+    _endpoint_keeper: Option<Arc<EndpointKeeper>>,
 }
+
+/// How often [`EndpointKeeper`] probes the endpoints of a store with more than one.
+const ENDPOINT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one endpoint probe (a TCP connect) may take.
+const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a token may go unchecked: etcd expires an unused simple token after
 /// `--auth-token-ttl` (300 s by default), JWT tokens after their `ttl`, and every simple
@@ -460,6 +467,79 @@ fn connect_failed(options: &EtcdOptions, e: &etcd_client::Error) -> StoreError {
     ))
 }
 
+/// Keeps a multi-endpoint client's balancer to the endpoints that accept connections.
+///
+/// etcd-client balances requests over every endpoint with tonic's balancer, which keeps
+/// choosing an endpoint whose member is down (it fails fast, so it looks least loaded): each
+/// request sent there fails with "tcp connect error" while the other members serve, and a
+/// store with one member of three down fails most calls, lease acquisition included. So every
+/// [`ENDPOINT_CHECK_INTERVAL`] each endpoint is probed with a TCP connect; one that refuses is
+/// taken out of the balancer, and put back once it accepts again. The last endpoint in the
+/// balancer always stays (with every member down, errors should say so). The store's clones
+/// share the keeper; the task stops when the last of them is dropped.
+struct EndpointKeeper {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EndpointKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `host:port` of an etcd client URL (`https://10.0.0.1:2379/` -> `10.0.0.1:2379`).
+fn endpoint_authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+impl EndpointKeeper {
+    fn start(client: &Client, endpoints: &[String]) -> Self {
+        let client = client.clone();
+        let endpoints = endpoints.to_vec();
+        let task = tokio::spawn(async move {
+            let mut in_balancer = vec![true; endpoints.len()];
+            let mut tick = tokio::time::interval(ENDPOINT_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (k, url) in endpoints.iter().enumerate() {
+                    let probe = tokio::net::TcpStream::connect(endpoint_authority(url));
+                    let up = matches!(
+                        tokio::time::timeout(ENDPOINT_PROBE_TIMEOUT, probe).await,
+                        Ok(Ok(_))
+                    );
+                    let others = in_balancer
+                        .iter()
+                        .enumerate()
+                        .any(|(j, &kept)| j != k && kept);
+                    let change = match (up, in_balancer[k]) {
+                        (true, false) => client.add_endpoint(url).await.map(|()| true),
+                        (false, true) if others => {
+                            client.remove_endpoint(url).await.map(|()| false)
+                        }
+                        _ => continue,
+                    };
+                    match change {
+                        Ok(kept) => {
+                            in_balancer[k] = kept;
+                            if kept {
+                                tracing::info!(endpoint = %url, "etcd endpoint accepts connections again; using it");
+                            } else {
+                                tracing::warn!(endpoint = %url, "etcd endpoint refuses connections; using the others");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %url, error = %e, "cannot change the etcd endpoints in use")
+                        }
+                    }
+                }
+            }
+        });
+        Self { task }
+    }
+}
+
 impl TokenKeeper {
     fn start(store: &EtcdStore, auth: EtcdAuth) -> Self {
         let mut client = store.client.clone();
@@ -543,6 +623,8 @@ impl EtcdStore {
                 _ => connect_failed(options, &e),
             })?;
         let mut store = Self {
+            _endpoint_keeper: (endpoints.len() > 1)
+                .then(|| Arc::new(EndpointKeeper::start(&client, endpoints))),
             client,
             prefix: options.prefix.trim_end_matches('/').to_owned(),
             _token_keeper: None,

@@ -84,6 +84,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether the backend's own workers (the userspace data path's threads) still run; the
+    /// failure names what stopped. Kernel backends have none.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The data path's live state for operators (`fabricctl peers`); kernel backends have
     /// nothing beyond what `ip` shows.
     fn dataplane(&self) -> serde_json::Value {

@@ -18,6 +18,7 @@ use super::admission::{Admission, Refusal};
 use super::holding::Holding;
 use super::host::Host;
 use super::retry;
+use crate::health::Beat;
 use crate::state::StateDir;
 
 /// The agent's loop and what it needs.
@@ -46,6 +47,8 @@ pub struct Control {
     pub admission: Admission,
     /// The leases refused on the last pass (each is warned about once, when first refused).
     pub refused: Arc<Mutex<Vec<Refusal>>>,
+    /// Ticked each time the loop comes round (`/healthz` reports a loop that stopped).
+    pub beat: Option<Beat>,
 }
 
 impl Control {
@@ -60,11 +63,22 @@ impl Control {
         }
     }
 
+    fn tick(&self) {
+        if let Some(beat) = &self.beat {
+            beat.tick();
+        }
+    }
+
     /// Leases a subnet (preferring `previous`), records it in the state dir and opens its pod
     /// network.
     async fn acquire(&self, previous: Option<Ipv4Net>) -> Result<Holding> {
         let request = self.request(previous);
-        let lease = retry("leasing a subnet", || self.store.acquire_lease(&request)).await;
+        let lease = retry("leasing a subnet", || {
+            // Retrying is not being stuck.
+            self.tick();
+            self.store.acquire_lease(&request)
+        })
+        .await;
         tracing::info!(subnet = %lease.subnet, node = %self.node, public_ip = %lease.public_ip, "subnet leased");
         self.state
             .record_subnet(lease.subnet)
@@ -76,13 +90,25 @@ impl Control {
     /// Renews the lease, acquiring it again when it is lost; true when a new lease is held
     /// (its data path wants a pass at once).
     async fn renew(&self, held: &mut Holding) -> Result<bool> {
-        match self.store.renew_lease(held.lease()).await {
+        // A datastore that stops answering (blackholed, not refused) must not hold the loop:
+        // the data path keeps being reconciled, and the renewal is tried again next period.
+        let renewal = tokio::time::timeout(self.renew_every, self.store.renew_lease(held.lease()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ipam::StoreError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.renew_every
+                )))
+            });
+        match renewal {
             Ok(Renewal::Renewed) => {
                 tracing::debug!(subnet = %held.lease().subnet, "lease renewed");
                 Ok(false)
             }
             Ok(Renewal::Lost) => {
-                tracing::warn!(subnet = %held.lease().subnet, "lease lost; leasing again");
+                tracing::warn!(subnet = %held.lease().subnet, "lease lost; not ready until leased again");
+                // `/readyz` tells the truth until the next converged pass.
+                self.ready.store(false, Ordering::Relaxed);
                 *held = self.acquire(held.previous()).await?;
                 Ok(true)
             }
@@ -169,6 +195,7 @@ impl Control {
                 _ = resync.tick() => true,
                 _ = renew.tick() => self.renew(&mut held).await?,
             };
+            self.tick();
             if !pass {
                 continue;
             }

@@ -28,6 +28,7 @@ pub use admission::Admission;
 pub use control::Control;
 pub use host::{Host, NodeHost};
 
+use crate::health::Beat;
 use crate::pods::{PodNetwork, Subnets};
 use crate::state::StateDir;
 
@@ -59,6 +60,8 @@ pub struct Agent {
     pub pods: watch::Sender<Option<Arc<PodNetwork>>>,
     /// Which peers' leases the data path may act on.
     pub admission: Admission,
+    /// Ticked each time the loop comes round.
+    pub beat: Beat,
 }
 
 /// Retries `op` with capped exponential backoff until it succeeds, logging each failure.
@@ -109,6 +112,7 @@ impl Agent {
             ready: self.ready,
             admission: self.admission,
             refused: Default::default(),
+            beat: Some(self.beat),
         };
         control.run().await
     }

@@ -58,6 +58,8 @@ fn peer(subnet: &str, node: &str, ip: &str, mac: &str) -> Lease {
 struct Pass {
     local: Lease,
     leases: Leases,
+    /// Whether the agent counted as ready when the pass began.
+    ready: bool,
 }
 
 /// A backend that records every reconcile call and answers as scripted: calls wait for a
@@ -66,6 +68,8 @@ struct FakeBackend {
     passes: mpsc::UnboundedSender<Pass>,
     gate: Semaphore,
     failures: AtomicUsize,
+    /// The agent's readiness, as each pass finds it.
+    ready: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -95,6 +99,7 @@ impl Backend for FakeBackend {
         let _ = self.passes.send(Pass {
             local: local.clone(),
             leases: leases.clone(),
+            ready: self.ready.load(Ordering::Relaxed),
         });
         self.gate.acquire().await.expect("gate open").forget();
         let fail = self
@@ -217,6 +222,7 @@ impl Running {
             state.record_subnet(previous).unwrap();
         }
         let (tx, passes) = mpsc::unbounded_channel();
+        let ready = Arc::new(AtomicBool::new(false));
         let backend = Arc::new(FakeBackend {
             passes: tx,
             gate: Semaphore::new(if start.gated {
@@ -225,9 +231,9 @@ impl Running {
                 Semaphore::MAX_PERMITS
             }),
             failures: AtomicUsize::new(start.failures),
+            ready: ready.clone(),
         });
         let host = Arc::new(FakeHost::default());
-        let ready = Arc::new(AtomicBool::new(false));
         let control = Control {
             store: Arc::new(store.clone()),
             backend: backend.clone(),
@@ -247,6 +253,7 @@ impl Running {
                 admission::protected(net("192.0.2.1/24"), &[DATASTORE.parse().unwrap()]),
             ),
             refused: Default::default(),
+            beat: None,
         };
         Self {
             control_refused: control.refused.clone(),
@@ -571,6 +578,27 @@ async fn lost_lease_is_leased_again_preferring_its_subnet_and_reported_again() {
     assert_eq!(agent.recorded_subnet(), Some(subnet));
     assert_eq!(agent.host.pods(), [subnet, subnet]);
     assert!(agent.is_ready());
+}
+
+#[tokio::test]
+async fn not_ready_from_a_lost_lease_until_the_new_one_is_converged() {
+    let store = store();
+    let mut agent = Running::start(&store, Start::default());
+    let first = agent.next_pass().await;
+    eventually("ready after the first pass", || agent.is_ready()).await;
+    // The lease expires (a partition longer than its TTL, say).
+    store.remove_lease(first.local.subnet).expect("n1's lease");
+    let again = agent
+        .pass_where("n1 holds a lease again", |p| {
+            p.leases.values().any(|l| l.node == NODE)
+        })
+        .await;
+    assert!(
+        !again.ready,
+        "ready while the new lease's data path was not programmed"
+    );
+    eventually("ready again once converged", || agent.is_ready()).await;
+    assert_eq!(again.local.subnet, first.local.subnet);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -44,8 +45,9 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     api::serve(&flags.socket, serving)
         .await
         .with_context(|| format!("binding the local API socket {}", flags.socket.display()))?;
+    let liveness = Arc::new(health::Liveness::default());
     if let Some(addr) = flags.healthz_addr.0 {
-        health::serve(addr, ready.clone())
+        health::serve(addr, ready.clone(), liveness.clone())
             .await
             .with_context(|| format!("binding the health endpoints on {addr} (--healthz-addr)"))?;
     }
@@ -66,6 +68,10 @@ async fn run(flags: DaemonFlags) -> Result<()> {
                 .unwrap_or_else(enforce::rules::detect),
             fail_open: flags.policy_fail_open,
             queues: flags.policy_queues(),
+            limit: enforce::FlowLimit {
+                rate: flags.policy_new_flow_limit,
+                burst: flags.policy_new_flow_burst,
+            },
         };
         let networks = fabric::pods::Subnets {
             v4: config.network,
@@ -78,7 +84,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         .await;
         let view = handle.view();
         let _ = policy_slot.set(handle);
-        enforce::serve(view, rules.queues).context("serving the policy queues")?;
+        enforce::serve(view, &rules).context("serving the policy queues")?;
         // Rules of the other kind, left by an earlier run, go first.
         let other = match rules.kind {
             enforce::RuleKind::Nft => enforce::RuleKind::Xtables,
@@ -89,7 +95,11 @@ async fn run(flags: DaemonFlags) -> Result<()> {
             .install_rules()
             .await
             .context("installing the policy rules")?;
-        tokio::spawn(follower.run());
+        let alive = liveness.task("the policy follower");
+        tokio::spawn(async move {
+            let _alive = alive;
+            follower.run().await
+        });
         tracing::info!(
             rules = %rules.kind,
             fail_open = rules.fail_open,
@@ -117,6 +127,7 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         &node_options,
     )?);
     let _ = backend_slot.set(backend.clone());
+    liveness.data_path(backend.clone());
     tracing::info!(backend = %backend.kind(), network = %config.network, pod_mtu = backend.mtu(), "network config");
 
     let admission = Admission::new(
@@ -138,6 +149,12 @@ async fn run(flags: DaemonFlags) -> Result<()> {
         ready,
         pods: pods_tx,
         admission,
+        // Its loop comes round at least every resync (and renewal); a pass stuck on a
+        // hung kernel or datastore call for much longer than that is a stuck agent.
+        beat: liveness.beat(
+            "the agent loop",
+            flags.resync_interval * 3 + Duration::from_secs(60),
+        ),
     };
     tokio::select! {
         r = agent.run() => r,

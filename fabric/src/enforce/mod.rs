@@ -22,20 +22,43 @@ pub mod conntrack;
 pub mod packet;
 pub mod rules;
 
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use policy::{Cluster, Direction, Pod, Protocol};
 
 pub use conntrack::{parse_tracked, rejudge, Tracked};
 pub use packet::{Flow, Packet, Transport};
-pub use rules::{Queued, RuleKind, RuleOptions};
+pub use rules::{FlowLimit, Queued, RuleKind, RuleOptions};
 
 /// The first queue new connections wait in; with several queues, they are numbered from it.
 pub const QUEUE: u16 = 0;
 
 /// The packet and connection mark bit meaning "policy allowed this connection".
 pub const ALLOWED: u32 = 0x0004_0000;
+
+/// How many packets one queue holds while they wait for a verdict (the kernel's default is
+/// 1,024). Past it, the kernel drops new ones (or, with fail-open, accepts them).
+pub const QUEUE_MAXLEN: u32 = 8192;
+
+/// The receive buffer of each queue's netlink socket, in bytes: room for [`QUEUE_MAXLEN`]
+/// messages (a header-only message takes well under 1 KiB of buffer, skb overhead included),
+/// so that the queue, not the socket, is what fills first.
+pub const QUEUE_RCVBUF: usize = 8 << 20;
+
+/// Messages the kernel could not deliver to a queue socket because its receive buffer was
+/// full (`ENOBUFS`), over all queues since the process started. Each is a new connection that
+/// was dropped (or passed, with fail-open) unjudged.
+static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// [`OVERFLOWS`]: how many queued packets the kernel dropped because a queue socket's
+/// receive buffer was full.
+pub fn overflows() -> u64 {
+    OVERFLOWS.load(Ordering::Relaxed)
+}
 
 /// Whether policy lets `flow` start: egress allowed at the source and ingress at the
 /// destination. A protocol without ports is admitted only by rules without a port list,
@@ -98,41 +121,165 @@ pub fn judge_packet(cluster: &Cluster, packet: &[u8]) -> bool {
 /// reflects.
 pub type View = Arc<RwLock<Arc<crate::policies::Snapshot>>>;
 
-/// Serves queues `QUEUE..QUEUE + queues`, each on a thread of its own (pinned to the CPU
-/// whose packets it gets when there are several, and under SCHED_FIFO), until the process
-/// ends.
-pub fn serve(view: View, queues: u16) -> Result<()> {
-    for i in 0..queues.max(1) {
+/// Serves queues `QUEUE..QUEUE + options.queues`, each on a thread of its own (pinned to the
+/// CPU whose packets it gets when there are several), until the process ends. Each queue
+/// holds up to [`QUEUE_MAXLEN`] packets with a [`QUEUE_RCVBUF`] socket buffer; when it is full
+/// the kernel drops new connections, or lets them through with `options.fail_open`, as it
+/// does while no daemon listens.
+pub fn serve(view: View, options: &RuleOptions) -> Result<()> {
+    let queues = options.queues.max(1);
+    for i in 0..queues {
         let num = QUEUE + i;
-        let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
-        queue
-            .bind(num)
-            .with_context(|| format!("binding NFQUEUE {num}"))?;
-        // Only the headers are needed.
-        queue
-            .set_copy_range(num, packet::COPY_RANGE)
-            .context("setting the NFQUEUE copy range")?;
+        let mut queue = open(num, options.fail_open)?;
         let view = view.clone();
         let pin = (queues > 1).then_some(usize::from(i));
         std::thread::Builder::new()
             .name(format!("policy-queue-{num}"))
             .spawn(move || {
-                prioritize(pin);
+                if let Some(cpu) = pin {
+                    pin_to(cpu);
+                }
+                let mut overflow = Overflow::default();
                 loop {
-                    answer(&mut queue, &view);
+                    answer(&mut queue, &view, num, &mut overflow);
                 }
             })?;
     }
     Ok(())
 }
 
-/// Receives one queued packet, judges it, and gives the verdict.
-fn answer(queue: &mut nfq::Queue, view: &View) {
+/// Opens and binds queue `num`: headers only, [`QUEUE_MAXLEN`] long, fail-open or not, a
+/// [`QUEUE_RCVBUF`] receive buffer, and `ENOBUFS` reported (so overflows are counted).
+fn open(num: u16, fail_open: bool) -> Result<nfq::Queue> {
+    let mut queue = nfq::Queue::open().context("opening NFQUEUE")?;
+    queue
+        .bind(num)
+        .with_context(|| format!("binding NFQUEUE {num}"))?;
+    // Only the headers are needed.
+    queue
+        .set_copy_range(num, packet::COPY_RANGE)
+        .context("setting the NFQUEUE copy range")?;
+    queue
+        .set_queue_max_len(num, QUEUE_MAXLEN)
+        .context("setting the NFQUEUE length")?;
+    queue
+        .set_fail_open(num, fail_open)
+        .context("setting the NFQUEUE fail-open flag")?;
+    queue
+        .set_recv_enobufs(true)
+        .context("asking for ENOBUFS on the NFQUEUE socket")?;
+    if let Err(error) = socket_of(num).and_then(enlarge) {
+        tracing::warn!(
+            error = %format!("{error:#}"),
+            queue = num,
+            "cannot enlarge the NFQUEUE socket buffer"
+        );
+    }
+    Ok(queue)
+}
+
+/// Gives the socket `fd` a [`QUEUE_RCVBUF`] receive buffer, past `net.core.rmem_max`
+/// (`SO_RCVBUFFORCE`, which fabricd may use as it runs with CAP_NET_ADMIN).
+fn enlarge(fd: RawFd) -> Result<()> {
+    let size = libc::c_int::try_from(QUEUE_RCVBUF).expect("the buffer size fits an int");
+    // SAFETY: `size` is a valid int for the call's duration; `fd` is a socket of this process.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of_val(&size) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting SO_RCVBUFFORCE");
+    }
+    Ok(())
+}
+
+/// The file descriptor of the netlink socket bound to queue `num` (nfq does not expose it):
+/// the socket of this process whose netlink port is the queue's peer in
+/// `/proc/net/netfilter/nfnetlink_queue`.
+fn socket_of(num: u16) -> Result<RawFd> {
+    let path = "/proc/net/netfilter/nfnetlink_queue";
+    let table = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let port = peer_port(&table, num).with_context(|| format!("queue {num} is not in {path}"))?;
+    for entry in std::fs::read_dir("/proc/self/fd").context("listing /proc/self/fd")? {
+        let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // SAFETY: `addr` and `len` are valid for the call; a closed or non-socket `fd` only
+        // makes it fail.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
+        let rc = unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(addr).cast(), &mut len) };
+        if rc == 0 && i32::from(addr.nl_family) == libc::AF_NETLINK && addr.nl_pid == port {
+            return Ok(fd);
+        }
+    }
+    anyhow::bail!("no socket of this process has netlink port {port}")
+}
+
+/// The peer (netlink port id) of queue `num` in `/proc/net/netfilter/nfnetlink_queue`, whose
+/// lines start `queue_number peer_portid queue_total copy_mode copy_range queue_dropped
+/// user_dropped ...`.
+fn peer_port(table: &str, num: u16) -> Option<u32> {
+    table.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let queue: u16 = fields.next()?.parse().ok()?;
+        (queue == num).then(|| fields.next()?.parse().ok())?
+    })
+}
+
+/// How often an overflowing queue says so.
+const OVERFLOW_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One queue's overflows since its last warning.
+#[derive(Debug, Default)]
+struct Overflow {
+    /// Overflows not yet reported.
+    unreported: u64,
+    /// When the last warning went out.
+    warned: Option<Instant>,
+}
+
+impl Overflow {
+    /// Counts an overflow, and warns unless a warning went out less than
+    /// [`OVERFLOW_WARNING_INTERVAL`] ago.
+    fn count(&mut self, queue: u16) {
+        let total = OVERFLOWS.fetch_add(1, Ordering::Relaxed) + 1;
+        self.unreported += 1;
+        if self
+            .warned
+            .is_some_and(|at| at.elapsed() < OVERFLOW_WARNING_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            queue,
+            overflows = self.unreported,
+            total,
+            "NFQUEUE socket buffer overflowed: the kernel dropped queued connections unjudged"
+        );
+        self.unreported = 0;
+        self.warned = Some(Instant::now());
+    }
+}
+
+/// Receives one queued packet, judges it, and gives the verdict. An overflow of the socket
+/// buffer (`ENOBUFS`: the kernel dropped messages) is counted and the queue served again at
+/// once, since waiting would only drop more; other errors back off briefly.
+fn answer(queue: &mut nfq::Queue, view: &View, num: u16, overflow: &mut Overflow) {
     let mut msg = match queue.recv() {
         Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            overflow.count(num);
+            return;
+        }
         Err(e) => {
-            tracing::error!(error = %e, "NFQUEUE receive failed");
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tracing::error!(error = %e, queue = num, "NFQUEUE receive failed");
+            std::thread::sleep(Duration::from_millis(10));
             return;
         }
     };
@@ -144,31 +291,21 @@ fn answer(queue: &mut nfq::Queue, view: &View) {
         msg.set_verdict(nfq::Verdict::Drop);
     }
     if let Err(e) = queue.verdict(msg) {
-        tracing::error!(error = %e, "NFQUEUE verdict failed");
+        tracing::error!(error = %e, queue = num, "NFQUEUE verdict failed");
     }
 }
 
-/// Runs the calling (queue) thread under SCHED_FIFO, on CPU `pin` if given: every new
-/// connection of an isolated pod waits for it, so on a busy node it must not wait behind
-/// ordinary threads for a CPU. It blocks in `recv` between packets, and the kernel's
-/// real-time throttling bounds it anyway. Where the scheduler refuses (no CAP_SYS_NICE), it
-/// runs as it is.
-fn prioritize(pin: Option<usize>) {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: sets the scheduling policy of the calling thread; `param` outlives the call.
-    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-    if rc != 0 {
-        let error = std::io::Error::from_raw_os_error(rc);
-        tracing::warn!(%error, "cannot run the policy queue under SCHED_FIFO");
-    }
-    if let Some(cpu) = pin {
-        let mut set = nix::sched::CpuSet::new();
-        let pinned = set
-            .set(cpu)
-            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-        if let Err(error) = pinned {
-            tracing::warn!(%error, cpu, "cannot pin the policy queue thread");
-        }
+/// Pins the calling (queue) thread to `cpu`, the one whose packets its queue gets (CPU
+/// fanout), so a verdict is given where the packet waits. The thread keeps the normal
+/// scheduling policy: it blocks in `recv` between packets and gets the CPU soon enough; a
+/// real-time policy would let a new-connection flood take the CPU from everything else.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(error) = pinned {
+        tracing::warn!(%error, cpu, "cannot pin the policy queue thread");
     }
 }
 

@@ -9,6 +9,11 @@
 //!   drives it through nftables' xtables compatibility). Used where nft's `queue` is missing,
 //!   as on this project's machines.
 //!
+//! Both send a new connection to the queue through a chain of its own (`FABRIC-POLICY-QUEUE`,
+//! or `queued` in the nft table) whose first rule drops new connections of one source address
+//! beyond a rate ([`FlowLimit`]): a pod flooding new connections, or one source flooding an
+//! isolated pod, cannot fill the queue every isolated pod's connections wait in.
+//!
 //! [`detect`] picks one by asking the kernel (`nft --check` on a throwaway table with a
 //! `queue` statement: nothing is installed). Both renderings are pure text, tested apart
 //! from the shell that installs them.
@@ -25,6 +30,17 @@ use crate::command;
 
 /// fabric's iptables chain.
 pub const CHAIN: &str = "FABRIC-POLICY";
+
+/// The iptables chain a new connection to judge jumps to: the per-source limit, then NFQUEUE.
+pub const QUEUE_CHAIN: &str = "FABRIC-POLICY-QUEUE";
+
+/// How long the per-source limit remembers a source address that sent nothing since, in ms
+/// (xtables hashlimit's default; nft's set timeout is the same).
+const LIMIT_EXPIRE_MS: u32 = 10_000;
+
+/// The most source addresses the nft limit set tracks at once (xtables hashlimit's table
+/// sizes itself, by default up to 65,536 entries too).
+const LIMIT_SET_SIZE: u32 = 65_536;
 
 /// fabric's nft table for the queue rules (family `inet`), apart from the `inet fabric` table
 /// of anti-spoofing and masquerade, which the pod network replaces on its own schedule.
@@ -59,6 +75,40 @@ pub struct RuleOptions {
     /// How many queues (from [`QUEUE`]); with more than one, the CPU that handles a packet
     /// picks its queue (CPU fanout), and each queue has a thread on that CPU.
     pub queues: u16,
+    /// The per-source limit on new connections that would wait in the queue.
+    pub limit: FlowLimit,
+}
+
+/// A per-source-address limit on new connections that would wait in the queue: beyond `rate`
+/// a second (after a burst of `burst`), a source address's new connections are dropped
+/// before they reach the queue, so one pod (or one peer of an isolated pod) cannot starve the
+/// others' connections of verdicts. A dropped SYN is sent again by TCP a second later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimit {
+    /// New connections per second per source address; 0 turns the limit off.
+    pub rate: u32,
+    /// New connections a source address may open at once above the rate.
+    pub burst: u32,
+}
+
+impl FlowLimit {
+    /// No limit.
+    pub const OFF: FlowLimit = FlowLimit { rate: 0, burst: 0 };
+
+    /// The highest rate and burst: xtables hashlimit refuses faster rates.
+    pub const MAX: u32 = 1_000_000;
+
+    fn is_on(self) -> bool {
+        self.rate > 0
+    }
+
+    /// The name of xtables hashlimit's table (`/proc/net/ipt_hashlimit/NAME`, at most 15
+    /// characters). A table lives as long as a rule names it and keeps the rate it was made
+    /// with, so the name carries rate and burst (hexadecimal) and a changed limit gets a
+    /// table of its own.
+    fn hashlimit_name(self) -> String {
+        format!("fp-{:x}-{:x}", self.rate, self.burst)
+    }
 }
 
 /// The local pods whose new connections wait for a verdict: those isolated for egress (as
@@ -109,8 +159,10 @@ impl Family {
 /// ones, and TCP segments without SYN that conntrack would pick up as new (the middle of a cut
 /// connection, in either direction); a new connection from or to a `queued` pod waits in the
 /// queue; any other new connection is marked allowed (so a later policy change re-judges it)
-/// and passes. With `fail_open`, the queue lets packets through while no daemon listens;
-/// otherwise they are dropped: isolated pods fail closed.
+/// and passes. A queued connection goes through [`QUEUE_CHAIN`], where the [`FlowLimit`] drops
+/// a source's new connections beyond its rate (hashlimit, per source address) before NFQUEUE.
+/// With `fail_open`, the queue lets packets through while no daemon listens; otherwise they
+/// are dropped: isolated pods fail closed.
 pub fn xtables(family: Family, options: RuleOptions, queued: &Queued) -> String {
     let bypass = if options.fail_open {
         " --queue-bypass"
@@ -124,10 +176,11 @@ pub fn xtables(family: Family, options: RuleOptions, queued: &Queued) -> String 
             QUEUE + n - 1
         ),
     };
-    let queue = format!("-m conntrack --ctstate NEW -j NFQUEUE {target}{bypass}");
+    let queue = format!("-m conntrack --ctstate NEW -j {QUEUE_CHAIN}");
     let mut out = format!(
         "*filter\n\
          :{CHAIN} - [0:0]\n\
+         :{QUEUE_CHAIN} - [0:0]\n\
          -A {CHAIN} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n\
          -A {CHAIN} -m connmark --mark {ALLOWED:#x}/{ALLOWED:#x} -j ACCEPT\n\
          -A {CHAIN} -m mark --mark {ALLOWED:#x}/{ALLOWED:#x} -j CONNMARK --save-mark --mask {ALLOWED:#x}\n\
@@ -144,7 +197,20 @@ pub fn xtables(family: Family, options: RuleOptions, queued: &Queued) -> String 
     }
     out.push_str(&format!(
         "-A {CHAIN} -m conntrack --ctstate NEW -j CONNMARK --set-mark {ALLOWED:#x}/{ALLOWED:#x}\n\
-         -A {CHAIN} -m conntrack --ctstate NEW -j ACCEPT\n\
+         -A {CHAIN} -m conntrack --ctstate NEW -j ACCEPT\n"
+    ));
+    let limit = options.limit;
+    if limit.is_on() {
+        out.push_str(&format!(
+            "-A {QUEUE_CHAIN} -m hashlimit --hashlimit-above {}/sec --hashlimit-burst {} \
+             --hashlimit-mode srcip --hashlimit-name {} --hashlimit-htable-expire {LIMIT_EXPIRE_MS} -j DROP\n",
+            limit.rate,
+            limit.burst,
+            limit.hashlimit_name(),
+        ));
+    }
+    out.push_str(&format!(
+        "-A {QUEUE_CHAIN} -j NFQUEUE {target}{bypass}\n\
          COMMIT\n"
     ));
     out
@@ -152,7 +218,9 @@ pub fn xtables(family: Family, options: RuleOptions, queued: &Queued) -> String 
 
 /// The same rules as one nft ruleset for both families, replacing the table atomically:
 /// the queued pods are four sets (egress and ingress, per family), the chain hooks forward at
-/// the filter priority.
+/// the filter priority, and queued connections go to the chain `queued`, where the
+/// [`FlowLimit`] is a limit per source address kept in a dynamic set per family (`flood4`,
+/// `flood6`).
 pub fn nft(options: RuleOptions, queued: &Queued) -> String {
     let mut flags = Vec::new();
     if options.fail_open {
@@ -191,6 +259,20 @@ pub fn nft(options: RuleOptions, queued: &Queued) -> String {
     ] {
         sets.push_str(&set(name, kind, &mut ips.iter()));
     }
+    let limit = options.limit;
+    let mut limits = String::new();
+    if limit.is_on() {
+        for (family, addr, kind) in [("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr")] {
+            sets.push_str(&format!(
+                "\tset flood{family} {{ type {kind}; size {LIMIT_SET_SIZE}; \
+                 flags dynamic,timeout; timeout {LIMIT_EXPIRE_MS}ms; }}\n"
+            ));
+            limits.push_str(&format!(
+                "\t\tupdate @flood{family} {{ {addr} saddr limit rate over {}/second burst {} packets }} counter drop\n",
+                limit.rate, limit.burst
+            ));
+        }
+    }
     format!(
         "table inet {TABLE}\n\
          delete table inet {TABLE}\n\
@@ -203,11 +285,15 @@ pub fn nft(options: RuleOptions, queued: &Queued) -> String {
          \t\tmeta mark & {ALLOWED:#x} == {ALLOWED:#x} ct mark set ct mark | {ALLOWED:#x} accept\n\
          \t\tct state invalid drop\n\
          \t\ttcp flags & (fin | syn | rst | ack) != syn ct state new drop\n\
-         \t\tct state new ip saddr @egress4 {queue}\n\
-         \t\tct state new ip daddr @ingress4 {queue}\n\
-         \t\tct state new ip6 saddr @egress6 {queue}\n\
-         \t\tct state new ip6 daddr @ingress6 {queue}\n\
+         \t\tct state new ip saddr @egress4 goto queued\n\
+         \t\tct state new ip daddr @ingress4 goto queued\n\
+         \t\tct state new ip6 saddr @egress6 goto queued\n\
+         \t\tct state new ip6 daddr @ingress6 goto queued\n\
          \t\tct state new ct mark set ct mark | {ALLOWED:#x} accept\n\
+         \t}}\n\
+         \tchain queued {{\n\
+         {limits}\
+         \t\t{queue}\n\
          \t}}\n\
          }}\n"
     )
@@ -308,8 +394,11 @@ pub fn remove_kind(kind: RuleKind) -> Result<bool> {
         while xtables_cmd(family, &["-D", "FORWARD", "-j", CHAIN])? {
             removed = true;
         }
-        if xtables_cmd(family, &["-F", CHAIN])? {
-            removed |= xtables_cmd(family, &["-X", CHAIN])?;
+        // The main chain jumps to the queue chain: it goes first.
+        for chain in [CHAIN, QUEUE_CHAIN] {
+            if xtables_cmd(family, &["-F", chain])? {
+                removed |= xtables_cmd(family, &["-X", chain])?;
+            }
         }
     }
     Ok(removed)
@@ -338,8 +427,14 @@ mod tests {
             kind,
             fail_open,
             queues,
+            limit: LIMIT,
         }
     }
+
+    const LIMIT: FlowLimit = FlowLimit {
+        rate: 1000,
+        burst: 2000,
+    };
 
     fn queued() -> Queued {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -353,10 +448,10 @@ mod tests {
     fn xtables_rules_queue_each_family_its_own_pods() {
         let v4 = xtables(Family::V4, options(RuleKind::Xtables, false, 1), &queued());
         let queue_in = v4
-            .find("-d 10.244.1.2/32 -m conntrack --ctstate NEW -j NFQUEUE --queue-num 0\n")
+            .find("-d 10.244.1.2/32 -m conntrack --ctstate NEW -j FABRIC-POLICY-QUEUE\n")
             .unwrap();
         let queue_out = v4
-            .find("-s 10.244.1.3/32 -m conntrack --ctstate NEW -j NFQUEUE")
+            .find("-s 10.244.1.3/32 -m conntrack --ctstate NEW -j FABRIC-POLICY-QUEUE\n")
             .unwrap();
         let pass = v4.find("--ctstate NEW -j CONNMARK --set-mark").unwrap();
         let invalid = v4.find("--ctstate INVALID -j DROP").unwrap();
@@ -369,12 +464,26 @@ mod tests {
         );
         assert!(!v4.contains("fd00"), "{v4}");
         assert!(!v4.contains("--queue-bypass"));
+        // The queue chain: the per-source limit, then the queue.
+        let limit = v4
+            .find("-A FABRIC-POLICY-QUEUE -m hashlimit --hashlimit-above 1000/sec --hashlimit-burst 2000 --hashlimit-mode srcip --hashlimit-name fp-3e8-7d0 --hashlimit-htable-expire 10000 -j DROP\n")
+            .unwrap_or_else(|| panic!("{v4}"));
+        let queue = v4
+            .find("-A FABRIC-POLICY-QUEUE -j NFQUEUE --queue-num 0\n")
+            .unwrap();
+        let declared = v4.find(":FABRIC-POLICY-QUEUE - [0:0]\n").unwrap();
+        assert!(declared < queue_out && limit < queue, "{v4}");
 
         let v6 = xtables(Family::V6, options(RuleKind::Xtables, true, 4), &queued());
         assert!(
-            v6.contains("-A FABRIC-POLICY -s fd00:10:244:1::3/128 -m conntrack --ctstate NEW -j NFQUEUE --queue-balance 0:3 --queue-cpu-fanout --queue-bypass\n"),
+            v6.contains("-A FABRIC-POLICY -s fd00:10:244:1::3/128 -m conntrack --ctstate NEW -j FABRIC-POLICY-QUEUE\n"),
             "{v6}"
         );
+        assert!(
+            v6.contains("-A FABRIC-POLICY-QUEUE -j NFQUEUE --queue-balance 0:3 --queue-cpu-fanout --queue-bypass\n"),
+            "{v6}"
+        );
+        assert!(v6.contains("--hashlimit-mode srcip"), "{v6}");
         assert!(v6.contains("-d fd00:10:244:1::2/128"), "{v6}");
         assert!(!v6.contains("10.244."), "{v6}");
 
@@ -384,8 +493,33 @@ mod tests {
             &Queued::default(),
         );
         assert!(
-            !open.contains("NFQUEUE"),
+            !open.contains("--ctstate NEW -j FABRIC-POLICY-QUEUE"),
             "nothing isolated: nothing queued\n{open}"
+        );
+
+        let unlimited = RuleOptions {
+            limit: FlowLimit::OFF,
+            ..options(RuleKind::Xtables, false, 1)
+        };
+        let unlimited = xtables(Family::V4, unlimited, &queued());
+        assert!(!unlimited.contains("hashlimit"), "{unlimited}");
+        assert!(
+            unlimited.contains("-A FABRIC-POLICY-QUEUE -j NFQUEUE --queue-num 0\n"),
+            "{unlimited}"
+        );
+    }
+
+    #[test]
+    fn a_changed_limit_names_a_hashlimit_table_of_its_own() {
+        assert_eq!(LIMIT.hashlimit_name(), "fp-3e8-7d0");
+        let max = FlowLimit {
+            rate: FlowLimit::MAX,
+            burst: FlowLimit::MAX,
+        };
+        assert!(max.hashlimit_name().len() <= 15, "{}", max.hashlimit_name());
+        assert_ne!(
+            max.hashlimit_name(),
+            FlowLimit { rate: 1, ..max }.hashlimit_name()
         );
     }
 
@@ -407,9 +541,13 @@ mod tests {
             "meta mark & 0x40000 == 0x40000 ct mark set ct mark | 0x40000 accept",
             "ct state invalid drop",
             "tcp flags & (fin | syn | rst | ack) != syn ct state new drop",
-            "ct state new ip saddr @egress4 queue to 0\n",
-            "ct state new ip6 daddr @ingress6 queue to 0\n",
+            "ct state new ip saddr @egress4 goto queued\n",
+            "ct state new ip6 daddr @ingress6 goto queued\n",
             "ct state new ct mark set ct mark | 0x40000 accept",
+            "chain queued {\n",
+            "update @flood4 { ip saddr limit rate over 1000/second burst 2000 packets } counter drop\n",
+            "update @flood6 { ip6 saddr limit rate over 1000/second burst 2000 packets } counter drop\n",
+            "\t\tqueue to 0\n",
         ];
         let at: Vec<usize> = order
             .iter()
@@ -419,6 +557,19 @@ mod tests {
             })
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(
+            text.contains("set flood6 { type ipv6_addr; size 65536; flags dynamic,timeout; timeout 10000ms; }"),
+            "{text}"
+        );
+        let unlimited = RuleOptions {
+            limit: FlowLimit::OFF,
+            ..options(RuleKind::Nft, false, 1)
+        };
+        let unlimited = nft(unlimited, &queued());
+        assert!(
+            !unlimited.contains("flood") && unlimited.contains("chain queued {\n\t\tqueue to 0\n\t}"),
+            "{unlimited}"
+        );
 
         let many = nft(options(RuleKind::Nft, true, 4), &Queued::default());
         assert!(

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
@@ -107,6 +107,8 @@ pub struct Plane {
     pub limiter: Arc<RateLimiter>,
     /// Drop counters.
     pub drops: Drops,
+    /// The threads [`Plane::start`] started.
+    pub threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// The current peer table (a cheap `Arc` clone).
@@ -197,19 +199,32 @@ enum Outcome {
 impl Plane {
     /// Starts the threads: TUN to UDP, UDP to TUN, timers.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("wg-tx".into())
-            .spawn(move || me.tx_loop())?;
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("wg-rx".into())
-            .spawn(move || me.rx_loop())?;
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("wg-timers".into())
-            .spawn(move || me.timer_loop())?;
+        let loops: [(&str, fn(&Plane)); 3] = [
+            ("wg-tx", Plane::tx_loop),
+            ("wg-rx", Plane::rx_loop),
+            ("wg-timers", Plane::timer_loop),
+        ];
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, run) in loops {
+            let me = self.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || run(&me))?,
+            );
+        }
         Ok(())
+    }
+
+    /// The names of the threads that have stopped (none should, while the daemon runs).
+    pub fn stopped(&self) -> Vec<String> {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|t| t.is_finished())
+            .map(|t| t.thread().name().unwrap_or("wg").to_owned())
+            .collect()
     }
 
     fn tx_loop(&self) {

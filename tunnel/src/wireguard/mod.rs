@@ -102,6 +102,7 @@ impl WireGuard {
             keys,
             limiter,
             drops: Drops::default(),
+            threads: Mutex::default(),
         });
         plane
             .start()
@@ -147,6 +148,17 @@ impl Backend for WireGuard {
 
     fn shutdown(&self) {
         let _ = std::fs::remove_file(uapi::socket_path(&self.iface));
+    }
+
+    fn health(&self) -> Result<(), String> {
+        let stopped = self.plane.stopped();
+        if stopped.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the WireGuard data path's threads stopped: {}",
+            stopped.join(", ")
+        ))
     }
 
     fn tunnel_ends(&self, local: &Lease, leases: &Leases) -> Option<TunnelEnds> {
