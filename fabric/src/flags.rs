@@ -215,4 +215,19 @@ mod tests {
         assert_eq!(setup("250ms").unwrap(), Duration::from_millis(250));
         assert!(setup("1m").is_err(), "longer than the plugin waits");
     }
+
+    #[test]
+    fn the_new_flow_limit_defaults_to_what_a_busy_pod_never_hits_and_0_turns_it_off() {
+        let parse = |args: &[&str]| {
+            DaemonFlags::try_parse_from(std::iter::once("fabricd").chain(args.iter().copied()))
+                .map(|f| (f.policy_new_flow_limit, f.policy_new_flow_burst))
+        };
+        assert_eq!(parse(&[]).unwrap(), (1000, 2000));
+        assert_eq!(parse(&["--policy-new-flow-limit", "0"]).unwrap(), (0, 2000));
+        assert!(
+            parse(&["--policy-new-flow-limit", "2000000"]).is_err(),
+            "hashlimit's most"
+        );
+        assert!(parse(&["--policy-new-flow-burst", "0"]).is_err());
+    }
 }

@@ -14,16 +14,18 @@
 //! caller at a time, each apply covering every pool change made before it started
 //! ([`Firewall`]), so a hundred ADDs at once cost a few table applies, not a hundred in a row.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fabric_cni::api::{
     check_ports, codes, AddResult, Attachment, AttachmentKey, CniError, Interface, IpConfig,
     Route as CniRoute,
 };
-use std::sync::Arc;
 
 use ipam::pool::Owner;
 use ipam::{PodPool, PodRecord, PoolError, Store};
@@ -184,11 +186,102 @@ fn internal(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError
 }
 
 /// Where attached pods are recorded for policy enforcement: the datastore, under this node.
+#[derive(Clone)]
 pub struct Registry {
     /// The datastore.
     pub store: Arc<dyn Store>,
     /// This node's name.
     pub node: String,
+    /// Writes that failed and are being retried, by container id.
+    pub pending: Arc<std::sync::Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+}
+
+/// A write of a pod's record to retry.
+enum RecordWrite {
+    Register(PodRecord),
+    Unregister,
+}
+
+impl Registry {
+    /// A registry of `node`'s pods in `store`.
+    pub fn new(store: Arc<dyn Store>, node: String) -> Self {
+        Self {
+            store,
+            node,
+            pending: Default::default(),
+        }
+    }
+
+    /// Writes `record`; when that fails, retries it in the background until it lands (or the
+    /// pod goes): a pod missing from the policy view would not be isolated. The revision of
+    /// a first write that landed, where the store has one.
+    async fn register(&self, record: PodRecord) -> Option<i64> {
+        let container = record.container_id.clone();
+        self.cancel(&container);
+        match self.store.register_pod(&record).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy; retrying until it lands");
+                self.retry(container, RecordWrite::Register(record));
+                None
+            }
+        }
+    }
+
+    /// Removes a pod's record; when that fails, retries in the background until it is gone
+    /// (a stale record would give the pod's address, handed out again, its old identity).
+    async fn unregister(&self, container: &str) {
+        self.cancel(container);
+        if let Err(e) = self.store.unregister_pod(&self.node, container).await {
+            tracing::error!(error = %e, %container, "cannot unregister the pod; retrying until it is gone");
+            self.retry(container.to_owned(), RecordWrite::Unregister);
+        }
+    }
+
+    fn cancel(&self, container: &str) {
+        if let Some(task) = self.lock_pending().remove(container) {
+            task.abort();
+        }
+    }
+
+    fn retry(&self, container: String, write: RecordWrite) {
+        let me = self.clone();
+        let key = container.clone();
+        let task = tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                // Jittered, so nodes that lost the datastore together do not come back in step.
+                let jitter = rand_jitter(delay);
+                tokio::time::sleep(delay + jitter).await;
+                let done = match &write {
+                    RecordWrite::Register(record) => me.store.register_pod(record).await.map(drop),
+                    RecordWrite::Unregister => me.store.unregister_pod(&me.node, &container).await,
+                };
+                match done {
+                    Ok(()) => {
+                        tracing::info!(%container, "pod record written after retrying");
+                        me.lock_pending().remove(&container);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %container, retry_in = ?delay, "pod record write failed again");
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        self.lock_pending().insert(key, task.abort_handle());
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::AbortHandle>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Up to a quarter of `delay`, at random.
+fn rand_jitter(delay: Duration) -> Duration {
+    use rand::Rng;
+    delay.mul_f64(rand::thread_rng().gen_range(0.0..0.25))
 }
 
 /// A pod attached by [`PodNetwork::add`].
@@ -594,9 +687,9 @@ impl PodNetwork {
         self.apply_firewall(None).await;
     }
 
-    /// Records the pod's identity for policy; a failure is logged, not fatal: the pod works,
-    /// and policy treats an unknown address like any address outside the cluster. Returns the
-    /// revision of the write (see [`Added::registered`]).
+    /// Records the pod's identity for policy; a failure is not fatal (the pod works) but is
+    /// retried until the record lands ([`Registry::register`]). Returns the revision of the
+    /// write (see [`Added::registered`]).
     ///
     /// This is the only write of a pod record: once per ADD of a new container (an ADD of an
     /// attached container fails before it gets here), never on restart or resync. So labels
@@ -623,13 +716,7 @@ impl PodNetwork {
             labels: att.labels.clone(),
             ports: att.ports.clone(),
         };
-        match self.registry.store.register_pod(&record).await {
-            Ok(revision) => revision,
-            Err(e) => {
-                tracing::error!(error = %e, pod = %record.name, "cannot register the pod for policy");
-                None
-            }
-        }
+        self.registry.register(record).await
     }
 
     async fn unwire(&self, key: &AttachmentKey) -> Result<(), tunnel::NetlinkError> {
@@ -653,14 +740,7 @@ impl PodNetwork {
         if let Some((addr, change)) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
             self.apply_firewall(Some(change)).await;
-            if let Err(e) = self
-                .registry
-                .store
-                .unregister_pod(&self.registry.node, &key.container_id)
-                .await
-            {
-                tracing::error!(error = %e, container = %key.container_id, "cannot unregister the pod");
-            }
+            self.registry.unregister(&key.container_id).await;
         }
         Ok(())
     }
@@ -810,6 +890,65 @@ fn pod_routes(ifindex: u32, dual_stack: bool) -> Vec<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(container: &str) -> PodRecord {
+        PodRecord {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: "n1".into(),
+            container_id: container.into(),
+            ip: "10.244.2.7".parse().unwrap(),
+            ipv6: None,
+            labels: Default::default(),
+            ports: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_that_fails_is_retried_until_it_lands() {
+        let store = ipam::memory::MemoryStore::new(
+            ipam::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap(),
+        );
+        let registry = Registry::new(Arc::new(store.clone()), "n1".into());
+        store.set_unreachable(true);
+        assert_eq!(registry.register(record("c1")).await, None);
+        // Out of reach for a minute: still retrying, nothing written.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(store.object(ipam::objects::Kind::Pods, "n1/c1").is_none());
+        store.set_unreachable(false);
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(
+            store.object(ipam::objects::Kind::Pods, "n1/c1").is_some(),
+            "registered once back"
+        );
+        assert!(registry.lock_pending().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_deleted_while_its_registration_is_retried_is_not_registered() {
+        let store = ipam::memory::MemoryStore::new(
+            ipam::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap(),
+        );
+        let registry = Registry::new(Arc::new(store.clone()), "n1".into());
+        store.set_unreachable(true);
+        registry.register(record("c1")).await;
+        store.set_unreachable(false);
+        // DEL comes before the retry: the record never appears, and nothing is pending.
+        registry.unregister("c1").await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(store.object(ipam::objects::Kind::Pods, "n1/c1").is_none());
+        assert!(registry.lock_pending().is_empty());
+        // An unregistration that fails is retried too.
+        registry.register(record("c2")).await;
+        store.set_unreachable(true);
+        registry.unregister("c2").await;
+        store.set_unreachable(false);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            store.object(ipam::objects::Kind::Pods, "n1/c2").is_none(),
+            "unregistered once back"
+        );
+    }
 
     fn key(id: &str, ifname: &str) -> AttachmentKey {
         AttachmentKey {

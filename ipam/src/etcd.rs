@@ -206,6 +206,48 @@ pub struct EtcdStore {
 const ENDPOINT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How long one endpoint probe (a TCP connect) may take.
 const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idempotent write is tried again while etcd fails over ([`retry_transient`]):
+/// an election takes a second or two, a request caught in one times out after about 7 s.
+const FAILOVER_RETRY_FOR: Duration = Duration::from_secs(8);
+/// The pause between those tries.
+const FAILOVER_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Whether `e` is a failure a cluster fails over from: no connection to the member asked, no
+/// leader, a leader change, or a request timed out in an election (its outcome unknown, so
+/// only an idempotent request may be sent again).
+fn is_transient(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    [
+        "tcp connect error",
+        "transport error",
+        "leader changed",
+        "no leader",
+        "request timed out",
+        "error reading a body from connection",
+    ]
+    .iter()
+    .any(|hint| text.contains(hint))
+}
+
+/// Runs the idempotent request `op` until it succeeds, fails for good, or has failed
+/// transiently ([`is_transient`]) for [`FAILOVER_RETRY_FOR`]: a pod's record written during
+/// an election must not be lost, since nothing writes it again.
+async fn retry_transient<T, F, Fut>(what: &str, mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match op().await {
+            Err(e) if is_transient(&e) && start.elapsed() < FAILOVER_RETRY_FOR => {
+                tracing::warn!(error = %e, "{what} failed while etcd fails over; retrying");
+                tokio::time::sleep(FAILOVER_RETRY_PAUSE).await;
+            }
+            done => return done,
+        }
+    }
+}
 
 /// How long a token may go unchecked: etcd expires an unused simple token after
 /// `--auth-token-ttl` (300 s by default), JWT tokens after their `ttl`, and every simple
@@ -1174,20 +1216,33 @@ impl Store for EtcdStore {
     }
 
     async fn register_pod(&self, pod: &PodRecord) -> Result<Option<i64>, StoreError> {
-        let value = serde_json::to_value(pod).expect("json");
-        self.put_object(
-            Kind::Pods,
-            &format!("{}/{}", pod.node, pod.container_id),
-            &value,
-        )
+        let key = self.key(&format!(
+            "{}{}/{}",
+            Kind::Pods.segment(),
+            pod.node,
+            pod.container_id
+        ));
+        let value = serde_json::to_value(pod).expect("json").to_string();
+        // Writing the same record again is harmless: retried through a failover.
+        let resp = retry_transient("registering a pod", || {
+            let (mut client, key, value) = (self.client.clone(), key.clone(), value.clone());
+            async move { client.put(key, value, None).await }
+        })
         .await
-        .map(Some)
+        .map_err(unavailable)?;
+        Ok(Some(resp.header().map_or(0, |h| h.revision())))
     }
 
     async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError> {
-        self.delete_object(Kind::Pods, &format!("{node}/{container_id}"), false)
-            .await
-            .map(drop)
+        let key = self.key(&format!("{}{node}/{container_id}", Kind::Pods.segment()));
+        // Deleting twice is harmless: retried through a failover.
+        retry_transient("unregistering a pod", || {
+            let (mut client, key) = (self.client.clone(), key.clone());
+            async move { client.delete(key, None).await }
+        })
+        .await
+        .map(drop)
+        .map_err(unavailable)
     }
 
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError> {

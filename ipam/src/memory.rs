@@ -26,6 +26,8 @@ struct Inner {
     objects: BTreeMap<(Kind, String), StoredObject>,
     feeds: Vec<mpsc::UnboundedSender<ObjectUpdate>>,
     ready: Vec<Ipv4Net>,
+    /// Pod record writes fail, as with a datastore that cannot be reached.
+    unreachable: bool,
 }
 
 /// A datastore in memory. Clones share it.
@@ -46,6 +48,7 @@ impl MemoryStore {
                 objects: BTreeMap::new(),
                 feeds: Vec::new(),
                 ready: Vec::new(),
+                unreachable: false,
             })),
             leases: Arc::new(watch::channel(Leases::default()).0),
         }
@@ -57,6 +60,28 @@ impl MemoryStore {
 
     fn publish(&self, inner: &Inner) {
         self.leases.send_replace(Arc::new(inner.leases.clone()));
+    }
+
+    /// Makes pod record writes fail (`true`) as a datastore out of reach does, or work again.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.lock().unreachable = unreachable;
+    }
+
+    /// The stored value of an object, if any.
+    pub fn object(&self, kind: Kind, name: &str) -> Option<Vec<u8>> {
+        self.lock()
+            .objects
+            .get(&(kind, name.to_owned()))
+            .and_then(|o| o.value.clone())
+    }
+
+    fn reachable(&self) -> Result<(), StoreError> {
+        if self.lock().unreachable {
+            return Err(StoreError::Unavailable(
+                "the datastore is out of reach".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Adds or replaces a lease (another node joining or changing).
@@ -173,6 +198,7 @@ impl Store for MemoryStore {
     }
 
     async fn register_pod(&self, pod: &PodRecord) -> Result<Option<i64>, StoreError> {
+        self.reachable()?;
         let name = format!("{}/{}", pod.node, pod.container_id);
         let value = serde_json::to_value(pod).map_err(|e| StoreError::BadRecord {
             key: name.clone(),
@@ -182,6 +208,7 @@ impl Store for MemoryStore {
     }
 
     async fn unregister_pod(&self, node: &str, container_id: &str) -> Result<(), StoreError> {
+        self.reachable()?;
         self.put_object(Kind::Pods, &format!("{node}/{container_id}"), None);
         Ok(())
     }

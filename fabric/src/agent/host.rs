@@ -65,10 +65,7 @@ impl Host for NodeHost {
     fn open_pods(&self, lease: &Lease) -> Result<()> {
         let pool = PodPool::open(self.state.path(), lease.subnet)
             .context("opening the pod address pool")?;
-        let registry = Registry {
-            store: self.store.clone(),
-            node: self.node.clone(),
-        };
+        let registry = Registry::new(self.store.clone(), self.node.clone());
         if let (Some(_), None) = (self.cluster.v6, lease.ipv6_subnet) {
             tracing::warn!(subnet = %lease.subnet, "the network is dual-stack but the lease has no IPv6 subnet; pods get IPv4 only");
         }

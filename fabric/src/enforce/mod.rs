@@ -409,6 +409,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn finds_a_queues_peer_port_in_the_kernels_table() {
+        let table = "    0  30001     0 2   128     0     0        7  1\n    \
+                     1 4026531841     2 2   128     5     1       99  1\n";
+        assert_eq!(peer_port(table, 0), Some(30001));
+        assert_eq!(peer_port(table, 1), Some(4_026_531_841));
+        assert_eq!(peer_port(table, 2), None);
+        assert_eq!(peer_port("garbage\n", 0), None);
+    }
+
+    #[test]
+    fn overflows_are_counted_each_time_and_reported_at_most_every_interval() {
+        let before = overflows();
+        let mut overflow = Overflow::default();
+        overflow.count(7);
+        assert!(overflow.warned.is_some());
+        assert_eq!(overflow.unreported, 0, "the first one is reported at once");
+        overflow.count(7);
+        overflow.count(7);
+        assert_eq!(
+            overflow.unreported, 2,
+            "the next ones wait for the interval"
+        );
+        assert!(overflows() >= before + 3);
+    }
+
     /// A flow between two addresses over TCP to `port`.
     fn tcp(src: &str, dst: &str, port: u16) -> Flow {
         Flow {

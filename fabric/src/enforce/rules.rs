@@ -567,7 +567,8 @@ mod tests {
         };
         let unlimited = nft(unlimited, &queued());
         assert!(
-            !unlimited.contains("flood") && unlimited.contains("chain queued {\n\t\tqueue to 0\n\t}"),
+            !unlimited.contains("flood")
+                && unlimited.contains("chain queued {\n\t\tqueue to 0\n\t}"),
             "{unlimited}"
         );
 

@@ -199,7 +199,8 @@ enum Outcome {
 impl Plane {
     /// Starts the threads: TUN to UDP, UDP to TUN, timers.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
-        let loops: [(&str, fn(&Plane)); 3] = [
+        type Loop = fn(&Plane);
+        let loops: [(&str, Loop); 3] = [
             ("wg-tx", Plane::tx_loop),
             ("wg-rx", Plane::rx_loop),
             ("wg-timers", Plane::timer_loop),
