@@ -3,6 +3,11 @@
 //! per-source limit in front of it (`--policy-new-flow-limit`, default 1000/s, burst 2000)
 //! drops the flooder's excess before it gets there, so a neighbour's connections are still
 //! judged at once.
+//!
+//! The flood is both kinds a pod can send: full connections as fast as they complete
+//! (`fabric-lab connect-rate`, closed loop), and SYNs as fast as the pod can write them (a
+//! raw socket, open loop: what a broken or hostile pod sends). The second is the one that
+//! fills the queue.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -19,6 +24,33 @@ const FLOOD_SECONDS: u64 = 8;
 
 /// Connections the flooder keeps in flight at once.
 const FLOOD_CONCURRENCY: usize = 1000;
+
+/// The most SYNs the raw flood sends (it stops after [`FLOOD_SECONDS`] anyway).
+const SYN_FLOOD_MAX: u64 = 5_000_000;
+
+/// A SYN flood (Python, raw socket: `SRC DST PORT SECONDS COUNT`): SYNs from `SRC` to
+/// `DST:PORT`, each from another source port (so each is a new connection to conntrack), for
+/// at most `SECONDS` and `COUNT` packets; prints how many it sent.
+const SYN_FLOOD: &str = r#"
+import socket, struct, sys, time
+src, dst, port, seconds, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+tcp = struct.Struct("!HHIIBBHHH")
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
+words = pseudo + tcp.pack(0, port, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+base = sum(struct.unpack("!%dH" % (len(words) // 2), words))
+def checksum(sport):
+    x = base + sport
+    while x >> 16:
+        x = (x & 0xffff) + (x >> 16)
+    return ~x & 0xffff
+end, sent = time.monotonic() + seconds, 0
+while sent < count and (sent % 1024 or time.monotonic() < end):
+    sport = 1024 + sent % 64000
+    s.sendto(tcp.pack(sport, port, 1, 0, 5 << 4, 0x02, 65535, checksum(sport), 0), (dst, 0))
+    sent += 1
+print(sent)
+"#;
 
 /// The neighbour's connection attempts during the flood, and how many must succeed.
 const ATTEMPTS: usize = 20;
@@ -99,7 +131,7 @@ fn a_new_connection_flood_does_not_starve_other_pods() {
         )
         .unwrap()
     };
-    pod(&mut lab, "a");
+    let a = pod(&mut lab, "a");
     pod(&mut lab, "b");
     let s = pod(&mut lab, "s");
     let t = pod(&mut lab, "t");
@@ -118,11 +150,28 @@ fn a_new_connection_flood_does_not_starve_other_pods() {
         "b is not isolated"
     );
     assert!(connect_once(&lab, "a", s.ip).unwrap().0, "a cannot reach s");
-    let drops_before = limit_drops(&lab, "node1").unwrap_or(0);
+    let drops_before = limit_drops(&lab, "node1").unwrap();
 
     let agent = lab.state().bin_dir.join("fabric-lab").display().to_string();
     let to = format!("{}:{PORT}", s.ip);
-    let (flood, probes) = std::thread::scope(|scope| {
+    let (flood, syns, probes) = std::thread::scope(|scope| {
+        let syns = scope.spawn(|| {
+            lab.exec_cmd(
+                "a",
+                &[
+                    "python3",
+                    "-c",
+                    SYN_FLOOD,
+                    &a.ip.to_string(),
+                    &s.ip.to_string(),
+                    &PORT.to_string(),
+                    &FLOOD_SECONDS.to_string(),
+                    &SYN_FLOOD_MAX.to_string(),
+                ],
+            )?
+            .timeout(Duration::from_secs(FLOOD_SECONDS + 30))
+            .run()
+        });
         let flood = scope.spawn(|| {
             lab.exec_cmd(
                 "a",
@@ -150,18 +199,20 @@ fn a_new_connection_flood_does_not_starve_other_pods() {
                 probe
             })
             .collect();
-        (flood.join().unwrap(), probes)
+        (flood.join().unwrap(), syns.join().unwrap(), probes)
     });
-    let flood = flood.expect("the flood ran");
+    let flood = flood.expect("the connection flood ran");
+    let syns = syns.expect("the SYN flood ran (python3 with raw sockets)");
     let prompt = probes
         .iter()
         .filter(|(ok, took)| *ok && *took < PROMPTLY)
         .count();
-    let drops = limit_drops(&lab, "node1").unwrap_or(0) - drops_before;
+    let drops = limit_drops(&lab, "node1").unwrap() - drops_before;
     eprintln!(
-        "flood from a: {}; b's connections: {prompt}/{ATTEMPTS} made within {PROMPTLY:?} \
+        "flood from a: {} and {} SYNs; b's connections: {prompt}/{ATTEMPTS} made within {PROMPTLY:?} \
          ({probes:?}); dropped by the per-source limit: {drops}",
-        flood.trim()
+        flood.trim(),
+        syns.trim()
     );
     assert!(
         prompt >= MUST_SUCCEED,

@@ -27,6 +27,7 @@ use fabric_cni::api::{
     Route as CniRoute,
 };
 
+use ipam::backoff::Backoff;
 use ipam::pool::Owner;
 use ipam::{PodPool, PodRecord, PoolError, Store};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -248,11 +249,9 @@ impl Registry {
         let me = self.clone();
         let key = container.clone();
         let task = tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
             loop {
-                // Jittered, so nodes that lost the datastore together do not come back in step.
-                let jitter = rand_jitter(delay);
-                tokio::time::sleep(delay + jitter).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 let done = match &write {
                     RecordWrite::Register(record) => me.store.register_pod(record).await.map(drop),
                     RecordWrite::Unregister => me.store.unregister_pod(&me.node, &container).await,
@@ -264,8 +263,7 @@ impl Registry {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, %container, retry_in = ?delay, "pod record write failed again");
-                        delay = (delay * 2).min(Duration::from_secs(30));
+                        tracing::warn!(error = %e, %container, "pod record write failed again");
                     }
                 }
             }
@@ -276,12 +274,6 @@ impl Registry {
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::AbortHandle>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Up to a quarter of `delay`, at random.
-fn rand_jitter(delay: Duration) -> Duration {
-    use rand::Rng;
-    delay.mul_f64(rand::thread_rng().gen_range(0.0..0.25))
 }
 
 /// A pod attached by [`PodNetwork::add`].
@@ -390,6 +382,11 @@ impl PodNetwork {
     /// The node's IPv6 pod subnet, on a dual-stack network.
     pub fn subnet6(&self) -> Option<Ipv6Net> {
         self.subnet.v6
+    }
+
+    /// The node's pod subnets.
+    pub fn subnets(&self) -> Subnets {
+        self.subnet
     }
 
     /// Attaches a pod and registers it for policy.

@@ -26,6 +26,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseRecord, LeaseRequest, Leases};
 use crate::objects::{Kind, PodRecord, StoredObject, Versioned};
@@ -46,8 +47,9 @@ const TXN_OPS: usize = 128;
 /// Bytes of values per transaction (etcd's default `--max-request-bytes` is 1.5 MiB).
 const TXN_BYTES: usize = 1 << 20;
 
-/// How long a follower waits before listing again after its watch broke.
-const RELIST_DELAY: Duration = Duration::from_millis(500);
+/// A watch that ran this long before it broke was healthy: the next relist waits the
+/// shortest delay again.
+const HEALTHY_WATCH: Duration = Duration::from_secs(10);
 
 /// Updates a follower may queue before its watch waits for the consumer.
 const FOLLOW_QUEUE: usize = 256;
@@ -1359,8 +1361,8 @@ impl EtcdStore {
 
     /// Follows every key in `range` on a task of its own: first a listing, then the watch's
     /// changes from the revision after it, in order. When the watch breaks (lost connection,
-    /// cancellation, a compaction it fell behind), the task waits [`RELIST_DELAY`], lists
-    /// again and watches on from there; it ends when the follower is dropped. Fails only if
+    /// cancellation, a compaction it fell behind), the task waits (backing off with jitter
+    /// while etcd stays out of reach), lists again and watches on from there; it ends when the follower is dropped. Fails only if
     /// the first listing does.
     pub async fn follow_range(&self, range: KeyRange) -> Result<RangeFollower, StoreError> {
         let (revision, keys) = self.list_range(&range).await?;
@@ -1381,17 +1383,22 @@ impl EtcdStore {
         tx: mpsc::Sender<RangeUpdate>,
         progress: ProgressHandle,
     ) {
+        let mut backoff = Backoff::default();
         loop {
+            let started = tokio::time::Instant::now();
             match self.watch_from(&range, revision, &tx, &progress).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(range = %range.start, error = %e, "watch broke; listing again")
                 }
             }
+            if started.elapsed() >= HEALTHY_WATCH {
+                backoff.reset();
+            }
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(RELIST_DELAY) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
                 match self.list_range(&range).await {
                     Ok((rev, keys)) => {
@@ -1477,6 +1484,43 @@ impl EtcdStore {
             if tx.send(update).await.is_err() {
                 return Ok(());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_authorities() {
+        assert_eq!(
+            endpoint_authority("http://172.30.0.2:2379"),
+            "172.30.0.2:2379"
+        );
+        assert_eq!(
+            endpoint_authority("https://etcd.example:2379/"),
+            "etcd.example:2379"
+        );
+        assert_eq!(endpoint_authority("10.0.0.1:2379"), "10.0.0.1:2379");
+    }
+
+    #[test]
+    fn transient_failures() {
+        let error = |text: &str| etcd_client::Error::InvalidArgs(text.to_string());
+        for transient in [
+            "status: Unavailable, message: \"tcp connect error\"",
+            "etcdserver: leader changed",
+            "etcdserver: request timed out, possibly due to previous leader failure",
+            "etcdserver: no leader",
+        ] {
+            assert!(is_transient(&error(transient)), "{transient}");
+        }
+        for permanent in [
+            "etcdserver: permission denied",
+            "etcdserver: user name or password is invalid",
+        ] {
+            assert!(!is_transient(&error(permanent)), "{permanent}");
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Kubernetes API: node `spec.podCIDRs` plus annotations, the API's own pods and policies) and
 //! [`memory`] (for unit tests of what holds them).
 
+pub mod backoff;
 pub mod config;
 pub mod etcd;
 pub mod kube;

@@ -63,6 +63,17 @@ impl Host for NodeHost {
     }
 
     fn open_pods(&self, lease: &Lease) -> Result<()> {
+        let subnets = Subnets {
+            v4: lease.subnet,
+            v6: lease.ipv6_subnet,
+        };
+        let open = self.pods.borrow().clone();
+        if open.is_some_and(|p| p.subnets() == subnets) {
+            // The same subnet leased again: the pod network open now stays the one owner of
+            // the pool (a second would be a second writer of pods.json, handing out
+            // addresses the first already gave).
+            return Ok(());
+        }
         let pool = PodPool::open(self.state.path(), lease.subnet)
             .context("opening the pod address pool")?;
         let registry = Registry::new(self.store.clone(), self.node.clone());
@@ -70,10 +81,7 @@ impl Host for NodeHost {
             tracing::warn!(subnet = %lease.subnet, "the network is dual-stack but the lease has no IPv6 subnet; pods get IPv4 only");
         }
         let pods = PodNetwork::new(
-            Subnets {
-                v4: lease.subnet,
-                v6: lease.ipv6_subnet,
-            },
+            subnets,
             self.cluster,
             self.mtu,
             self.netlink.clone(),

@@ -199,8 +199,9 @@ fn enlarge(fd: RawFd) -> Result<()> {
 }
 
 /// The file descriptor of the netlink socket bound to queue `num` (nfq does not expose it):
-/// the socket of this process whose netlink port is the queue's peer in
-/// `/proc/net/netfilter/nfnetlink_queue`.
+/// the `NETLINK_NETFILTER` socket of this process whose port is the queue's peer in
+/// `/proc/net/netfilter/nfnetlink_queue` (ports are per netlink protocol: fabricd's
+/// rtnetlink socket may have the same one).
 fn socket_of(num: u16) -> Result<RawFd> {
     let path = "/proc/net/netfilter/nfnetlink_queue";
     let table = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -209,16 +210,37 @@ fn socket_of(num: u16) -> Result<RawFd> {
         let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        // SAFETY: `addr` and `len` are valid for the call; a closed or non-socket `fd` only
-        // makes it fail.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
-        let rc = unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(addr).cast(), &mut len) };
-        if rc == 0 && i32::from(addr.nl_family) == libc::AF_NETLINK && addr.nl_pid == port {
+        if netlink_port(fd, libc::NETLINK_NETFILTER) == Some(port) {
             return Ok(fd);
         }
     }
-    anyhow::bail!("no socket of this process has netlink port {port}")
+    anyhow::bail!("no netfilter netlink socket of this process has port {port}")
+}
+
+/// The port of `fd` if it is a netlink socket of `protocol`.
+fn netlink_port(fd: RawFd, protocol: libc::c_int) -> Option<u32> {
+    let mut proto: libc::c_int = 0;
+    let mut len = std::mem::size_of_val(&proto) as libc::socklen_t;
+    // SAFETY: `proto` and `len` are valid for the call; a closed or non-socket `fd` only makes
+    // it fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            std::ptr::addr_of_mut!(proto).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || proto != protocol {
+        return None;
+    }
+    // SAFETY: an all-zero sockaddr_nl is a valid value of the plain C struct.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for the call and `len` is `addr`'s size.
+    let rc = unsafe { libc::getsockname(fd, std::ptr::addr_of_mut!(addr).cast(), &mut len) };
+    (rc == 0 && i32::from(addr.nl_family) == libc::AF_NETLINK).then_some(addr.nl_pid)
 }
 
 /// The peer (netlink port id) of queue `num` in `/proc/net/netfilter/nfnetlink_queue`, whose

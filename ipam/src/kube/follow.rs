@@ -7,15 +7,15 @@
 //! moment a listing completes, which the object source needs (see [`super::objects`]).
 
 use std::fmt::Debug;
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::Metadata;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::ObjectMeta;
 use kube::Api;
-use rand::Rng;
 use serde::de::DeserializeOwned;
+
+use crate::backoff::Backoff;
 
 /// Server-side timeout of one watch request (the API server ends it then; we watch again).
 const WATCH_TIMEOUT_SECS: u32 = 290;
@@ -31,33 +31,12 @@ pub(crate) enum Seen<K> {
     Deleted(K),
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug)]
-pub(crate) struct Backoff(Duration);
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Self(Duration::from_millis(200))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        *self = Self::new();
-    }
-
-    /// The next delay: the current one, jittered by ±25 %, doubling up to 10 s.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-        base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
-    }
-}
-
 /// Follows every object of `api` until the process ends, calling `on` for each report.
 pub(crate) async fn follow<K>(api: Api<K>, what: &'static str, mut on: impl FnMut(Seen<K>))
 where
     K: Metadata<Ty = ObjectMeta> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::default();
     'list: loop {
         let list = match api.list(&ListParams::default()).await {
             Ok(list) => list,
@@ -127,23 +106,4 @@ where
 /// An object's resource version.
 pub(crate) fn resource_version<K: Metadata<Ty = ObjectMeta>>(object: &K) -> Option<String> {
     object.metadata().resource_version.clone()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(150) && first <= Duration::from_millis(250));
-        for _ in 0..10 {
-            b.next_delay();
-        }
-        let capped = b.next_delay();
-        assert!(capped >= Duration::from_millis(7500) && capped <= Duration::from_millis(12500));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(250));
-    }
 }
