@@ -339,3 +339,59 @@ fn an_invalid_policy_keeps_isolating_what_it_selects() {
         b.node
     );
 }
+
+#[test]
+fn a_truncated_pod_pool_is_rebuilt_from_the_kernel_not_reset() {
+    let mut lab = up(spec("pool", 1, 2, Backend::Vxlan));
+    let old: Vec<_> = lab.pods().to_vec();
+    let node = lab.node("node1").unwrap().clone();
+    lab.stop_fabricd("node1", fabric_lab::Signal::SIGTERM)
+        .unwrap();
+    // fabricd died mid-write: pods.json is cut short.
+    let pool = node.state_dir.join("pods.json");
+    let text = std::fs::read_to_string(&pool).unwrap();
+    std::fs::write(&pool, &text[..text.len() / 3]).unwrap();
+    lab.start_fabricd("node1").unwrap();
+    lab.wait_ready("node1").unwrap();
+    // New pods never get an address an old pod still has.
+    let mut new = Vec::new();
+    for i in 0..4 {
+        new.push(
+            lab.add_pod("node1", fabric_lab::PodSpec::new(&format!("after{i}")))
+                .unwrap(),
+        );
+    }
+    for pod in &new {
+        assert!(
+            old.iter().all(|o| o.ip != pod.ip),
+            "{} was handed {}, which {} still holds",
+            pod.name,
+            pod.ip,
+            old.iter().find(|o| o.ip == pod.ip).unwrap().name
+        );
+    }
+    assert!(
+        node.state_dir.join("pods.json.corrupt").exists(),
+        "the unreadable file is kept"
+    );
+    // The old pods are still guarded against spoofing, and a DEL of one frees its address.
+    let addrs = lab
+        .exec_ok(
+            "node1",
+            &["nft", "list", "set", "inet", "fabric", "pod_addrs"],
+        )
+        .unwrap();
+    for pod in &old {
+        assert!(
+            addrs.contains(&pod.ip.to_string()),
+            "{} lost anti-spoofing: {addrs}",
+            pod.name
+        );
+    }
+    lab.del_pod(&old[0].name).unwrap();
+    let held = std::fs::read_to_string(&pool).unwrap();
+    assert!(!held.contains(&format!("\"{}\"", old[0].ip)), "{held}");
+    let routes = lab.exec_ok("node1", &["ip", "route", "show"]).unwrap();
+    assert!(!routes.contains(&format!("{} dev", old[0].ip)), "{routes}");
+    ping(&lab, &new[0].name, old[1].ip).unwrap();
+}

@@ -436,13 +436,57 @@ impl PodNetwork {
         }
     }
 
+    /// The pool, locked; rebuilt from the kernel first if its file was unreadable.
+    async fn pool(&self) -> tokio::sync::MutexGuard<'_, PodPool> {
+        let mut pool = self.pool.lock().await;
+        if pool.lost() {
+            let found = self.attached_in_kernel().await;
+            match pool.rebuild(found) {
+                Ok(n) => tracing::warn!(adopted = n, "pod address pool rebuilt from the kernel"),
+                Err(e) => tracing::error!(error = %e, "cannot record the rebuilt pod address pool"),
+            }
+        }
+        pool
+    }
+
+    /// The pods the kernel shows attached: each /32 route of the subnet out of a host veth,
+    /// held by that veth (DEL finds it by the veth's name, a hash of the attachment).
+    async fn attached_in_kernel(&self) -> Vec<(Ipv4Addr, Owner)> {
+        let (links, routes) = match (
+            self.netlink.links().await,
+            self.netlink.owned_routes().await,
+        ) {
+            (Ok(links), Ok(routes)) => (links, routes),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot read the kernel's pod routes to rebuild the pool");
+                return Vec::new();
+            }
+        };
+        let veths: HashMap<u32, String> = links
+            .into_iter()
+            .filter(|l| l.name.starts_with("fab") && !l.name.starts_with("fabric"))
+            .map(|l| (l.index, l.name))
+            .collect();
+        routes
+            .into_iter()
+            .filter_map(|r| match r.dst {
+                IpNet::V4(dst)
+                    if dst.prefix_len() == 32 && self.subnet.v4.contains(&dst.addr()) =>
+                {
+                    Some((dst.addr(), Owner::recovered(veths.get(&r.oif)?)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Takes an address for the attachment (and records it).
     async fn allocate(
         &self,
         att: &Attachment,
         requested: Option<Ipv4Addr>,
     ) -> Result<Taken, CniError> {
-        let mut pool = self.pool.lock().await;
+        let mut pool = self.pool().await;
         let last = pool.allocations().last();
         let addr = pool
             .update(|a| a.allocate(owner(&att.key), requested))
@@ -472,8 +516,11 @@ impl PodNetwork {
     /// Gives back the attachment's address, if it holds one; returns it with the pool's new
     /// generation.
     async fn release(&self, key: &AttachmentKey) -> Result<Option<(Ipv4Addr, u64)>, PoolError> {
-        let mut pool = self.pool.lock().await;
-        let released = pool.update(|a| Ok(a.release(&owner(key))))?;
+        let mut pool = self.pool().await;
+        // An address rebuilt from the kernel is held by the attachment's host veth.
+        let recovered = Owner::recovered(&host_veth_name(key));
+        let released =
+            pool.update(|a| Ok(a.release(&owner(key)).or_else(|| a.release(&recovered))))?;
         Ok(released.map(|addr| (addr, self.firewall.change())))
     }
 
@@ -639,7 +686,7 @@ impl PodNetwork {
         self.firewall
             .converge(change, || async {
                 let (ruleset, seen) = {
-                    let pool = self.pool.lock().await;
+                    let pool = self.pool().await;
                     (self.ruleset(&pool), self.firewall.current())
                 };
                 match crate::command::off_runtime(move || nft::apply(&ruleset)).await {
@@ -664,7 +711,9 @@ impl PodNetwork {
                     ifname: o.ifname.clone(),
                 };
                 nft::PodPort {
-                    veth: host_veth_name(&key),
+                    veth: o
+                        .recovered_veth()
+                        .map_or_else(|| host_veth_name(&key), str::to_owned),
                     ip,
                     ipv6: self.subnet.ipv6_of(ip),
                 }

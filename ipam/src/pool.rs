@@ -175,33 +175,101 @@ impl Allocations {
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, &Owner)> {
         self.held.iter().map(|(a, o)| (*a, o))
     }
+
+    /// Records `addr` as held by `owner` (an attachment found in the kernel when the record
+    /// was lost); false when it is not usable here or is held already.
+    pub fn adopt(&mut self, addr: Ipv4Addr, owner: Owner) -> bool {
+        if !self.usable(addr) || self.held.contains_key(&addr) {
+            return false;
+        }
+        self.held.insert(addr, owner);
+        true
+    }
 }
+
+impl Owner {
+    /// The holder recorded for an address rebuilt from the kernel, where only the host veth
+    /// `veth` is known (its name is a hash of the attachment, so DEL still finds it).
+    pub fn recovered(veth: &str) -> Self {
+        Owner {
+            container_id: format!("{RECOVERED}{veth}"),
+            ifname: String::new(),
+        }
+    }
+
+    /// The host veth of a holder made by [`Owner::recovered`].
+    pub fn recovered_veth(&self) -> Option<&str> {
+        self.container_id
+            .strip_prefix(RECOVERED)
+            .filter(|_| self.ifname.is_empty())
+    }
+}
+
+/// How [`Owner::recovered`] marks its container ids (no runtime's id has a colon).
+const RECOVERED: &str = "recovered:";
 
 /// [`Allocations`] kept in a file.
 #[derive(Debug)]
 pub struct PodPool {
     path: PathBuf,
     allocations: Allocations,
+    /// The file could not be read: the allocations must be rebuilt from what the kernel
+    /// holds before any address is handed out.
+    lost: bool,
 }
 
 impl PodPool {
     /// Opens the pool for `subnet` stored in `dir` (`pods.json`). Allocations recorded for a
-    /// different subnet are dropped: the node's subnet changed and those pods are gone.
+    /// different subnet are dropped: the node's subnet changed and those pods are gone. A
+    /// file that cannot be decoded (truncated, corrupt) is kept aside as `pods.json.corrupt`
+    /// and the pool opens empty but [`PodPool::lost`]: its caller rebuilds it from the
+    /// kernel, so no address still in use is handed out again.
     pub fn open(dir: &Path, subnet: Ipv4Net) -> Result<Self, PoolError> {
         let path = dir.join("pods.json");
         let io = |source| PoolError::Io {
             path: path.clone(),
             source,
         };
+        let mut lost = false;
         let allocations = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Allocations>(&bytes)
-                .ok()
-                .filter(|a| a.subnet == subnet)
-                .unwrap_or_else(|| Allocations::new(subnet)),
+            Ok(bytes) => match serde_json::from_slice::<Allocations>(&bytes) {
+                Ok(a) if a.subnet == subnet => a,
+                Ok(_) => Allocations::new(subnet),
+                Err(e) => {
+                    let aside = dir.join("pods.json.corrupt");
+                    tracing::error!(path = %path.display(), error = %e, kept = %aside.display(), "the pod address pool is unreadable; rebuilding it from the kernel");
+                    std::fs::rename(&path, &aside).map_err(io)?;
+                    lost = true;
+                    Allocations::new(subnet)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocations::new(subnet),
             Err(e) => return Err(io(e)),
         };
-        Ok(Self { path, allocations })
+        Ok(Self {
+            path,
+            allocations,
+            lost,
+        })
+    }
+
+    /// Whether the file was unreadable and the allocations are still to be rebuilt.
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Adopts `found` (addresses the kernel shows in use, with their holders) and records
+    /// the rebuilt pool; returns how many were adopted.
+    pub fn rebuild(&mut self, found: Vec<(Ipv4Addr, Owner)>) -> Result<usize, PoolError> {
+        let adopted = self.update(|a| {
+            Ok(found
+                .into_iter()
+                .filter(|(addr, owner)| a.adopt(*addr, owner.clone()))
+                .count())
+        })?;
+        self.persist()?;
+        self.lost = false;
+        Ok(adopted)
     }
 
     /// The current allocations.
@@ -254,6 +322,35 @@ mod tests {
 
     fn subnet() -> Ipv4Net {
         "10.244.1.0/29".parse().unwrap()
+    }
+
+    #[test]
+    fn an_unreadable_pool_is_kept_aside_and_rebuilt_from_what_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = PodPool::open(dir.path(), subnet()).unwrap();
+        let a = pool.update(|a| a.allocate(owner("a"), None)).unwrap();
+        // A crash mid-write, a full disk: the file is cut short.
+        let path = dir.path().join("pods.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let mut pool = PodPool::open(dir.path(), subnet()).unwrap();
+        assert!(pool.lost());
+        assert!(dir.path().join("pods.json.corrupt").exists(), "kept for the operator");
+        let veth = "fab0123456789a";
+        assert_eq!(pool.rebuild(vec![(a, Owner::recovered(veth))]).unwrap(), 1);
+        assert!(!pool.lost());
+        // The address still in use is not handed out again, and its holder is found by veth.
+        for id in ["b", "c", "d", "e", "f"] {
+            assert_ne!(pool.update(|x| x.allocate(owner(id), None)).unwrap(), a);
+        }
+        let held = pool.allocations().get(&Owner::recovered(veth));
+        assert_eq!(held, Some(a));
+        assert_eq!(Owner::recovered(veth).recovered_veth(), Some(veth));
+        assert_eq!(owner("a").recovered_veth(), None);
+        // Rebuilt means recorded: opening again finds it.
+        let again = PodPool::open(dir.path(), subnet()).unwrap();
+        assert!(!again.lost());
+        assert_eq!(again.allocations().get(&Owner::recovered(veth)), Some(a));
     }
 
     #[test]
