@@ -357,7 +357,7 @@ fn a_truncated_pod_pool_is_rebuilt_from_the_kernel_not_reset() {
     let mut new = Vec::new();
     for i in 0..4 {
         new.push(
-            lab.add_pod("node1", fabric_lab::PodSpec::new(&format!("after{i}")))
+            lab.add_pod("node1", fabric_lab::PodSpec::new(format!("after{i}")))
                 .unwrap(),
         );
     }
