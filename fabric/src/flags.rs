@@ -64,7 +64,8 @@ pub struct DaemonFlags {
     #[arg(long, env = "FABRIC_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
     pub network_policy: bool,
 
-    /// While fabricd is down, let new connections through instead of dropping them.
+    /// While fabricd is down, or its queue is full, let new connections of isolated pods
+    /// through instead of dropping them (the per-source new-flow limit drops regardless).
     #[arg(long, env = "FABRIC_POLICY_FAIL_OPEN")]
     pub policy_fail_open: bool,
 
@@ -86,13 +87,16 @@ pub struct DaemonFlags {
     /// source's new connections are dropped before the queue (TCP sends a dropped SYN again a
     /// second later), so one flooding pod or peer cannot starve the other pods' connections
     /// of verdicts. Counted in `iptables -L FABRIC-POLICY-QUEUE -v` (or the `queued` chain of
-    /// `nft list table inet fabric-policy`). 0 turns the limit off.
-    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_LIMIT", default_value_t = 1000,
+    /// `nft list table inet fabric-policy`). The default leaves a client (an ingress proxy,
+    /// say) room for 5,000 new connections a second to isolated pods, while a flood from one
+    /// source takes a third of what one queue judges on a small node; raise it for busier
+    /// single sources. 0 turns the limit off.
+    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_LIMIT", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::enforce::FlowLimit::MAX)))]
     pub policy_new_flow_limit: u32,
 
     /// New connections one source address may start at once above --policy-new-flow-limit.
-    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_BURST", default_value_t = 2000,
+    #[arg(long, env = "FABRIC_POLICY_NEW_FLOW_BURST", default_value_t = 10000,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::enforce::FlowLimit::MAX)))]
     pub policy_new_flow_burst: u32,
 
@@ -222,8 +226,8 @@ mod tests {
             DaemonFlags::try_parse_from(std::iter::once("fabricd").chain(args.iter().copied()))
                 .map(|f| (f.policy_new_flow_limit, f.policy_new_flow_burst))
         };
-        assert_eq!(parse(&[]).unwrap(), (1000, 2000));
-        assert_eq!(parse(&["--policy-new-flow-limit", "0"]).unwrap(), (0, 2000));
+        assert_eq!(parse(&[]).unwrap(), (5000, 10000));
+        assert_eq!(parse(&["--policy-new-flow-limit", "0"]).unwrap(), (0, 10000));
         assert!(
             parse(&["--policy-new-flow-limit", "2000000"]).is_err(),
             "hashlimit's most"
