@@ -170,7 +170,11 @@ impl Control {
     }
 
     async fn watch(&self) -> watch::Receiver<Leases> {
-        retry("watching leases", || self.store.watch_leases()).await
+        retry("watching leases", || {
+            self.tick();
+            self.store.watch_leases()
+        })
+        .await
     }
 
     /// Runs until the process ends, or until the state dir or the pod network cannot be set
