@@ -221,7 +221,8 @@ impl<'a> UnderLoad<'a> {
             .unwrap_or_default();
         xtables
             .lines()
-            .filter(|l| l.contains("FABRIC-POLICY") && l.contains("NFQUEUE"))
+            // A queued pod's rule sends its new connections on to the queue's chain.
+            .filter(|l| l.starts_with("-A FABRIC-POLICY ") && l.contains("-j FABRIC-POLICY-QUEUE"))
             .chain(nft.lines().filter(|l| l.contains("queue")))
             .flat_map(|l| l.split(|c: char| !(c.is_ascii_digit() || c == '.')))
             .filter_map(|w| w.parse().ok())
