@@ -227,7 +227,10 @@ mod tests {
                 .map(|f| (f.policy_new_flow_limit, f.policy_new_flow_burst))
         };
         assert_eq!(parse(&[]).unwrap(), (5000, 10000));
-        assert_eq!(parse(&["--policy-new-flow-limit", "0"]).unwrap(), (0, 10000));
+        assert_eq!(
+            parse(&["--policy-new-flow-limit", "0"]).unwrap(),
+            (0, 10000)
+        );
         assert!(
             parse(&["--policy-new-flow-limit", "2000000"]).is_err(),
             "hashlimit's most"

@@ -335,7 +335,10 @@ mod tests {
         std::fs::write(&path, &text[..text.len() / 2]).unwrap();
         let mut pool = PodPool::open(dir.path(), subnet()).unwrap();
         assert!(pool.lost());
-        assert!(dir.path().join("pods.json.corrupt").exists(), "kept for the operator");
+        assert!(
+            dir.path().join("pods.json.corrupt").exists(),
+            "kept for the operator"
+        );
         let veth = "fab0123456789a";
         assert_eq!(pool.rebuild(vec![(a, Owner::recovered(veth))]).unwrap(), 1);
         assert!(!pool.lost());
