@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use ipam::backoff::Backoff;
 use ipam::{Store, StoreError};
 use tokio::sync::watch;
 use tunnel::{Backend, Netlink, Underlay};
@@ -64,20 +65,21 @@ pub struct Agent {
     pub beat: Beat,
 }
 
-/// Retries `op` with capped exponential backoff until it succeeds, logging each failure.
+/// Retries `op` with capped, jittered exponential backoff until it succeeds, logging each
+/// failure.
 pub async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::default();
     loop {
         match op().await {
             Ok(v) => return v,
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::error!(error = %e, retry_in = ?delay, "{what} failed");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
