@@ -8,8 +8,9 @@ use fabric_lab::{Backend, CniCommand, Invocation, Lab, PodSpec, Signal};
 use fabric_tests::{eventually, ping, spec, tcp_connect, up, Listeners};
 use serde_json::{json, Value};
 
-/// The node's recorded pod addresses and its host veths: what a failed call must not change.
-fn node_footprint(lab: &Lab) -> (String, Vec<String>) {
+/// The node's recorded pod addresses, its host veths and its pod set elements: what a failed
+/// call must not change.
+fn node_footprint(lab: &Lab) -> (String, Vec<String>, String) {
     let node = lab.node("node1").unwrap();
     let pool = std::fs::read_to_string(node.state_dir.join("pods.json")).unwrap_or_default();
     let links = lab.exec_ok("node1", &["ip", "-o", "link", "show"]).unwrap();
@@ -20,7 +21,17 @@ fn node_footprint(lab: &Lab) -> (String, Vec<String>) {
         .filter(|n| (n.starts_with("fab") && !n.starts_with("fabric")) || n.starts_with("fbt"))
         .collect();
     veths.sort();
-    (pool, veths)
+    (pool, veths, pod_sets(lab))
+}
+
+/// The elements of the node's pod sets (`pod_veths`, `pod_addrs`), as `nft` lists them.
+fn pod_sets(lab: &Lab) -> String {
+    ["pod_veths", "pod_addrs"]
+        .map(|set| {
+            lab.exec_ok("node1", &["nft", "list", "set", "inet", "fabric", set])
+                .unwrap()
+        })
+        .join("")
 }
 
 /// The addresses the node's pool holds.
@@ -42,6 +53,16 @@ fn cni_verbs_against_a_live_node() {
     let pod = lab.add_pod("node1", PodSpec::new("p1")).unwrap();
     assert!(subnet.contains(&pod.ip), "{} outside {subnet}", pod.ip);
     let inv = lab.pod_invocation(&pod);
+    // When ADD returns, the pod's anti-spoofing elements are in the node's table.
+    let veth = pod.result["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sets = pod_sets(&lab);
+    assert!(
+        sets.contains(&format!("\"{veth}\" . {}", pod.ip)) && sets.contains(&format!("\"{veth}\"")),
+        "{sets}"
+    );
 
     // CHECK after ADD succeeds.
     lab.cni("node1", CniCommand::Check, &inv, None).unwrap();
@@ -59,6 +80,12 @@ fn cni_verbs_against_a_live_node() {
     lab.cni("node1", CniCommand::Del, &inv, None).unwrap();
     assert!(!held(&lab).contains(&pod.ip.to_string()));
     assert!(node_footprint(&lab).1.is_empty(), "host veths left");
+    // DEL took the pod's elements out of the table with it.
+    let sets = pod_sets(&lab);
+    assert!(
+        !sets.contains(&veth) && !sets.contains(&pod.ip.to_string()),
+        "{sets}"
+    );
 
     // The `ips` capability places a pod at a chosen address.
     let want = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 77);

@@ -11,18 +11,18 @@
 //! Prints the ADD (and DEL) latencies under this load, p50/p99 per wave; nothing is asserted
 //! on them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use fabric_lab::audit::NodeAudit;
 use fabric_lab::cni_runtime::{self, Runtime};
 use fabric_lab::{Backend, Conflist, Invocation, Lab, PodSpec};
 use fabric_tests::{eventually, ping, spec, up};
 use ipnet::Ipv4Net;
-use serde_json::Value;
 
 /// Pods attached at once.
 const PODS: usize = 100;
@@ -132,102 +132,15 @@ impl<'a> UnderLoad<'a> {
         latencies.report(&format!("{wave} DEL"));
     }
 
-    /// Runs `command` in the node's namespace.
-    fn exec(&self, argv: &[&str]) -> String {
-        self.lab.exec_ok(NODE, argv).unwrap()
-    }
-
-    /// The host veths (`fab…`, and `fbt…` peers not yet moved into a pod).
-    fn veths(&self) -> BTreeSet<String> {
-        self.exec(&["ip", "-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| (n.starts_with("fab") && !n.starts_with("fabric")) || n.starts_with("fbt"))
-            .collect()
-    }
-
-    /// Host routes into the node's pod subnet: pod address -> device.
-    fn pod_routes(&self) -> BTreeMap<Ipv4Addr, String> {
-        self.exec(&["ip", "-4", "-o", "route", "show"])
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                let dst: Ipv4Addr = words.next()?.parse().ok()?;
-                let dev = words.skip_while(|w| *w != "dev").nth(1)?;
-                self.subnet.contains(&dst).then(|| (dst, dev.to_string()))
-            })
-            .collect()
-    }
-
-    /// The pool file: address -> container id.
-    fn pool(&self) -> BTreeMap<Ipv4Addr, String> {
-        let path = self.lab.node(NODE).unwrap().state_dir.join("pods.json");
-        let pool: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        pool["held"]
-            .as_object()
-            .expect("pods.json has `held`")
-            .iter()
-            .map(|(ip, owner)| {
-                (
-                    ip.parse().unwrap(),
-                    owner["container_id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// `fabricctl pod list` for this node: address -> container id.
-    fn records(&self) -> BTreeMap<Ipv4Addr, String> {
-        let list: Value =
-            serde_json::from_str(&self.lab.fabricctl(&["pod", "list", "-o", "json"]).unwrap())
-                .unwrap();
-        list.as_array()
-            .expect("a list of pods")
-            .iter()
-            .filter(|r| r["node"] == NODE)
-            .map(|r| {
-                (
-                    r["ip"].as_str().unwrap().parse().unwrap(),
-                    r["container_id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// The elements of set `name` of the node's `inet fabric` table, as nft prints them.
-    fn set_elements(&self, name: &str) -> BTreeSet<String> {
-        let listing: Value =
-            serde_json::from_str(&self.exec(&["nft", "-j", "list", "set", "inet", "fabric", name]))
-                .unwrap();
-        listing["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o["set"]["elem"].as_array())
-            .flatten()
-            .map(|e| e.to_string().replace('"', ""))
-            .collect()
-    }
-
-    /// The pod addresses the policy queue rules name (the xtables chain, or the native nft
-    /// table where the kernel has nft's `queue`): the pods isolated by policy.
-    fn queued(&self) -> BTreeSet<Ipv4Addr> {
-        let xtables = self.exec(&["iptables-save", "-t", "filter"]);
-        let nft = self
-            .lab
-            .exec(NODE, &["nft", "list", "table", "inet", "fabric-policy"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        xtables
-            .lines()
-            // A queued pod's rule sends its new connections on to the queue's chain.
-            .filter(|l| l.starts_with("-A FABRIC-POLICY ") && l.contains("-j FABRIC-POLICY-QUEUE"))
-            .chain(nft.lines().filter(|l| l.contains("queue")))
-            .flat_map(|l| l.split(|c: char| !(c.is_ascii_digit() || c == '.')))
-            .filter_map(|w| w.parse().ok())
-            .filter(|ip| self.subnet.contains(ip))
-            .collect()
+    /// The node's pod bookkeeping agrees with exactly `want` attached (every pod isolated by
+    /// the test's policy); the policy queue follows the pod records, so it is waited for.
+    fn assert_holds(&self, want: &BTreeMap<Ipv4Addr, String>) {
+        eventually(Duration::from_secs(10), || {
+            let found = NodeAudit::of(self.lab, NODE)?.disagreements(want, true);
+            ensure!(found.is_empty(), "{}", found.join("\n"));
+            Ok(())
+        })
+        .unwrap();
     }
 
     /// What must hold with exactly `pods` attached (in any order of attachment).
@@ -246,30 +159,7 @@ impl<'a> UnderLoad<'a> {
                 self.subnet
             );
         }
-        assert_eq!(self.pool(), want, "pods.json");
-        assert_eq!(self.records(), want, "fabricctl pod list");
-        let veths = self.veths();
-        assert_eq!(veths.len(), pods.len(), "host veths: {veths:?}");
-        let routes = self.pod_routes();
-        assert_eq!(
-            routes.keys().copied().collect::<Vec<_>>(),
-            want.keys().copied().collect::<Vec<_>>(),
-            "/32 routes to pods"
-        );
-        assert!(
-            routes.values().all(|dev| veths.contains(dev)),
-            "a pod route leaves by no pod veth: {routes:?}"
-        );
-        assert_eq!(self.set_elements("pod_veths"), veths, "set pod_veths");
-        self.assert_queued(&want.keys().copied().collect());
-        let addrs = self.set_elements("pod_addrs");
-        assert_eq!(addrs.len(), pods.len(), "set pod_addrs: {addrs:?}");
-        for ip in want.keys() {
-            assert!(
-                addrs.iter().any(|e| e.contains(&format!(",{ip}]"))),
-                "set pod_addrs lacks {ip}: {addrs:?}"
-            );
-        }
+        self.assert_holds(&want);
         parallel(pods, |pod| {
             let netns = &pod.inv.container_id;
             let eth0 = self
@@ -291,31 +181,7 @@ impl<'a> UnderLoad<'a> {
 
     /// What must hold once every pod was deleted.
     fn assert_clean(&self) {
-        assert_eq!(self.veths(), BTreeSet::new(), "host veths left");
-        assert_eq!(self.pod_routes(), BTreeMap::new(), "pod routes left");
-        assert_eq!(
-            self.pool(),
-            BTreeMap::new(),
-            "pods.json still holds addresses"
-        );
-        assert_eq!(self.records(), BTreeMap::new(), "pod records left");
-        for set in ["pod_veths", "pod_addrs", "pod_addrs6"] {
-            assert_eq!(self.set_elements(set), BTreeSet::new(), "set {set}");
-        }
-        self.assert_queued(&BTreeSet::new());
-    }
-
-    /// The policy queue rules name exactly `want` (the enforcer follows the pod records).
-    fn assert_queued(&self, want: &BTreeSet<Ipv4Addr>) {
-        eventually(Duration::from_secs(10), || {
-            let queued = self.queued();
-            ensure!(
-                queued == *want,
-                "queue rules name {queued:?}, want {want:?}"
-            );
-            Ok(())
-        })
-        .unwrap();
+        self.assert_holds(&BTreeMap::new());
     }
 }
 

@@ -1,7 +1,8 @@
 //! Attacks on a lab cluster that fabric must refuse, each tried the way an attacker would:
 //! a pod (or a host on the underlay that is not a node) hand-building VXLAN frames with a
 //! spoofed inner source, a pod announcing itself as its node's IPv6 router, a forged lease
-//! routing the datastore's address away. Each test also shows the path it probes works for
+//! routing the datastore's address away, a forged pod record lending its labels to another
+//! node's pod. Each test also shows the path it probes works for
 //! legitimate traffic, so a refusal is fabric's and not a broken probe.
 
 use std::process::{Command, Stdio};
@@ -394,4 +395,58 @@ fn a_truncated_pod_pool_is_rebuilt_from_the_kernel_not_reset() {
     let routes = lab.exec_ok("node1", &["ip", "route", "show"]).unwrap();
     assert!(!routes.contains(&format!("{} dev", old[0].ip)), "{routes}");
     ping(&lab, &new[0].name, old[1].ip).unwrap();
+}
+
+#[test]
+fn a_forged_pod_record_cannot_lend_its_labels_to_another_nodes_pod() {
+    let mut lab = up(spec("forgedpod", 2, 0, Backend::Vxlan));
+    let a = lab
+        .add_pod("node1", fabric_lab::PodSpec::new("a").namespace("x"))
+        .unwrap();
+    let b = lab
+        .add_pod("node2", fabric_lab::PodSpec::new("b").namespace("y"))
+        .unwrap();
+    let _server = fabric_tests::Listeners::start(&lab, &[&b.name], 8080).unwrap();
+    // b admits only pods labelled role=trusted, from any namespace.
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: trusted-only, namespace: y}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: trusted}}}]\n    ports: [{port: 8080}]\n";
+    let file = lab.state_dir().join("trusted-only.yaml");
+    std::fs::write(&file, policy).unwrap();
+    lab.fabricctl(&["policy", "apply", "-f", &file.display().to_string()])
+        .unwrap();
+    let sync = |lab: &Lab| {
+        for node in lab.nodes() {
+            let socket = node.socket.display().to_string();
+            lab.fabricctl_local(&["policy", "sync", "--socket", &socket])
+                .unwrap_or_else(|e| panic!("policy sync on {}: {e:#}", node.name));
+        }
+    };
+    sync(&lab);
+    let reaches = || fabric_tests::tcp_connect(&lab, &a.name, b.ip, 8080).is_ok();
+    assert!(!reaches(), "a is not trusted");
+    // A record written straight into etcd under node2 (whose credentials could write it),
+    // claiming a's address (node1's lease) with the label the policy admits.
+    let forged = serde_json::json!({
+        "namespace": "x", "name": "impostor", "node": "node2", "container_id": "forged",
+        "ip": a.ip, "labels": { "role": "trusted" },
+    });
+    etcd_put(&lab, "/fabric/pods/node2/forged", &forged.to_string());
+    sync(&lab);
+    for _ in 0..3 {
+        assert!(!reaches(), "the forged record opened b to a");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = std::fs::read_to_string(&lab.node("node2").unwrap().log).unwrap();
+    assert!(
+        log.contains("ignoring a pod record") && log.contains("node2/forged"),
+        "no warning naming the record in node2's log"
+    );
+    // The policy does admit a once a itself carries the label: the probe is sound.
+    lab.fabricctl(&["pod", "label", "x/a", "role=trusted"])
+        .unwrap();
+    sync(&lab);
+    eventually(Duration::from_secs(10), || {
+        ensure!(reaches(), "a, labelled trusted, cannot reach b");
+        Ok(())
+    })
+    .unwrap();
 }

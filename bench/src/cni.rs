@@ -3,6 +3,8 @@
 //! environment and the conflist on stdin, exactly as `Lab::add_pod` makes it. `add_pod` also
 //! creates the pod's namespace, so the benchmark creates each namespace itself (timed apart)
 //! and times only the runtime's ADD (`Lab::cni`), then CHECK and DEL with the cached result.
+//! STATUS calls first give the floor every call stands on: the runtime starting the plugin in
+//! the node's namespace and one round trip to fabricd, which does next to nothing for it.
 
 use std::time::Instant;
 
@@ -57,6 +59,15 @@ pub fn run(opts: &Options) -> Result<Section> {
     spec.backend = Backend::Vxlan;
     spec.demo = false;
     let lab = Lab::up(spec).context("bringing up the 1-node lab")?;
+
+    // The floor: a call fabricd answers at once.
+    let mut status_ms = Vec::with_capacity(opts.pods);
+    for _ in 0..opts.pods {
+        let start = Instant::now();
+        let result = lab.cni(NODE, CniCommand::Status, &Invocation::default(), None);
+        status_ms.push(millis(start));
+        result.context("CNI STATUS")?;
+    }
 
     let mut namespaces = PodNamespaces::default();
     let mut attached = Vec::with_capacity(opts.pods);
@@ -116,11 +127,14 @@ pub fn run(opts: &Options) -> Result<Section> {
          DELeted. Each CNI call is the lab's runtime running `fabric-cni` inside the node \
          namespace (clean environment with `CNI_*`, conflist on stdin), which asks fabricd over \
          its unix socket to allocate/attach. ADD timings exclude creating the pod's network \
-         namespace (`ip netns add` + `lo` up), shown apart; DEL excludes deleting it. \
+         namespace (`ip netns add` + `lo` up), shown apart; DEL excludes deleting it. STATUS \
+         (one call per pod, before the ADDs) is the floor under every call: the runtime \
+         starting `fabric-cni` in the node namespace and one round trip to fabricd. \
          {}\n\n{}",
         before.describe(&after),
         report::latency_table(&[
             ("netns create (not in ADD)", &netns_ms),
+            ("CNI STATUS (the floor)", &status_ms),
             ("CNI ADD", &add_ms),
             ("CNI CHECK", &check_ms),
             ("CNI DEL", &del_ms),

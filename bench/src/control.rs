@@ -47,7 +47,7 @@ fn policy(name: &str) -> String {
 }
 
 /// How many policies each node's view holds.
-fn policies_per_node(lab: &Lab) -> Result<Vec<usize>> {
+pub(crate) fn policies_per_node(lab: &Lab) -> Result<Vec<usize>> {
     lab.nodes()
         .iter()
         .map(
@@ -128,22 +128,25 @@ fn join(lab: &mut Lab) -> Result<f64> {
 }
 
 /// fabricd's resident set on every node, MiB.
-fn rss_mib(lab: &Lab) -> Vec<f64> {
+pub(crate) fn rss_mib(lab: &Lab) -> Vec<f64> {
     lab.nodes()
         .iter()
-        .filter_map(|n| {
-            let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid()?)).ok()?;
-            let kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib / 1024.0)
-        })
+        .filter_map(|n| rss_of(n.pid()?))
         .collect()
+}
+
+/// The resident set of process `pid`, MiB (`VmRSS` of `/proc/PID/status`).
+pub(crate) fn rss_of(pid: i32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 #[derive(Default)]

@@ -11,13 +11,26 @@
 //! - `policy`: NetworkPolicy enforcement's cost, iperf3 and new connections/s with enforcement
 //!   off, on with no policies and on with 1,000 policies ([`enforcement`]).
 //! - `wireguard`: fabric's wireguard backend beside the raw underlay, kernel VXLAN (hand-built
-//!   and fabric's) and userspace WireGuard (boringtun-cli, wireguard-go) in one interleaved
-//!   run on two labs, with a PNG bar chart ([`wireguard`], [`wg_anchor`], [`chart`]).
+//!   and fabric's) and userspace WireGuard (boringtun-cli, Debian's old wireguard-go and the
+//!   current release built by `bench/anchors/build.sh`) in one interleaved run on two labs,
+//!   with a PNG bar chart ([`wireguard`], [`wg_anchor`], [`upstream`], [`chart`]).
+//! - `kube-network-policies`: fabric's NetworkPolicy enforcement beside kube-network-policies
+//!   (built by `bench/anchors/build.sh`) on a Kubernetes-mode lab: new connections/s to an
+//!   isolated server, iperf3, policy change to enforced ([`knp`]).
 //! - `services`: on one 3-node Kubernetes-mode lab with kube-proxy and CoreDNS, iperf3 and new
 //!   connections/s to a pod's IP vs to its Service's ClusterIP, interleaved, and DNS lookup
 //!   latency from a pod to the cluster DNS ([`services`]).
+//! - `soak`: a churn soak (pods, policies, a fabricd restart) on a 3-node lab: fabricd RSS
+//!   and descriptors per process, and a leak audit at the end ([`soak`], `fabric_lab::soak`).
 //! - `wg-flood`: fabric wireguard pod-to-pod iperf3, quiet vs while `fabric-lab wg-flood`
 //!   sends 30k/s junk handshake initiations at the receiving node ([`wg_flood`]).
+//! - `flannel`: fabric beside the real Flannel (flanneld, its delegate chain bridge +
+//!   host-local) on the same topology, interleaved: throughput on vxlan and host-gw, CNI ADD/DEL
+//!   latency, node join, daemon RSS, with two PNG bar charts ([`flannel`]).
+//!
+//! `-o json` prints the section's figures as one JSON document instead of the markdown
+//! ([`report::section_json`]: every table's rows keyed by its headers, numbers as numbers, the
+//! verdicts), for scripts; the markdown is still appended to the results file.
 //!
 //! Every lab namespace starts with the lab's name; if the process is killed before its guards
 //! run, `fabric-lab down --name NAME` removes everything (the anchor's namespaces included;
@@ -29,11 +42,15 @@ mod chart;
 mod cni;
 mod control;
 mod enforcement;
+mod flannel;
 mod interleave;
 mod iperf;
+mod knp;
 mod report;
 mod services;
+mod soak;
 mod throughput;
+mod upstream;
 mod wg_anchor;
 mod wg_flood;
 mod wireguard;
@@ -41,7 +58,7 @@ mod wireguard;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -55,8 +72,19 @@ struct Cli {
     /// Print the section without appending it.
     #[arg(long, global = true)]
     no_save: bool,
+    /// What goes to stdout: the markdown section, or its figures as one JSON document (the
+    /// markdown is still appended to the results file unless --no-save).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Markdown)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `-o`'s formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Markdown,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +132,29 @@ enum Command {
         concurrency: usize,
         /// Lab name (prefix of every namespace).
         #[arg(long, default_value = "benchnp")]
+        name: String,
+    },
+    /// NetworkPolicy enforcement by fabric vs kube-network-policies (built from its Go module
+    /// at a pin) on a 2-node Kubernetes-mode lab: iperf3, new connections/s to an isolated
+    /// server, policy change to enforced (interleaved, with a no-enforcement reference).
+    KubeNetworkPolicies {
+        /// Interleaved repetitions (each: the three conditions in rotating order).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run and per connection-rate run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// NetworkPolicies in the API (one isolates the server and admits the client).
+        #[arg(long, default_value_t = 1000)]
+        policies: usize,
+        /// Connections kept in flight at once by the connection-rate client.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Timed policy changes per enforcer, spread over the repetitions.
+        #[arg(long, default_value_t = 30)]
+        changes: usize,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchknp")]
         name: String,
     },
     /// The control plane, etcd vs the Kubernetes API (two 3-node labs, interleaved): policy
@@ -156,6 +207,17 @@ enum Command {
         #[arg(long, default_value = "benchflood")]
         name: String,
     },
+    /// A churn soak on a 3-node lab: pods added and deleted, a policy applied and deleted
+    /// every round, one fabricd restarted halfway; fabricd RSS and descriptors per process and
+    /// a leak audit at the end.
+    Soak {
+        /// Minutes to churn.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Lab name (prefix of every namespace).
+        #[arg(long, default_value = "benchsoak")]
+        name: String,
+    },
     /// CNI ADD / CHECK / DEL latency over N pods on one node.
     Cni {
         /// Pods to add (then check and delete).
@@ -163,6 +225,28 @@ enum Command {
         pods: usize,
         /// Lab name (prefix of every namespace).
         #[arg(long, default_value = "benchcni")]
+        name: String,
+    },
+    /// fabric beside the real Flannel (flanneld etcd mode, its delegate chain bridge and
+    /// host-local, built by bench/anchors/flannel/build.sh) on the same 2-node topology,
+    /// interleaved: pod-to-pod iperf3 P1/P4 on vxlan and host-gw, CNI ADD/DEL latency, node
+    /// join to routed everywhere, daemon RSS; writes two PNG charts beside the results file.
+    Flannel {
+        /// Interleaved iperf3 repetitions per backend (each: fabric and Flannel at P1, then P4).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds per iperf3 run (`-t`).
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Pods added, then deleted, per plugin chain (on node1 of the vxlan labs).
+        #[arg(long, default_value_t = 60)]
+        pods: usize,
+        /// Node joins per lab (vxlan).
+        #[arg(long, default_value_t = 20)]
+        joins: usize,
+        /// Lab name prefix: the labs are NAMEfabv, NAMEflnv (vxlan), NAMEfabh, NAMEflnh
+        /// (host-gw).
+        #[arg(long, default_value = "benchfl")]
         name: String,
     },
 }
@@ -219,6 +303,23 @@ fn main() -> Result<()> {
             rate,
         })?,
         Command::Cni { pods, name } => cni::run(&cni::Options { name, pods })?,
+        Command::Soak { minutes, name } => soak::run(&soak::Options { name, minutes })?,
+        Command::Flannel {
+            reps,
+            seconds,
+            pods,
+            joins,
+            name,
+        } => flannel::run(&flannel::Options {
+            name,
+            reps,
+            seconds,
+            pods,
+            joins,
+            charts: (!cli.no_save)
+                .then(|| cli.results.parent().map(Path::to_path_buf))
+                .flatten(),
+        })?,
         Command::Control {
             changes,
             joins,
@@ -241,9 +342,30 @@ fn main() -> Result<()> {
             policies,
             concurrency,
         })?,
+        Command::KubeNetworkPolicies {
+            reps,
+            seconds,
+            policies,
+            concurrency,
+            changes,
+            name,
+        } => knp::run(&knp::Options {
+            name,
+            reps,
+            seconds,
+            policies,
+            concurrency,
+            changes,
+        })?,
     };
     let text = section.render();
-    println!("{text}");
+    match cli.output {
+        Output::Markdown => println!("{text}"),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report::section_json(&section))?
+        ),
+    }
     if !cli.no_save {
         append(&cli.results, &text)?;
         eprintln!("appended to {}", cli.results.display());

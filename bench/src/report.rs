@@ -262,7 +262,9 @@ pub struct Baselines {
     pub kernel_vxlan: String,
     /// The boringtun-cli variants; the best median at each stream count counts.
     pub boringtun: Vec<String>,
-    /// wireguard-go.
+    /// Debian's (old) wireguard-go.
+    pub wireguard_go_debian: String,
+    /// The current wireguard-go release, built from source.
     pub wireguard_go: String,
 }
 
@@ -272,6 +274,14 @@ pub fn path_median(series: &[PathSeries], path: &str, streams: u32) -> Option<f6
         .iter()
         .find(|s| s.path == path && s.streams == streams)
         .map(PathSeries::median_gbps)
+}
+
+/// The median CPU-seconds per Gbit of `path` at `streams`, if measured.
+pub fn path_cpu_per_gbit(series: &[PathSeries], path: &str, streams: u32) -> Option<f64> {
+    series
+        .iter()
+        .find(|s| s.path == path && s.streams == streams)
+        .map(PathSeries::cpu_seconds_per_gbit)
 }
 
 /// The best median among `paths` at `streams`, with its path.
@@ -296,9 +306,10 @@ fn ratio_cell(a: f64, b: Option<f64>) -> String {
 }
 
 /// The WireGuard comparison's table: per (path, streams) median/min/max Gbit/s, the median's
-/// ratio to the raw underlay, kernel VXLAN, the best boringtun-cli and wireguard-go at the same
-/// stream count, median retransmits, median machine CPU busy %, median CPU-seconds per Gbit,
-/// and the server node's UDP receive-buffer drops (median per run, % of datagrams).
+/// ratio to the raw underlay, kernel VXLAN, the best boringtun-cli, Debian's and the current
+/// wireguard-go at the same stream count, median retransmits, median machine CPU busy %, median
+/// CPU-seconds per Gbit and its ratio to the current wireguard-go's, and the server node's UDP
+/// receive-buffer drops (median per run, % of datagrams).
 pub fn wireguard_table(series: &[PathSeries], base: &Baselines) -> String {
     let rows: Vec<Vec<String>> = series
         .iter()
@@ -316,10 +327,15 @@ pub fn wireguard_table(series: &[PathSeries], base: &Baselines) -> String {
                 ratio_cell(m, path_median(series, &base.raw, p)),
                 ratio_cell(m, path_median(series, &base.kernel_vxlan, p)),
                 ratio_cell(m, best_median(series, &base.boringtun, p).map(|b| b.1)),
+                ratio_cell(m, path_median(series, &base.wireguard_go_debian, p)),
                 ratio_cell(m, path_median(series, &base.wireguard_go, p)),
                 format!("{:.0}", median(&s.field(|x| x.run.retransmits as f64))),
                 format!("{:.0}", median(&s.field(|x| x.cpu_busy * 100.0))),
                 format!("{:.3}", s.cpu_seconds_per_gbit()),
+                ratio_cell(
+                    s.cpu_seconds_per_gbit(),
+                    path_cpu_per_gbit(series, &base.wireguard_go, p),
+                ),
                 format!("{:.0}", median(&s.field(|x| x.udp_rcvbuf_errors as f64))),
                 s.udp_drop_fraction()
                     .map_or("n/a".into(), |f| format!("{:.1}", f * 100.0)),
@@ -337,10 +353,12 @@ pub fn wireguard_table(series: &[PathSeries], base: &Baselines) -> String {
             "÷ raw",
             "÷ kernel VXLAN",
             "÷ best boringtun-cli",
-            "÷ wireguard-go",
+            "÷ wireguard-go (Debian)",
+            "÷ wireguard-go (current)",
             "retransmits",
             "CPU busy %",
             "CPU-s/Gbit",
+            "CPU-s/Gbit ÷ wireguard-go (current)",
             "UDP rcvbuf drops",
             "drops % of datagrams",
         ],
@@ -348,7 +366,51 @@ pub fn wireguard_table(series: &[PathSeries], base: &Baselines) -> String {
     )
 }
 
-/// A throughput target: `subject`'s median ≥ `ratio` × the best median among `baseline`.
+/// What a [`Target`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Median Gbit/s; higher is better, the best baseline is the fastest, the target is `≥`.
+    Gbps,
+    /// Median CPU-seconds per Gbit; lower is better, the best baseline is the cheapest, the
+    /// target is `≤`.
+    CpuPerGbit,
+}
+
+impl Metric {
+    fn of(self, series: &[PathSeries], path: &str, streams: u32) -> Option<f64> {
+        match self {
+            Metric::Gbps => path_median(series, path, streams),
+            Metric::CpuPerGbit => path_cpu_per_gbit(series, path, streams),
+        }
+        .filter(|v| v.is_finite())
+    }
+
+    /// The best of `paths` at `streams`, with its path.
+    fn best<'a>(
+        self,
+        series: &[PathSeries],
+        paths: &'a [String],
+        streams: u32,
+    ) -> Option<(&'a str, f64)> {
+        let values = paths
+            .iter()
+            .filter_map(|p| Some((p.as_str(), self.of(series, p, streams)?)));
+        match self {
+            Metric::Gbps => values.max_by(|a, b| a.1.total_cmp(&b.1)),
+            Metric::CpuPerGbit => values.min_by(|a, b| a.1.total_cmp(&b.1)),
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::Gbps => "Gbit/s",
+            Metric::CpuPerGbit => "CPU-s/Gbit",
+        }
+    }
+}
+
+/// A target: `subject`'s median ≥ `ratio` × the best median among `baseline` (Gbit/s), or its
+/// CPU-seconds per Gbit ≤ `ratio` × the lowest among `baseline`'s.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     /// How the baseline is named in the verdict, e.g. `best boringtun-cli`.
@@ -359,6 +421,8 @@ pub struct Target {
     pub ratio: f64,
     /// A stretch goal rather than a requirement.
     pub stretch: bool,
+    /// What is compared.
+    pub metric: Metric,
 }
 
 /// One verdict line per stream count and target, e.g. `- P1: fabric wireguard 2.00 Gbit/s ÷
@@ -371,11 +435,11 @@ pub fn target_verdicts(
 ) -> String {
     let mut out = String::new();
     for &p in streams {
-        let Some(m) = path_median(series, subject, p) else {
-            continue;
-        };
         for t in targets {
-            let Some((best, b)) = best_median(series, &t.baseline, p) else {
+            let Some(m) = t.metric.of(series, subject, p) else {
+                continue;
+            };
+            let Some((best, b)) = t.metric.best(series, &t.baseline, p) else {
                 continue;
             };
             let which = if t.baseline.len() > 1 {
@@ -384,7 +448,13 @@ pub fn target_verdicts(
                 String::new()
             };
             let ratio = m / b;
-            let verdict = if ratio >= t.ratio { "meets" } else { "MISSES" };
+            let (met, op) = match t.metric {
+                Metric::Gbps => (ratio >= t.ratio, '≥'),
+                Metric::CpuPerGbit => (ratio <= t.ratio, '≤'),
+            };
+            let verdict = if met { "meets" } else { "MISSES" };
+            let unit = t.metric.unit();
+            let digits = if t.metric == Metric::Gbps { 2 } else { 3 };
             let kind = if t.stretch {
                 "stretch target"
             } else {
@@ -392,8 +462,8 @@ pub fn target_verdicts(
             };
             let _ = writeln!(
                 out,
-                "- P{p}: {subject} {m:.2} Gbit/s ÷ {}{which} {b:.2} Gbit/s = {ratio:.2}× — \
-                 {verdict} the {kind} ≥ {}×",
+                "- P{p}: {subject} {m:.digits$} {unit} ÷ {}{which} {b:.digits$} {unit} = \
+                 {ratio:.2}× — {verdict} the {kind} {op} {}×",
                 t.name, t.ratio
             );
         }
@@ -478,6 +548,267 @@ impl Section {
             self.body.trim_end()
         ) + "\n"
     }
+}
+
+/// The section's figures as one JSON document, read back from the rendered markdown so that
+/// no benchmark needs JSON code of its own: `benchmark` (the subcommand, from the command
+/// line), `title`, `date`, `command`, `machine`; `tables`, each with its `columns` (the headers
+/// as printed), their `keys` (see [`json_key`]), the `rows` as objects keyed by those (cells
+/// through [`json_cell`]) and the `caption` (the paragraph just before it, if that ends with a
+/// colon); `verdicts` (bullets naming a target, through [`json_verdict`]) and `targets_met`
+/// (all verdicts met; `null` without any); the other bullets as `notes`, the other paragraphs
+/// as `text`, and the `charts` the section links.
+pub fn section_json(section: &Section) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let mut tables = Vec::new();
+    let (mut verdicts, mut notes, mut text, mut charts) = (vec![], vec![], vec![], vec![]);
+    let mut previous: Option<String> = None;
+    for block in blocks(&section.body) {
+        if block.iter().all(|l| l.starts_with('|')) {
+            let rows: Vec<Vec<String>> = block.iter().map(|l| table_cells(l)).collect();
+            let header = &rows[0];
+            let keys = unique_keys(header);
+            let body =
+                rows.iter()
+                    .skip(1)
+                    .filter(|r| !is_separator(r))
+                    .map(|r| {
+                        let cells = keys.iter().enumerate().map(|(i, k)| {
+                            (k.clone(), json_cell(r.get(i).map_or("", String::as_str)))
+                        });
+                        Value::Object(cells.collect())
+                    })
+                    .collect::<Vec<_>>();
+            let caption = previous
+                .take()
+                .filter(|p| p.ends_with(':'))
+                .map_or(Value::Null, |p| {
+                    Value::String(p.trim_end_matches(':').into())
+                });
+            tables
+                .push(json!({ "columns": header, "keys": keys, "rows": body, "caption": caption }));
+            continue;
+        }
+        // Paragraphs and bullets (a bullet's lines up to the next bullet), and chart links.
+        let mut items: Vec<(bool, String)> = Vec::new();
+        for line in &block {
+            if let Some(file) = chart_link(line) {
+                charts.push(Value::String(file.into()));
+            } else if let Some(item) = line.strip_prefix("- ") {
+                items.push((true, item.trim().to_string()));
+            } else if let Some((_, last)) = items.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            } else {
+                items.push((false, line.trim().to_string()));
+            }
+        }
+        previous = None;
+        for (bullet, item) in items {
+            if bullet {
+                previous = None;
+                match json_verdict(&item) {
+                    Some(v) => verdicts.push(v),
+                    None => notes.push(Value::String(item)),
+                }
+            } else {
+                text.push(Value::String(item.clone()));
+                previous = Some(item);
+            }
+        }
+    }
+    let met: Vec<bool> = verdicts.iter().filter_map(|v| v["met"].as_bool()).collect();
+    let benchmark = section
+        .command
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    json!({
+        "benchmark": benchmark,
+        "title": section.title,
+        "date": section.date,
+        "command": section.command,
+        "machine": section.machine,
+        "tables": tables,
+        "verdicts": verdicts,
+        "targets_met": (!met.is_empty()).then(|| met.iter().all(|m| *m)),
+        "notes": notes,
+        "text": text,
+        "charts": charts,
+    })
+}
+
+/// The body's blocks: runs of non-blank lines, a table's rows always a block of their own.
+fn blocks(body: &str) -> Vec<Vec<&str>> {
+    let is_row = |l: &str| l.starts_with('|');
+    let mut out: Vec<Vec<&str>> = vec![];
+    let mut current: Vec<&str> = vec![];
+    for line in body.lines().map(str::trim_end) {
+        let switches = current.last().is_some_and(|l| is_row(l) != is_row(line));
+        if (line.trim().is_empty() || switches) && !current.is_empty() {
+            out.push(std::mem::take(&mut current));
+        }
+        if !line.trim().is_empty() {
+            current.push(line);
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The cells of a markdown table row, trimmed.
+fn table_cells(line: &str) -> Vec<String> {
+    let inner = line.trim().trim_start_matches('|');
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    inner.split('|').map(|c| c.trim().to_string()).collect()
+}
+
+/// Is this the `| --- | ---: |` row?
+fn is_separator(cells: &[String]) -> bool {
+    cells
+        .iter()
+        .all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':')))
+}
+
+/// The file of a `![alt](file)` line.
+fn chart_link(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix("![")?
+        .split_once("](")?
+        .1
+        .strip_suffix(')')
+}
+
+/// A column header as a JSON key: lower case, `÷` as `div`, `%` as `pct`, `/` as `per`, every
+/// other run of non-alphanumerics as one `_` (`median Gbit/s` → `median_gbit_per_s`,
+/// `÷ kernel VXLAN` → `div_kernel_vxlan`, `CPU-s/Gbit` → `cpu_s_per_gbit`).
+pub fn json_key(header: &str) -> String {
+    let spelled = header
+        .replace('÷', " div ")
+        .replace('%', " pct ")
+        .replace('/', " per ")
+        .replace('≥', " min ")
+        .replace('≤', " max ");
+    let mut key = String::new();
+    for ch in spelled.chars() {
+        if ch.is_ascii_alphanumeric() {
+            key.push(ch.to_ascii_lowercase());
+        } else if !key.is_empty() && !key.ends_with('_') {
+            key.push('_');
+        }
+    }
+    let key = key.trim_end_matches('_').to_string();
+    if key.is_empty() {
+        "column".into()
+    } else {
+        key
+    }
+}
+
+/// The headers' keys, a repeated one suffixed `_2`, `_3`, ….
+fn unique_keys(header: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for h in header {
+        let base = json_key(h);
+        let mut key = base.clone();
+        let mut n = 1;
+        while keys.contains(&key) {
+            n += 1;
+            key = format!("{base}_{n}");
+        }
+        keys.push(key);
+    }
+    keys
+}
+
+/// A number as a table prints it (`9.50`, `-3`, `0.970×`, `12.5%`), if it is one.
+fn cell_number(cell: &str) -> Option<serde_json::Value> {
+    let t = cell
+        .trim()
+        .trim_end_matches(['×', '%'])
+        .trim_start_matches('+');
+    if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+        return None;
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(i.into());
+    }
+    let f: f64 = t.parse().ok()?;
+    serde_json::Number::from_f64(f).map(serde_json::Value::Number)
+}
+
+/// A table cell as JSON: a number for a numeric cell, an array of numbers for a list of them
+/// (`14815, 13201`), `null` for `n/a`, `N/A`, `-` or an empty cell, else the text (code
+/// spans' backticks removed).
+pub fn json_cell(cell: &str) -> serde_json::Value {
+    let cell = cell.trim();
+    if matches!(cell, "" | "-" | "n/a" | "N/A") {
+        return serde_json::Value::Null;
+    }
+    if let Some(n) = cell_number(cell) {
+        return n;
+    }
+    if cell.contains(", ") {
+        let parts: Option<Vec<_>> = cell.split(", ").map(cell_number).collect();
+        if let Some(parts) = parts {
+            return serde_json::Value::Array(parts);
+        }
+    }
+    serde_json::Value::String(cell.replace('`', ""))
+}
+
+/// A bullet naming a target's outcome, as JSON: `text`, `met` (the first of `meets` / `met`
+/// → true, `MISSES` / `NOT met` → false), `stretch` (a stretch target), `streams` (a leading
+/// `P<n>:`), `ratio` (the `= <x>×` before the outcome), `target` and `op` (`>=` or `<=`, from
+/// the `≥ <x>×` / `≤ <x>×` after it). `None` for any other bullet.
+pub fn json_verdict(item: &str) -> Option<serde_json::Value> {
+    let item = item.trim();
+    let outcomes = [
+        ("MISSES", false),
+        ("NOT met", false),
+        ("meets", true),
+        ("target met", true),
+    ];
+    let (at, word, met) = outcomes
+        .iter()
+        .filter_map(|(w, m)| item.find(w).map(|at| (at, *w, *m)))
+        .min_by_key(|(at, ..)| *at)?;
+    let before = &item[..at];
+    let after = &item[at + word.len()..];
+    let number_after = |text: &str| -> Option<f64> {
+        let digits: String = text
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        digits.parse().ok()
+    };
+    let ratio = before
+        .rfind("= ")
+        .and_then(|i| number_after(&before[i + 2..]));
+    let target = ['≥', '≤']
+        .iter()
+        .filter_map(|op| after.find(*op).map(|i| (i, *op)))
+        .min_by_key(|(i, _)| *i)
+        .and_then(|(i, op)| {
+            let n = number_after(&after[i + op.len_utf8()..])?;
+            Some((if op == '≥' { ">=" } else { "<=" }, n))
+        });
+    let streams = item.split_once(':').map(|(p, _)| p).filter(|p| {
+        p.len() > 1 && p.starts_with('P') && p[1..].chars().all(|c| c.is_ascii_digit())
+    });
+    Some(serde_json::json!({
+        "text": item,
+        "met": met,
+        "stretch": after.trim_start().starts_with("the stretch target"),
+        "streams": streams,
+        "ratio": ratio,
+        "target": target.map(|t| t.1),
+        "op": target.map(|t| t.0),
+    }))
 }
 
 /// What RESULTS.md holds after appending `section` to `existing` (`None`: no file yet).
@@ -665,15 +996,18 @@ mod tests {
             s("bt", 1, &[1.0, 1.0, 1.0], 20),
             s("bt1", 1, &[1.5, 1.4, 1.6], 20),
             s("wggo", 1, &[0.5, 0.5, 0.5], 20),
+            s("wgnew", 1, &[1.0, 1.5, 2.0], 0),
             s("fabric wg", 4, &[4.0], 0),
             s("bt", 4, &[2.5], 0),
             s("wggo", 4, &[1.0], 0),
+            s("wgnew", 4, &[2.5], 0),
         ];
         let base = Baselines {
             raw: "raw".into(),
             kernel_vxlan: "kernel".into(),
             boringtun: vec!["bt".into(), "bt1".into()],
-            wireguard_go: "wggo".into(),
+            wireguard_go_debian: "wggo".into(),
+            wireguard_go: "wgnew".into(),
         };
         (series, base)
     }
@@ -687,6 +1021,7 @@ mod tests {
         let t = wireguard_table(&series, &base);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2 + series.len());
+        // Every run: 8 CPU-seconds, 8 × Gbit/s received, so CPU-s/Gbit = 1 / Gbit/s.
         assert_eq!(
             cells(lines[4]),
             [
@@ -700,42 +1035,76 @@ mod tests {
                 "0.300",
                 "2.000",
                 "6.000",
+                "2.000",
                 "2",
                 "50",
                 "0.333",
+                "0.500",
                 "0",
                 "0.0"
             ]
         );
         // bt1: 20 of 100 datagrams dropped per run.
-        assert_eq!(cells(lines[6])[13..], ["20", "20.0"]);
+        assert_eq!(cells(lines[6])[15..], ["20", "20.0"]);
+        // The current wireguard-go divided by itself.
+        assert_eq!(cells(lines[8])[10], "1.000");
+        assert_eq!(cells(lines[8])[14], "1.000");
         // P4 has no raw or kernel run: n/a, and the column stays right-aligned.
-        assert_eq!(cells(lines[8])[6..10], ["n/a", "n/a", "1.600", "4.000"]);
+        assert_eq!(
+            cells(lines[9])[6..11],
+            ["n/a", "n/a", "1.600", "4.000", "1.600"]
+        );
+        assert_eq!(cells(lines[9])[13..15], ["0.250", "0.625"]);
         assert!(cells(lines[1])[6].ends_with(':'));
     }
 
     #[test]
     fn target_verdicts_name_the_best_baseline() {
         let (series, base) = wg_series();
+        let target = |name: &str, baseline: Vec<String>, ratio, stretch, metric| Target {
+            name: name.into(),
+            baseline,
+            ratio,
+            stretch,
+            metric,
+        };
         let targets = [
-            Target {
-                name: "best boringtun-cli".into(),
-                baseline: base.boringtun.clone(),
-                ratio: 2.0,
-                stretch: false,
-            },
-            Target {
-                name: "wireguard-go".into(),
-                baseline: vec![base.wireguard_go.clone()],
-                ratio: 4.0,
-                stretch: false,
-            },
-            Target {
-                name: "kernel VXLAN".into(),
-                baseline: vec![base.kernel_vxlan.clone()],
-                ratio: 0.25,
-                stretch: true,
-            },
+            target(
+                "best boringtun-cli",
+                base.boringtun.clone(),
+                2.0,
+                false,
+                Metric::Gbps,
+            ),
+            target(
+                "wireguard-go",
+                vec![base.wireguard_go_debian.clone()],
+                4.0,
+                false,
+                Metric::Gbps,
+            ),
+            target(
+                "kernel VXLAN",
+                vec![base.kernel_vxlan.clone()],
+                0.25,
+                true,
+                Metric::Gbps,
+            ),
+            target(
+                "current wireguard-go",
+                vec![base.wireguard_go.clone()],
+                0.6,
+                false,
+                Metric::CpuPerGbit,
+            ),
+            // The cheapest of several baselines counts.
+            target(
+                "best wireguard-go",
+                vec![base.wireguard_go_debian.clone(), base.wireguard_go.clone()],
+                0.4,
+                false,
+                Metric::CpuPerGbit,
+            ),
         ];
         let v = target_verdicts(&series, "fabric wg", &[1, 4], &targets);
         let lines: Vec<&str> = v.lines().collect();
@@ -745,11 +1114,216 @@ mod tests {
                 "- P1: fabric wg 3.00 Gbit/s ÷ best boringtun-cli (bt1) 1.50 Gbit/s = 2.00× — meets the target ≥ 2×",
                 "- P1: fabric wg 3.00 Gbit/s ÷ wireguard-go 0.50 Gbit/s = 6.00× — meets the target ≥ 4×",
                 "- P1: fabric wg 3.00 Gbit/s ÷ kernel VXLAN 10.00 Gbit/s = 0.30× — meets the stretch target ≥ 0.25×",
+                "- P1: fabric wg 0.333 CPU-s/Gbit ÷ current wireguard-go 0.667 CPU-s/Gbit = 0.50× — meets the target ≤ 0.6×",
+                "- P1: fabric wg 0.333 CPU-s/Gbit ÷ best wireguard-go (wgnew) 0.667 CPU-s/Gbit = 0.50× — MISSES the target ≤ 0.4×",
                 "- P4: fabric wg 4.00 Gbit/s ÷ best boringtun-cli (bt) 2.50 Gbit/s = 1.60× — MISSES the target ≥ 2×",
                 "- P4: fabric wg 4.00 Gbit/s ÷ wireguard-go 1.00 Gbit/s = 4.00× — meets the target ≥ 4×",
+                "- P4: fabric wg 0.250 CPU-s/Gbit ÷ current wireguard-go 0.400 CPU-s/Gbit = 0.62× — MISSES the target ≤ 0.6×",
+                "- P4: fabric wg 0.250 CPU-s/Gbit ÷ best wireguard-go (wgnew) 0.400 CPU-s/Gbit = 0.62× — MISSES the target ≤ 0.4×",
             ]
         );
         assert!(target_verdicts(&series, "nothing", &[1], &targets).is_empty());
+    }
+
+    #[test]
+    fn json_keys_and_cells() {
+        assert_eq!(json_key("median Gbit/s"), "median_gbit_per_s");
+        assert_eq!(json_key("÷ kernel VXLAN"), "div_kernel_vxlan");
+        assert_eq!(
+            json_key("÷ wireguard-go (current)"),
+            "div_wireguard_go_current"
+        );
+        assert_eq!(json_key("CPU-s/Gbit"), "cpu_s_per_gbit");
+        assert_eq!(json_key("drops % of datagrams"), "drops_pct_of_datagrams");
+        assert_eq!(json_key("p99 ms"), "p99_ms");
+        assert_eq!(json_key("÷"), "div");
+        assert_eq!(json_key("—"), "column");
+        assert_eq!(
+            unique_keys(&["a".into(), "A".into(), "a!".into()]),
+            ["a", "a_2", "a_3"]
+        );
+        use serde_json::json;
+        assert_eq!(json_cell("9.50"), json!(9.5));
+        assert_eq!(json_cell("  100 "), json!(100));
+        assert!(json_cell("100").is_u64());
+        assert_eq!(json_cell("-3"), json!(-3));
+        assert_eq!(json_cell("0.970×"), json!(0.97));
+        assert_eq!(json_cell("20.0%"), json!(20.0));
+        assert_eq!(
+            json_cell("14815, 13201, 13242"),
+            json!([14815, 13201, 13242])
+        );
+        assert_eq!(json_cell("n/a"), json!(null));
+        assert_eq!(json_cell("-"), json!(null));
+        assert_eq!(json_cell("P1"), json!("P1"));
+        assert_eq!(json_cell("10.96.0.10"), json!("10.96.0.10"));
+        assert_eq!(json_cell("2026-12-03"), json!("2026-12-03"));
+        assert_eq!(json_cell("a, 1"), json!("a, 1"));
+        assert_eq!(json_cell("`wg0` up"), json!("wg0 up"));
+    }
+
+    #[test]
+    fn json_verdicts() {
+        use serde_json::json;
+        let v = |s: &str| json_verdict(s).unwrap();
+        let p1 = v("P1: fabric vxlan 8.57 / 8.77 Gbit/s = 0.977× — meets the target ≥ 0.97×");
+        assert_eq!(
+            p1,
+            json!({
+                "text": "P1: fabric vxlan 8.57 / 8.77 Gbit/s = 0.977× — meets the target ≥ 0.97×",
+                "met": true, "stretch": false, "streams": "P1", "ratio": 0.977,
+                "target": 0.97, "op": ">=",
+            })
+        );
+        let cpu = v("P4: fabric wg 0.250 CPU-s/Gbit ÷ wgnew 0.400 CPU-s/Gbit = 0.62× — MISSES the target ≤ 0.6×");
+        assert_eq!(
+            (&cpu["met"], &cpu["ratio"], &cpu["target"], &cpu["op"]),
+            (&json!(false), &json!(0.62), &json!(0.6), &json!("<="))
+        );
+        let stretch = v("P1: a 1 Gbit/s ÷ b 10 Gbit/s = 0.10× — MISSES the stretch target ≥ 0.25×");
+        assert_eq!(stretch["stretch"], json!(true));
+        // The first outcome counts; the parenthesis is about another condition.
+        let first = v(
+            "Throughput with 1000 policies ÷ with none (enforcement on): 1.051× — meets \
+                       the target ≥ 0.98× (server isolated; both isolated: 0.916×, MISSES)",
+        );
+        assert_eq!(
+            (
+                &first["met"],
+                &first["streams"],
+                &first["ratio"],
+                &first["target"]
+            ),
+            (&json!(true), &json!(null), &json!(null), &json!(0.98))
+        );
+        let flood =
+            v("P1: flooded ÷ quiet = 0.749× (per repetition: 0.723, 0.747); target NOT met");
+        assert_eq!(
+            (&flood["met"], &flood["ratio"], &flood["target"]),
+            (&json!(false), &json!(0.749), &json!(null))
+        );
+        assert_eq!(v("P4: x = 0.9×; target met")["met"], json!(true));
+        assert!(json_verdict("Retried iperf3 attempts: none").is_none());
+    }
+
+    #[test]
+    fn sections_as_json() {
+        let (series, base) = wg_series();
+        let targets = [Target {
+            name: "current wireguard-go".into(),
+            baseline: vec![base.wireguard_go.clone()],
+            ratio: 2.0,
+            stretch: false,
+            metric: Metric::Gbps,
+        }];
+        let body = format!(
+            "Two labs, described.\n\nResident memory:\n\n{}\nTargets:\n\n{}\n             ![chart](wireguard.png)\n\n- Retried iperf3 attempts: rep 1 P1 bt: no\n  \
+             report\n",
+            wireguard_table(&series, &base),
+            target_verdicts(&series, "fabric wg", &[1, 4], &targets)
+        );
+        let section = Section {
+            title: "WireGuard".into(),
+            date: "2026-12-04".into(),
+            command: "fabric-bench wireguard --reps 2 --seconds 5 --name benchwg".into(),
+            machine: "2 CPUs".into(),
+            body,
+        };
+        let j = section_json(&section);
+        use serde_json::json;
+        assert_eq!(j["benchmark"], json!("wireguard"));
+        assert_eq!(j["date"], json!("2026-12-04"));
+        assert_eq!(j["command"], json!(section.command));
+        assert_eq!(j["machine"], json!("2 CPUs"));
+        assert_eq!(j["tables"].as_array().unwrap().len(), 1);
+        let table = &j["tables"][0];
+        assert_eq!(table["caption"], json!("Resident memory"));
+        assert_eq!(table["columns"][3], json!("median Gbit/s"));
+        assert_eq!(table["keys"][3], json!("median_gbit_per_s"));
+        let rows = table["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), series.len());
+        let fabric = &rows[2];
+        assert_eq!(fabric["path"], json!("fabric wg"));
+        assert_eq!(fabric["streams"], json!("P1"));
+        assert_eq!(fabric["runs"], json!(3));
+        assert_eq!(fabric["median_gbit_per_s"], json!(3.0));
+        assert_eq!(fabric["div_wireguard_go_current"], json!(2.0));
+        assert_eq!(fabric["cpu_s_per_gbit"], json!(0.333));
+        assert_eq!(rows[7]["div_raw"], json!(null));
+        let verdicts = j["verdicts"].as_array().unwrap();
+        assert_eq!(verdicts.len(), 2);
+        assert_eq!(verdicts[0]["met"], json!(true));
+        assert_eq!(verdicts[1]["met"], json!(false));
+        assert_eq!(verdicts[1]["ratio"], json!(1.6));
+        assert_eq!(j["targets_met"], json!(false));
+        assert_eq!(j["charts"], json!(["wireguard.png"]));
+        assert_eq!(
+            j["notes"],
+            json!(["Retried iperf3 attempts: rep 1 P1 bt: no report"])
+        );
+        assert_eq!(
+            j["text"],
+            json!(["Two labs, described.", "Resident memory:", "Targets:"])
+        );
+        // No verdicts: targets_met is null; a table right after text still gets its own block.
+        let plain = Section {
+            body: format!("Memory:\n{}", markdown_table(&["a b"], &[vec!["1".into()]])),
+            ..section
+        };
+        let j = section_json(&plain);
+        assert_eq!(j["targets_met"], json!(null));
+        assert_eq!(j["tables"][0]["rows"], json!([{"a_b": 1}]));
+        assert_eq!(j["tables"][0]["caption"], json!("Memory"));
+    }
+
+    /// Every section fabric-bench has written reads back: each table row has a value per
+    /// column, and each bullet with an outcome is a verdict.
+    #[test]
+    fn results_md_reads_back_as_json() {
+        let results = include_str!("../RESULTS.md");
+        let mut sections = 0;
+        for chunk in results.split("\n## ").skip(1) {
+            let Some((head, rest)) = chunk.split_once("\n- Machine: ") else {
+                continue;
+            };
+            let (machine, body) = rest.split_once('\n').unwrap_or((rest, ""));
+            let command = head
+                .split_once("- Command: `")
+                .and_then(|(_, c)| c.split_once('`'))
+                .map_or("", |(c, _)| c);
+            let section = Section {
+                title: head.lines().next().unwrap_or("").into(),
+                date: String::new(),
+                command: command.into(),
+                machine: machine.into(),
+                body: body.into(),
+            };
+            let j = section_json(&section);
+            for table in j["tables"].as_array().unwrap() {
+                let keys = table["keys"].as_array().unwrap();
+                for row in table["rows"].as_array().unwrap() {
+                    assert_eq!(row.as_object().unwrap().len(), keys.len(), "{row}");
+                }
+            }
+            let outcomes = body
+                .lines()
+                .filter(|l| l.starts_with("- "))
+                .filter(|l| {
+                    l.contains(" meets ")
+                        || l.contains(" MISSES ")
+                        || l.contains("NOT met")
+                        || l.contains("target met")
+                })
+                .count();
+            assert_eq!(
+                j["verdicts"].as_array().unwrap().len(),
+                outcomes,
+                "{}",
+                section.title
+            );
+            sections += 1;
+        }
+        assert!(sections >= 5, "{sections}");
     }
 
     #[test]

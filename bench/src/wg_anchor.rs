@@ -32,8 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Spec {
     /// The path's label.
-    pub label: &'static str,
-    /// Short tag making its device names unique (`wggo`, `bt`, `bt1`).
+    pub label: String,
+    /// Short tag making its device names unique (`wggo`, `wgnew`, `bt`, `bt1`).
     pub tag: &'static str,
     /// The daemon's binary.
     pub program: PathBuf,
@@ -87,7 +87,7 @@ impl Spec {
 /// A running anchor; torn down when dropped.
 #[derive(Debug)]
 pub struct Userspace {
-    label: &'static str,
+    label: String,
     server_ip: Ipv4Addr,
     /// (node namespace, device) per node, in order.
     nodes: Vec<(String, String)>,
@@ -104,7 +104,7 @@ impl Userspace {
         let wg = process::which("wg").context("`wg` (wireguard-tools) is not installed")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut built = Userspace {
-            label: spec.label,
+            label: spec.label.clone(),
             server_ip: spec.address(2),
             nodes: Vec::new(),
             daemons: Vec::new(),
@@ -218,8 +218,8 @@ impl Userspace {
     }
 
     /// The path's label.
-    pub fn label(&self) -> &'static str {
-        self.label
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The client's namespace (node1).
@@ -310,8 +310,9 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// `wireguard-go` on PATH, installed with apt-get (Debian's package) if missing.
-pub fn ensure_wireguard_go() -> Result<PathBuf> {
+/// Debian's `wireguard-go` on PATH, installed with apt-get if missing (the current release is
+/// built from source instead: [`crate::upstream::WIREGUARD_GO`]).
+pub fn ensure_debian_wireguard_go() -> Result<PathBuf> {
     ensure_apt("wireguard-go", "wireguard-go")
 }
 
@@ -387,7 +388,7 @@ mod tests {
 
     fn spec() -> Spec {
         Spec {
-            label: "boringtun-cli",
+            label: "boringtun-cli".into(),
             tag: "bt",
             program: "/x/boringtun-cli".into(),
             args: vec!["--foreground".into()],

@@ -3,9 +3,10 @@
 //! `fabric-lab wg-flood` sends junk handshake initiations with a valid mac1 (unknown static
 //! keys, the victim's public key read from its lease) at node2's WireGuard port from node1's
 //! underlay namespace. Each repetition runs, for P1 then P4, quiet then flooded; the figure is
-//! the ratio of the medians. Besides iperf3's figures, each run records what the flood sent
-//! and how many handshake messages node2 answered with a cookie reply (its `under_load`
-//! counter). Every flood is bounded (rate and `-t` + 2 s) and ended on error.
+//! the ratio of the medians. Besides iperf3's figures, each run records what the flood sent,
+//! how many handshake messages node2 answered with a cookie reply (its `under_load` counter)
+//! and how many it dropped unanswered, their sender past its share of cookie replies (its
+//! `unanswered` counter). Every flood is bounded (rate and `-t` + 2 s) and ended on error.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -71,6 +72,8 @@ struct Sample {
     flood: Option<FloodReport>,
     /// Handshake messages node2 answered with a cookie reply during the run.
     cookies: u64,
+    /// Handshake messages node2 dropped unanswered during the run.
+    unanswered: u64,
 }
 
 /// Where things are in the lab.
@@ -121,7 +124,10 @@ pub fn run(opts: &Options) -> Result<Section> {
         |&condition, streams| measure(&setup, condition, streams, opts, &server_log),
         |rep, streams, label, s: &Sample| {
             let flood = s.flood.map_or_else(String::new, |f| {
-                format!(", flood {:.0}/s, {} cookie replies", f.rate, s.cookies)
+                format!(
+                    ", flood {:.0}/s, {} cookie replies, {} unanswered",
+                    f.rate, s.cookies, s.unanswered
+                )
             });
             eprintln!(
                 "[{}] rep {rep}/{} P{streams} {label:<16} {:6.2} Gbit/s, {:5} retr{flood}",
@@ -146,9 +152,9 @@ pub fn run(opts: &Options) -> Result<Section> {
                 .iter()
                 .filter_map(|s| s.flood.map(|f| f.rate))
                 .collect();
-            let per_second = |s: &Sample| {
-                s.cookies as f64 / (f64::from(opts.seconds) + 2.0 * LEAD.as_secs_f64())
-            };
+            let window = f64::from(opts.seconds) + 2.0 * LEAD.as_secs_f64();
+            let per_second = |s: &Sample| s.cookies as f64 / window;
+            let unanswered = |s: &Sample| s.unanswered as f64 / window;
             rows.push(vec![
                 format!("P{streams}"),
                 c.label().to_string(),
@@ -181,6 +187,14 @@ pub fn run(opts: &Options) -> Result<Section> {
                         median(&samples.iter().map(per_second).collect::<Vec<_>>())
                     )
                 },
+                if floods.is_empty() {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:.0}",
+                        median(&samples.iter().map(unanswered).collect::<Vec<_>>())
+                    )
+                },
             ]);
         }
         let flooded = median(&gbps(series(i, Condition::Flood)));
@@ -204,7 +218,9 @@ pub fn run(opts: &Options) -> Result<Section> {
          (valid mac1, unknown initiators), replayed round-robin from one UDP socket. \"flood /s\" \
          is what the flood reported sending; \"cookie replies /s\" is node2's `under_load` \
          counter over the flood's window (handshake messages answered with a cookie instead \
-         of a key exchange). Gbit/s is the receiver's. The flood, both fabricd, both iperf3 \
+         of a key exchange); \"unanswered /s\" is its `unanswered` counter (refused the same \
+         way, but their sender had drawn its share of cookie replies: dropped without a \
+         reply, those without a mac2 before any MAC). Gbit/s is the receiver's. The flood, both fabricd, both iperf3 \
          ends and the veths share the machine's CPUs. {}\n",
         opts.reps,
         opts.seconds,
@@ -224,6 +240,7 @@ pub fn run(opts: &Options) -> Result<Section> {
             "÷ quiet",
             "flood /s",
             "cookie replies /s",
+            "unanswered /s",
         ],
         &rows,
     ));
@@ -304,7 +321,7 @@ fn measure(
     opts: &Options,
     server_log: &Path,
 ) -> Result<(Sample, Vec<String>)> {
-    let cookies0 = under_load(setup)?;
+    let (cookies0, unanswered0) = refused(setup)?;
     let log = setup.state_dir.join("wg-flood.log");
     let flood = match condition {
         Condition::Quiet => None,
@@ -344,12 +361,13 @@ fn measure(
             Some(flood_report(&log)?)
         }
     };
-    let cookies = under_load(setup)?.saturating_sub(cookies0);
+    let (cookies, unanswered) = refused(setup)?;
     Ok((
         Sample {
             run: crate::iperf::to_run(&summary),
             flood,
-            cookies,
+            cookies: cookies.saturating_sub(cookies0),
+            unanswered: unanswered.saturating_sub(unanswered0),
         },
         failures,
     ))
@@ -367,8 +385,8 @@ fn flood_report(log: &Path) -> Result<FloodReport> {
     serde_json::from_str(line).with_context(|| format!("wg-flood's report: {line}"))
 }
 
-/// node2's `under_load` counter (`fabricctl peers -o json`).
-fn under_load(setup: &Setup) -> Result<u64> {
+/// node2's `under_load` and `unanswered` counters (`fabricctl peers -o json`).
+fn refused(setup: &Setup) -> Result<(u64, u64)> {
     let (netns, socket) = &setup.victim;
     let out = Cmd::in_netns(netns, setup.bin_dir.join("fabricctl"))
         .args(["peers", "--socket"])
@@ -379,5 +397,6 @@ fn under_load(setup: &Setup) -> Result<u64> {
         .context("fabricctl peers on node2")?;
     let report: serde_json::Value =
         serde_json::from_str(&out).context("fabricctl peers -o json")?;
-    Ok(report["dropped"]["under_load"].as_u64().unwrap_or(0))
+    let count = |k: &str| report["dropped"][k].as_u64().unwrap_or(0);
+    Ok((count("under_load"), count("unanswered")))
 }

@@ -5,8 +5,10 @@
 //!   ([`crate::anchor`]) between its node namespaces;
 //! - `<name>w` (wireguard backend): fabric wireguard pod to pod, the raw underlay (node1's
 //!   `eth0` to node2's, the limit), and the userspace WireGuard anchors ([`crate::wg_anchor`]):
-//!   boringtun-cli with its default threads and with `--threads 1`, and Debian's wireguard-go,
-//!   node namespace to node namespace over their tunnel addresses.
+//!   boringtun-cli with its default threads and with `--threads 1`, Debian's old wireguard-go
+//!   (no offloads) and the current wireguard-go release (TUN TSO/GRO, UDP GSO/GRO) built from
+//!   its Go module at the pin in `bench/anchors/versions.env` ([`crate::upstream`]), node
+//!   namespace to node namespace over their tunnel addresses.
 //!
 //! Each repetition runs, for P1 then P4 (iperf3 `-P`), every path once, each run bounded by
 //! `-t`. Besides iperf3's figures, each run records the machine's busy CPU (`/proc/stat`)
@@ -24,15 +26,20 @@ use fabric_lab::{Backend, Lab, LabSpec};
 
 use crate::anchor::HandBuilt;
 use crate::chart::{self, BarSeries, Chart};
-use crate::report::{self, Baselines, PathSeries, Sample, Section, Target};
+use crate::report::{self, Baselines, Metric, PathSeries, Sample, Section, Target};
+use crate::upstream;
 use crate::wg_anchor::{self, Userspace};
 
 /// fabric wireguard ≥ this × the better boringtun-cli (default threads or `--threads 1`).
 pub const BORINGTUN_TARGET: f64 = 2.0;
-/// fabric wireguard ≥ this × wireguard-go.
-pub const WIREGUARD_GO_TARGET: f64 = 4.0;
-/// Stretch: fabric wireguard ≥ this × the hand-built kernel VXLAN path.
-pub const KERNEL_STRETCH: f64 = 0.25;
+/// fabric wireguard ≥ this × Debian's old wireguard-go.
+pub const DEBIAN_WIREGUARD_GO_TARGET: f64 = 4.0;
+/// fabric wireguard ≥ this × the current wireguard-go (throughput).
+pub const WIREGUARD_GO_TARGET: f64 = 2.0;
+/// fabric wireguard's CPU-seconds per Gbit ≤ this × the current wireguard-go's.
+pub const WIREGUARD_GO_CPU_TARGET: f64 = 0.5;
+/// fabric wireguard ≥ this × the hand-built kernel VXLAN path.
+pub const KERNEL_TARGET: f64 = 0.4;
 
 /// The chart's file name, beside the results file.
 pub const CHART_FILE: &str = "wireguard.png";
@@ -49,19 +56,44 @@ const FABRIC_VXLAN: &str = "fabric vxlan";
 const FABRIC_WG: &str = "fabric wireguard";
 const BORINGTUN: &str = "boringtun-cli";
 const BORINGTUN_1: &str = "boringtun-cli --threads 1";
-const WIREGUARD_GO: &str = "wireguard-go";
 
-/// The chart's colour per path label.
-fn color(label: &str) -> [u8; 3] {
-    match label {
+/// The userspace anchors' tags (device names, key and log files).
+const BT_TAG: &str = "bt";
+const BT1_TAG: &str = "bt1";
+const WGGO_DEBIAN_TAG: &str = "wggo";
+const WGGO_TAG: &str = "wgnew";
+
+/// The chart's colour per path: kernel and fabric paths by label, userspace anchors by tag.
+fn color(key: &str) -> [u8; 3] {
+    match key {
         RAW => [127, 127, 127],
         KERNEL_VXLAN => [31, 119, 180],
         FABRIC_VXLAN => [158, 190, 230],
         FABRIC_WG => [214, 39, 40],
-        BORINGTUN => [44, 160, 44],
-        BORINGTUN_1 => [152, 223, 138],
-        WIREGUARD_GO => [148, 103, 189],
+        BT_TAG => [44, 160, 44],
+        BT1_TAG => [152, 223, 138],
+        WGGO_DEBIAN_TAG => [197, 176, 213],
+        WGGO_TAG => [148, 103, 189],
         _ => [0, 0, 0],
+    }
+}
+
+/// The two wireguard-go rows' labels, from their `--version` lines (`wireguard-go
+/// v0.0.20220316`); Debian's is marked as such if both print the same.
+fn wireguard_go_labels(debian: &str, current: &str) -> (String, String) {
+    let label = |v: &str, fallback: &str| {
+        if v.starts_with("wireguard-go ") {
+            v.to_string()
+        } else {
+            fallback.to_string()
+        }
+    };
+    let debian = label(debian, "wireguard-go (Debian)");
+    let current = label(current, "wireguard-go (current)");
+    if debian == current {
+        (format!("{debian} (Debian)"), current)
+    } else {
+        (debian, current)
     }
 }
 
@@ -80,7 +112,8 @@ pub struct Options {
 
 /// One path of the comparison.
 struct Path {
-    label: &'static str,
+    label: String,
+    color: [u8; 3],
     client: String,
     server: String,
     server_ip: Ipv4Addr,
@@ -120,11 +153,22 @@ pub fn run(opts: &Options) -> Result<Section> {
 
     // The anchors' programs first: nothing to clean up if an install fails.
     wg_anchor::ensure_wg()?;
-    let wggo = wg_anchor::ensure_wireguard_go()?;
+    let wggo_debian = wg_anchor::ensure_debian_wireguard_go()?;
+    let wggo = upstream::ensure(&upstream::WIREGUARD_GO)?;
     let boringtun = wg_anchor::ensure_boringtun()?;
+    let (wggo_debian_label, wggo_label) = wireguard_go_labels(
+        &wg_anchor::version(&wggo_debian),
+        &wg_anchor::version(&wggo),
+    );
     let versions = format!(
-        "`{}`, `{}` (`{}`)",
+        "`{}` (Debian's package, `{}`), `{}` (`{}`, built by `bench/anchors/build.sh \
+         wireguard-go` from `{}@{}`), `{}` (`{}`)",
+        wg_anchor::version(&wggo_debian),
+        wggo_debian.display(),
         wg_anchor::version(&wggo),
+        wggo.display(),
+        "golang.zx2c4.com/wireguard",
+        upstream::pin(upstream::WIREGUARD_GO.version_key)?,
         wg_anchor::version(&boringtun),
         boringtun.display()
     );
@@ -149,16 +193,16 @@ pub fn run(opts: &Options) -> Result<Section> {
     let dir = wlab.state_dir().join("wg-anchors");
     let specs = [
         wg_anchor::Spec {
-            label: BORINGTUN,
-            tag: "bt",
+            label: BORINGTUN.into(),
+            tag: BT_TAG,
             program: boringtun.clone(),
             args: vec!["--foreground".into(), "--disable-drop-privileges".into()],
             port: 51902,
             octet: 252,
         },
         wg_anchor::Spec {
-            label: BORINGTUN_1,
-            tag: "bt1",
+            label: BORINGTUN_1.into(),
+            tag: BT1_TAG,
             program: boringtun.clone(),
             args: vec![
                 "--foreground".into(),
@@ -170,12 +214,20 @@ pub fn run(opts: &Options) -> Result<Section> {
             octet: 253,
         },
         wg_anchor::Spec {
-            label: WIREGUARD_GO,
-            tag: "wggo",
-            program: wggo.clone(),
+            label: wggo_debian_label.clone(),
+            tag: WGGO_DEBIAN_TAG,
+            program: wggo_debian.clone(),
             args: vec!["-f".into()],
             port: 51901,
             octet: 251,
+        },
+        wg_anchor::Spec {
+            label: wggo_label.clone(),
+            tag: WGGO_TAG,
+            program: wggo.clone(),
+            args: vec!["-f".into()],
+            port: 51904,
+            octet: 250,
         },
     ];
     let mut userspace = Vec::new();
@@ -190,38 +242,50 @@ pub fn run(opts: &Options) -> Result<Section> {
         );
     }
 
+    let fixed = |label: &str| (label.to_string(), color(label));
+    let (raw, kernel, fvxlan, fwg) = (
+        fixed(RAW),
+        fixed(KERNEL_VXLAN),
+        fixed(FABRIC_VXLAN),
+        fixed(FABRIC_WG),
+    );
     let mut paths = vec![
         Path {
-            label: RAW,
+            label: raw.0,
+            color: raw.1,
             client: wnode1.netns.clone(),
             server: wnode2.netns.clone(),
             server_ip: wnode2.underlay_ip,
             server_node: wnode2.netns.clone(),
         },
         Path {
-            label: KERNEL_VXLAN,
+            label: kernel.0,
+            color: kernel.1,
             client: hand.client_netns().to_string(),
             server: hand.server_netns().to_string(),
             server_ip: hand.server_ip(),
             server_node: xnode2.clone(),
         },
         Path {
-            label: FABRIC_VXLAN,
+            label: fvxlan.0,
+            color: fvxlan.1,
             client: xsrc.netns.clone(),
             server: xdst.netns.clone(),
             server_ip: xdst.ip,
             server_node: xnode2.clone(),
         },
         Path {
-            label: FABRIC_WG,
+            label: fwg.0,
+            color: fwg.1,
             client: wsrc.netns.clone(),
             server: wdst.netns.clone(),
             server_ip: wdst.ip,
             server_node: wnode2.netns.clone(),
         },
     ];
-    paths.extend(userspace.iter().map(|u| Path {
-        label: u.label(),
+    paths.extend(userspace.iter().zip(&specs).map(|(u, spec)| Path {
+        label: u.label().to_string(),
+        color: color(spec.tag),
         client: u.client_netns().to_string(),
         server: u.server_netns().to_string(),
         server_ip: u.server_ip(),
@@ -233,7 +297,7 @@ pub fn run(opts: &Options) -> Result<Section> {
         opts.reps,
         &STREAMS,
         &paths,
-        |p| p.label,
+        |p| &p.label,
         opts.seconds,
         |path, streams| measure(path, streams, opts.seconds, &server_log),
         |rep, streams, label, sample: &Sample| {
@@ -256,15 +320,15 @@ pub fn run(opts: &Options) -> Result<Section> {
         .flat_map(|&streams| paths.iter().map(move |p| (streams, p)))
         .zip(measured.samples)
         .map(|((streams, p), samples)| PathSeries {
-            path: p.label.to_string(),
+            path: p.label.clone(),
             streams,
             samples,
         })
         .collect();
-    let dead: Vec<&str> = userspace
+    let dead: Vec<String> = userspace
         .iter()
         .filter(|u| !u.running())
-        .map(|u| u.label())
+        .map(|u| u.label().to_string())
         .collect();
     let after = snapshot();
     let rmem = rmem_note(&wnode2.netns);
@@ -285,28 +349,10 @@ pub fn run(opts: &Options) -> Result<Section> {
         raw: RAW.into(),
         kernel_vxlan: KERNEL_VXLAN.into(),
         boringtun: vec![BORINGTUN.into(), BORINGTUN_1.into()],
-        wireguard_go: WIREGUARD_GO.into(),
+        wireguard_go_debian: wggo_debian_label.clone(),
+        wireguard_go: wggo_label.clone(),
     };
-    let targets = [
-        Target {
-            name: "best boringtun-cli".into(),
-            baseline: base.boringtun.clone(),
-            ratio: BORINGTUN_TARGET,
-            stretch: false,
-        },
-        Target {
-            name: "wireguard-go".into(),
-            baseline: vec![base.wireguard_go.clone()],
-            ratio: WIREGUARD_GO_TARGET,
-            stretch: false,
-        },
-        Target {
-            name: "hand-built kernel VXLAN".into(),
-            baseline: vec![base.kernel_vxlan.clone()],
-            ratio: KERNEL_STRETCH,
-            stretch: true,
-        },
-    ];
+    let targets = targets(&base);
 
     let date = crate::today();
     let mut body = String::new();
@@ -320,14 +366,25 @@ pub fn run(opts: &Options) -> Result<Section> {
          **hand-built kernel VXLAN** = the kernel VXLAN path built by hand in `{xname}`'s node \
          namespaces (pod to pod, MTU 1450, as in the throughput benchmark); **fabric vxlan** / \
          **fabric wireguard** = pod to pod on fabric (wireguard pod MTU {mtu}); \
-         **boringtun-cli** (default threads, i.e. 4), **boringtun-cli --threads 1** and \
-         **wireguard-go** = userspace WireGuard started in the foreground inside `{wname}`'s \
-         two node namespaces and configured with `wg` (UDP 51902 / 51903 / 51901, \
-         10.252/253/251.K.1/24, MTU {}), iperf3 **node namespace to node namespace** over the \
-         tunnel addresses (no pod veth hop, unlike fabric's rows). Versions: {versions}. \
-         Devices: {}.\n",
+         **boringtun-cli** (default threads, i.e. 4), **boringtun-cli --threads 1**, \
+         **{wggo_debian_label}** (Debian's package: before wireguard-go's offload work) and \
+         **{wggo_label}** (the current release, with TUN TSO/GRO and UDP GSO/GRO) = userspace \
+         WireGuard started in the foreground inside `{wname}`'s two node namespaces and \
+         configured with `wg` (UDP {}; 10.{}.K.1/24; MTU {}), iperf3 **node namespace to node \
+         namespace** over the tunnel addresses (no pod veth hop, unlike fabric's rows). \
+         Versions: {versions}. Devices: {}.\n",
         opts.reps,
         opts.seconds,
+        specs
+            .iter()
+            .map(|s| s.port.to_string())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        specs
+            .iter()
+            .map(|s| s.octet.to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
         wg_anchor::MTU,
         devices.join(", "),
     )?;
@@ -348,8 +405,9 @@ pub fn run(opts: &Options) -> Result<Section> {
     writeln!(
         body,
         "\nTargets (fabric wireguard, same run): ≥ {BORINGTUN_TARGET}× the better \
-         boringtun-cli, ≥ {WIREGUARD_GO_TARGET}× wireguard-go; stretch ≥ {KERNEL_STRETCH}× \
-         hand-built kernel VXLAN.\n"
+         boringtun-cli, ≥ {DEBIAN_WIREGUARD_GO_TARGET}× {wggo_debian_label}, ≥ \
+         {WIREGUARD_GO_TARGET}× {wggo_label} and CPU-seconds per Gbit ≤ \
+         {WIREGUARD_GO_CPU_TARGET}× its, ≥ {KERNEL_TARGET}× hand-built kernel VXLAN.\n"
     )?;
     body.push_str(&report::target_verdicts(
         &series, FABRIC_WG, &STREAMS, &targets,
@@ -392,6 +450,50 @@ pub fn run(opts: &Options) -> Result<Section> {
     })
 }
 
+/// fabric wireguard's targets against `base`.
+fn targets(base: &Baselines) -> Vec<Target> {
+    let target = |name: &str, baseline: &[String], ratio, metric| Target {
+        name: name.into(),
+        baseline: baseline.to_vec(),
+        ratio,
+        stretch: false,
+        metric,
+    };
+    let current = std::slice::from_ref(&base.wireguard_go);
+    vec![
+        target(
+            "best boringtun-cli",
+            &base.boringtun,
+            BORINGTUN_TARGET,
+            Metric::Gbps,
+        ),
+        target(
+            &base.wireguard_go_debian,
+            std::slice::from_ref(&base.wireguard_go_debian),
+            DEBIAN_WIREGUARD_GO_TARGET,
+            Metric::Gbps,
+        ),
+        target(
+            &base.wireguard_go,
+            current,
+            WIREGUARD_GO_TARGET,
+            Metric::Gbps,
+        ),
+        target(
+            &base.wireguard_go,
+            current,
+            WIREGUARD_GO_CPU_TARGET,
+            Metric::CpuPerGbit,
+        ),
+        target(
+            "hand-built kernel VXLAN",
+            std::slice::from_ref(&base.kernel_vxlan),
+            KERNEL_TARGET,
+            Metric::Gbps,
+        ),
+    ]
+}
+
 /// The chart: median Gbit/s per path, grouped by stream count.
 fn chart_of(series: &[PathSeries], paths: &[Path], date: &str, opts: &Options) -> Chart {
     Chart {
@@ -404,11 +506,11 @@ fn chart_of(series: &[PathSeries], paths: &[Path], date: &str, opts: &Options) -
         series: paths
             .iter()
             .map(|p| BarSeries {
-                label: p.label.into(),
-                color: color(p.label),
+                label: p.label.clone(),
+                color: p.color,
                 values: STREAMS
                     .iter()
-                    .map(|&s| report::path_median(series, p.label, s).unwrap_or(f64::NAN))
+                    .map(|&s| report::path_median(series, &p.label, s).unwrap_or(f64::NAN))
                     .collect(),
             })
             .collect(),
@@ -508,14 +610,55 @@ mod tests {
             KERNEL_VXLAN,
             FABRIC_VXLAN,
             FABRIC_WG,
-            BORINGTUN,
-            BORINGTUN_1,
-            WIREGUARD_GO,
+            BT_TAG,
+            BT1_TAG,
+            WGGO_DEBIAN_TAG,
+            WGGO_TAG,
         ];
         let mut colours: Vec<[u8; 3]> = labels.iter().map(|l| color(l)).collect();
         assert!(!colours.contains(&[0, 0, 0]));
         colours.sort();
         colours.dedup();
         assert_eq!(colours.len(), labels.len());
+    }
+
+    #[test]
+    fn wireguard_go_rows_are_labelled_with_their_versions() {
+        let (old, new) = ("wireguard-go v0.0.20220316", "wireguard-go v0.0.20250522");
+        assert_eq!(
+            wireguard_go_labels(old, new),
+            (old.to_string(), new.to_string())
+        );
+        assert_eq!(
+            wireguard_go_labels(new, new),
+            (format!("{new} (Debian)"), new.to_string())
+        );
+        assert_eq!(
+            wireguard_go_labels("unknown version", new).0,
+            "wireguard-go (Debian)"
+        );
+        // Both fit the chart's legend (29 characters at its scale).
+        assert!(old.len() <= 29 && new.len() <= 29);
+    }
+
+    #[test]
+    fn targets_are_the_issues() {
+        let base = Baselines {
+            raw: RAW.into(),
+            kernel_vxlan: KERNEL_VXLAN.into(),
+            boringtun: vec![BORINGTUN.into(), BORINGTUN_1.into()],
+            wireguard_go_debian: "wireguard-go v0.0.20220316".into(),
+            wireguard_go: "wireguard-go v0.0.20250522".into(),
+        };
+        let t = targets(&base);
+        let current: Vec<_> = t
+            .iter()
+            .filter(|t| t.baseline == [base.wireguard_go.clone()])
+            .map(|t| (t.metric, t.ratio))
+            .collect();
+        assert_eq!(current, [(Metric::Gbps, 2.0), (Metric::CpuPerGbit, 0.5)]);
+        assert!(t
+            .iter()
+            .any(|t| t.baseline == [KERNEL_VXLAN.to_string()] && t.ratio == 0.4 && !t.stretch));
     }
 }

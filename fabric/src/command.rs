@@ -1,4 +1,4 @@
-//! The netfilter commands fabricd drives (`nft`, `iptables-restore`, `conntrack`): one way
+//! The netfilter commands fabricd drives (`nft`, `iptables-restore`): one way
 //! to feed a command its input and report its refusal, and one way to run such blocking work
 //! off the async runtime's threads.
 

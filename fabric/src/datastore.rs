@@ -309,6 +309,27 @@ impl Connected {
             Connected::Kubernetes(s) => s.clone(),
         }
     }
+
+    /// This datastore with lease watches that keep a lease whose TTL ran out for `grace`
+    /// more (etcd: see [`EtcdStore::keeping_expired_leases`]; the Kubernetes API's nodes do
+    /// not expire).
+    pub fn keeping_expired_leases(self, grace: std::time::Duration) -> Self {
+        match self {
+            Connected::Etcd(s) => {
+                Connected::Etcd(Arc::new((*s).clone().keeping_expired_leases(grace)))
+            }
+            kube @ Connected::Kubernetes(_) => kube,
+        }
+    }
+
+    /// The datastore's long-running followers (lease and object watches) by name, with the
+    /// pulse each one's loop beats, for `/healthz` (see [`crate::health::Liveness::pulse`]).
+    pub fn followers(&self) -> Vec<(&'static str, ipam::backoff::Pulse)> {
+        match self {
+            Connected::Etcd(s) => s.followers(),
+            Connected::Kubernetes(s) => s.followers(),
+        }
+    }
 }
 
 impl DatastoreFlags {

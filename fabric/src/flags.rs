@@ -110,6 +110,10 @@ pub struct DaemonFlags {
     /// How often the data path is re-checked against the kernel even without lease changes.
     #[arg(long, env = "FABRIC_RESYNC_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub resync_interval: Duration,
+
+    /// Test hook: kill fabricd at this point of CNI ADD or DEL (see `fabric::fault`).
+    #[arg(long, env = "FABRIC_FAULT", value_enum, hide = true)]
+    pub fault: Option<crate::fault::Point>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -1,7 +1,11 @@
 //! `/healthz` (every part of the daemon is alive) and `/readyz` (subnet leased and routes
 //! programmed) over a minimal HTTP/1.1 responder, and the [`Liveness`] registry `/healthz`
 //! answers from: long-running tasks hold an [`Alive`] guard (dropped when they end or panic),
-//! loops that must come round hold a [`Beat`], and the data path reports its threads.
+//! loops that must come round hold a [`Beat`], the datastore's followers beat the
+//! [`ipam::backoff::Pulse`] their store hands out, and the data path reports its threads. A
+//! loop that retries against an unreachable datastore still comes round (an outage is not a
+//! hang: every fabricd failing `/healthz` in one would have kubelet restart them all); one that
+//! stops coming round is named.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,11 @@ const LIMITS: listen::Limits = listen::Limits {
     read_timeout: std::time::Duration::from_secs(5),
 };
 
+/// How long a datastore follower's loop may go without coming round before `/healthz` calls
+/// it stuck: its waits and retries are bounded well below this (10 s waits, backoff capped at
+/// 10 s, requests timing out after 10 s).
+pub const FOLLOWER_STUCK: Duration = Duration::from_secs(60);
+
 /// What `/healthz` checks: the daemon's long-running parts.
 #[derive(Default)]
 pub struct Liveness {
@@ -31,6 +40,8 @@ enum Part {
     Task(&'static str, Arc<AtomicBool>),
     /// A loop that must come round at least every `.2`.
     Beat(&'static str, Arc<Mutex<Instant>>, Duration),
+    /// A datastore follower's loop that must beat at least every `.2` while it runs.
+    Pulse(&'static str, ipam::backoff::Pulse, Duration),
 }
 
 /// Held by a task or thread for as long as it runs; dropping it (the task ended, or
@@ -69,6 +80,12 @@ impl Liveness {
         Beat(last)
     }
 
+    /// Registers a datastore follower named `name` whose loop beats `pulse` (see
+    /// [`ipam::backoff::Pulse`]); it is stuck when a running loop has not beaten for `max`.
+    pub fn pulse(&self, name: &'static str, pulse: ipam::backoff::Pulse, max: Duration) {
+        self.parts().push(Part::Pulse(name, pulse, max));
+    }
+
     /// Adds the data path's own report (its threads) once it is built.
     pub fn data_path(&self, backend: Arc<dyn tunnel::Backend>) {
         let _ = self.data_path.set(backend);
@@ -85,10 +102,12 @@ impl Liveness {
                 }
                 Part::Beat(name, last, max) => {
                     let since = last.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
-                    (since > *max).then(|| {
-                        format!("{name} is stuck ({}s since its last pass)", since.as_secs())
-                    })
+                    (since > *max).then(|| stuck(name, since))
                 }
+                Part::Pulse(name, pulse, max) => pulse
+                    .silent_for()
+                    .filter(|since| since > max)
+                    .map(|since| stuck(name, since)),
             })
             .collect();
         if let Some(Err(e)) = self.data_path.get().map(|b| b.health()) {
@@ -100,6 +119,10 @@ impl Liveness {
     fn parts(&self) -> std::sync::MutexGuard<'_, Vec<Part>> {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn stuck(name: &str, since: Duration) -> String {
+    format!("{name} is stuck ({}s since its last pass)", since.as_secs())
 }
 
 /// Serves the health endpoints on `addr` until the process ends.
@@ -193,6 +216,33 @@ mod tests {
         let (status, body) = respond(b"GET /healthz HTTP/1.1\r\n", true, &liveness.failures());
         assert_eq!(status, "500 Internal Server Error");
         assert!(body.contains("policy follower has stopped"), "{body}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_datastore_follower_is_named_but_not_one_that_retries() {
+        let liveness = Liveness::default();
+        let pulse = ipam::backoff::Pulse::default();
+        liveness.pulse("the lease watch", pulse.clone(), Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(liveness.failures().is_empty(), "no loop runs yet");
+        let running = pulse.start();
+        // Retrying every 10 s against an unreachable datastore: healthy.
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            pulse.beat();
+            assert!(liveness.failures().is_empty());
+        }
+        // The loop stops coming round.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(
+            liveness.failures(),
+            ["the lease watch is stuck (61s since its last pass)"]
+        );
+        drop(running);
+        assert!(
+            liveness.failures().is_empty(),
+            "ended: its consumer follows again"
+        );
     }
 
     #[tokio::test]

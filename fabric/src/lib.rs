@@ -8,13 +8,15 @@
 //! endpoints share one accept loop ([`listen`]). [`policies`] follows the policy view
 //! (pods, namespaces, NetworkPolicies) in the datastore, [`enforce`] judges connections with
 //! it, and [`labels`] checks the label edits `fabricctl` makes. [`command`] runs the
-//! netfilter commands they drive.
+//! netfilter commands they drive. [`fault`] is a test hook that kills fabricd at named steps
+//! of CNI ADD and DEL.
 
 pub mod agent;
 pub mod api;
 pub mod command;
 pub mod datastore;
 pub mod enforce;
+pub mod fault;
 pub mod flags;
 pub mod health;
 pub mod labels;

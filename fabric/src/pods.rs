@@ -6,15 +6,21 @@
 //! host part in the node's IPv6 subnet (so the pool's bookkeeping serves both), and a default
 //! route via `fe80::1`, which the host veth holds itself (IPv6 has no proxy ARP to lean on).
 //!
-//! ADD either completes or leaves nothing behind (no veth, no held address); DEL and GC are
-//! idempotent.
+//! ADD either completes or leaves nothing behind (no veth, no held address, no record, no set
+//! element); DEL and GC are idempotent, so a DEL cut short is finished by the next. An ADD cut
+//! short by fabricd's death leaves an address whose veth is gone (or never came): the
+//! restarted fabricd releases it before it serves ([`PodNetwork::recover`]). When ADD returns,
+//! the pod's anti-spoofing elements are in the node's table; a veth named like a pod's that
+//! is not in them is dropped ([`nft::ruleset`]).
 //!
 //! Attachments proceed in parallel: the pool is locked only to take or give back an address,
-//! never across netlink, nft or the datastore, and the node's nft table is applied by one
-//! caller at a time, each apply covering every pool change made before it started
-//! ([`Firewall`]), so a hundred ADDs at once cost a few table applies, not a hundred in a row.
+//! never across netlink, nft or the datastore. Within an ADD the veth, the pod's set elements
+//! and its record go in at once. The node's nft table is changed by one caller at a time,
+//! each change covering every pool change made before it started ([`Firewall`]): a pool
+//! change adds and removes set elements over a netlink socket kept open, in microseconds; the
+//! whole table is rewritten only on a reconcile pass or when what it holds is unknown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -32,9 +38,10 @@ use ipam::pool::Owner;
 use ipam::{PodPool, PodRecord, PoolError, Store};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Mutex;
-use tunnel::netlink::{Link, Netlink, Route};
-use tunnel::{sysctl, Mac};
+use tunnel::netlink::{Netlink, Route};
+use tunnel::{sysctl, Mac, TunnelEnds};
 
+use crate::fault::{self, Point};
 use crate::nft;
 
 /// The link-local gateway every pod routes through (answered by the host veth's proxy ARP).
@@ -151,15 +158,10 @@ fn refuse_host_netns(netns: &File, path: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// The name of the host-side veth for an attachment: `fab` + 11 hex digits of a stable hash
-/// of container id and interface name (fits IFNAMSIZ).
+/// The name of the host-side veth for an attachment: [`nft::POD_VETH_PREFIX`] (`fab`) + 11
+/// hex digits of a stable hash of container id and interface name (fits IFNAMSIZ).
 pub fn host_veth_name(key: &AttachmentKey) -> String {
-    format!("fab{}", &hash_hex(key, b'h')[..11])
-}
-
-/// A temporary name for the pod-side veth while it is still in the node's namespace.
-fn temp_peer_name(key: &AttachmentKey) -> String {
-    format!("fbt{}", &hash_hex(key, b'p')[..11])
+    format!("{}{}", nft::POD_VETH_PREFIX, &hash_hex(key, b'h')[..11])
 }
 
 fn hash_hex(key: &AttachmentKey, salt: u8) -> String {
@@ -180,6 +182,19 @@ fn owner(key: &AttachmentKey) -> Owner {
         container_id: key.container_id.clone(),
         ifname: key.ifname.clone(),
     }
+}
+
+/// The host veth of an address's holder.
+fn veth_of(owner: &Owner) -> String {
+    owner.recovered_veth().map_or_else(
+        || {
+            host_veth_name(&AttachmentKey {
+                container_id: owner.container_id.clone(),
+                ifname: owner.ifname.clone(),
+            })
+        },
+        str::to_owned,
+    )
 }
 
 fn internal(msg: impl Into<String>, details: impl std::fmt::Display) -> CniError {
@@ -307,16 +322,31 @@ struct Taken {
     change: u64,
 }
 
-/// Which pool changes the node's nft table reflects. Each change to the pool takes a new
-/// generation (under the pool's lock); an apply, one at a time, installs the pool as it is
-/// then and records the generation it saw, so a caller whose change an apply that started
-/// after it already covered has nothing left to do.
-#[derive(Debug, Default)]
+/// Which pool changes the node's nft table reflects, and what it holds. Each change to the
+/// pool takes a new generation (under the pool's lock); an apply, one at a time, brings the
+/// table to the pool as it is then and records the generation it saw, so a caller whose
+/// change an apply that started after it already covered has nothing left to do. Where it
+/// knows what the table holds, an apply only adds and removes set elements ([`nft::Sets`]);
+/// otherwise (the first apply, after a failed one, changed tunnel ends, a reconcile pass) it
+/// rewrites the table.
+#[derive(Default)]
 struct Firewall {
     /// The last generation given to a pool change.
     changed: AtomicU64,
     /// Held across an apply: the generation the table last reflected (0: none).
     applied: Mutex<u64>,
+    /// What the table holds, as the last apply left it; `None`: unknown.
+    installed: std::sync::Mutex<Option<Installed>>,
+    /// The socket set elements are changed through.
+    sets: nft::Sets,
+}
+
+/// What the node's table holds.
+struct Installed {
+    /// The pod sets' elements.
+    elements: BTreeSet<nft::Element>,
+    /// The tunnel ends it guards.
+    tunnel: Option<TunnelEnds>,
 }
 
 impl Firewall {
@@ -331,21 +361,34 @@ impl Firewall {
     }
 
     /// Makes sure an apply that covers generation `change` has finished (`None`: apply in
-    /// any case). `apply` reads the pool, returns the generation it read and whether it
-    /// installed the table; it runs only with the apply lock held.
-    async fn converge<F, Fut>(&self, change: Option<u64>, apply: F)
+    /// any case); returns whether one did. `apply` reads the pool, returns the generation it
+    /// read and whether it brought the table there; it runs only with the apply lock held.
+    async fn converge<F, Fut>(&self, change: Option<u64>, apply: F) -> bool
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = (u64, bool)>,
     {
         let mut applied = self.applied.lock().await;
         if change.is_some_and(|c| *applied >= c) {
-            return;
+            return true;
         }
         let (seen, ok) = apply().await;
         if ok {
             *applied = (*applied).max(seen);
         }
+        ok
+    }
+
+    /// Takes what the table holds out (an apply puts it back once it succeeded).
+    fn take_installed(&self) -> Option<Installed> {
+        self.installed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn set_installed(&self, installed: Installed) {
+        *self.installed.lock().unwrap_or_else(|e| e.into_inner()) = Some(installed);
     }
 }
 
@@ -389,6 +432,11 @@ impl PodNetwork {
         self.subnet
     }
 
+    /// How many pods are attached.
+    pub async fn attached(&self) -> usize {
+        self.pool.lock().await.allocations().iter().count()
+    }
+
     /// Attaches a pod and registers it for policy.
     pub async fn add(&self, att: &Attachment) -> Result<Added, CniError> {
         let netns_path = att.netns.as_deref().ok_or_else(|| {
@@ -406,34 +454,54 @@ impl PodNetwork {
         check_ports(&att.ports)?;
         let requested = self.subnet.requested(&att.ips)?;
         let taken = self.allocate(att, requested).await?;
+        fault::point(Point::AddAfterAllocate);
         let addr = taken.addr;
         let addr6 = self.subnet.ipv6_of(addr);
-        match self.wire(att, &netns, netns_path, addr, addr6).await {
-            Ok(result) => {
-                self.apply_firewall(Some(taken.change)).await;
-                let registered = self.register(att, addr, addr6).await;
-                Ok(Added { result, registered })
+        // Three things at once, none needs another: the veth, the pod's set elements (until
+        // they are in, a veth named like a pod's is dropped by the table, so the order does
+        // not matter) and the pod's record for policy (a datastore round trip).
+        let wire = async {
+            let wired = self.wire(att, &netns, netns_path, addr, addr6).await;
+            fault::point(Point::AddAfterWire);
+            wired
+        };
+        let register = async {
+            let registered = self.register(att, addr, addr6).await;
+            fault::point(Point::AddAfterRegister);
+            registered
+        };
+        let (wired, enforced, registered) =
+            tokio::join!(wire, self.apply_firewall(Some(taken.change)), register);
+        let failed = match (wired, enforced) {
+            (Ok(result), true) => {
+                return Ok(Added { result, registered });
             }
-            Err(e) => {
-                // Leave nothing behind: the veth pair goes with its host side.
-                if let Err(cleanup) = self.unwire(&att.key).await {
-                    tracing::error!(error = %cleanup, container = %att.key.container_id, "cleanup after failed ADD");
-                }
-                let undone = {
-                    let mut pool = self.pool.lock().await;
-                    pool.update(|a| Ok(a.undo(&owner(&att.key), taken.last)))
-                        .map(|_| self.firewall.change())
-                };
-                match undone {
-                    // An apply since the allocation may have let the address in.
-                    Ok(change) => self.apply_firewall(Some(change)).await,
-                    Err(release) => {
-                        tracing::error!(error = %release, "cannot release address after failed ADD")
-                    }
-                }
-                Err(e)
+            (Err(e), _) => e,
+            (Ok(_), false) => internal(
+                "cannot install the pod's anti-spoofing rules",
+                "the node's nftables table could not be updated; see fabricd's log",
+            ),
+        };
+        self.registry.unregister(&att.key.container_id).await;
+        // Leave nothing behind: the veth pair goes with its host side.
+        if let Err(cleanup) = self.unwire(&att.key).await {
+            tracing::error!(error = %cleanup, container = %att.key.container_id, "cleanup after failed ADD");
+        }
+        let undone = {
+            let mut pool = self.pool.lock().await;
+            pool.update(|a| Ok(a.undo(&owner(&att.key), taken.last)))
+                .map(|_| self.firewall.change())
+        };
+        match undone {
+            // An apply since the allocation may have let the address in.
+            Ok(change) => {
+                self.apply_firewall(Some(change)).await;
+            }
+            Err(release) => {
+                tracing::error!(error = %release, "cannot release address after failed ADD")
             }
         }
+        Err(failed)
     }
 
     /// The pool, locked; rebuilt from the kernel first if its file was unreadable.
@@ -464,7 +532,7 @@ impl PodNetwork {
         };
         let veths: HashMap<u32, String> = links
             .into_iter()
-            .filter(|l| l.name.starts_with("fab") && !l.name.starts_with("fabric"))
+            .filter(|l| l.name.starts_with(nft::POD_VETH_PREFIX) && l.is_veth())
             .map(|l| (l.index, l.name))
             .collect();
         routes
@@ -524,6 +592,10 @@ impl PodNetwork {
         Ok(released.map(|addr| (addr, self.firewall.change())))
     }
 
+    /// Wires the pod in: a veth pair made in one request with its pod side already in the
+    /// pod's namespace under its final name, then the host side (proxy ARP, deaf to router
+    /// messages, up, routes to the pod) and the pod side (addresses, routes) at once, each
+    /// over its own netlink socket.
     async fn wire(
         &self,
         att: &Attachment,
@@ -543,106 +615,62 @@ impl PodNetwork {
                 e,
             )
         })?;
-        if pod_nl
-            .link(&att.key.ifname)
-            .await
-            .map_err(nl_err("inspect pod"))?
-            .is_some()
-        {
-            return Err(CniError::new(
-                codes::PLUGIN_SPECIFIC,
-                format!("interface {} already exists in the pod", att.key.ifname),
-                "pick another CNI_IFNAME or DEL the attachment first",
-            ));
-        }
         let host_name = host_veth_name(&att.key);
-        let peer_name = temp_peer_name(&att.key);
-        // A leftover from a crashed ADD would block the names.
-        for stale in [&host_name, &peer_name] {
-            if let Some(link) = self
+        let ifname = &att.key.ifname;
+        self.create_veth(&host_name, ifname, netns, &pod_nl).await?;
+        let host_side = async {
+            let host = self
                 .netlink
-                .link(stale)
+                .require_link(&host_name)
                 .await
-                .map_err(nl_err("inspect host"))?
-            {
+                .map_err(nl_err("find host veth"))?;
+            // Before the veth comes up: a pod must never steer the node's routing.
+            sysctl::enable_proxy_arp(&host_name).map_err(|e| internal("enable proxy ARP", e))?;
+            sysctl::ignore_router_messages(&host_name)
+                .map_err(|e| internal("turn off router advertisements and redirects", e))?;
+            self.netlink
+                .set_link(&host, None, None, true)
+                .await
+                .map_err(nl_err("bring host veth up"))?;
+            if addr6.is_some() {
                 self.netlink
-                    .delete_link(link.index)
+                    .ensure_address(host.index, gateway6())
                     .await
-                    .map_err(nl_err("remove stale veth"))?;
+                    .map_err(nl_err("IPv6 gateway on host veth"))?;
             }
-        }
-        self.netlink
-            .add_veth(&host_name, &peer_name)
-            .await
-            .map_err(nl_err("create veth pair"))?;
-        let host = self
-            .netlink
-            .require_link(&host_name)
-            .await
-            .map_err(nl_err("create veth pair"))?;
-        let peer = self
-            .netlink
-            .require_link(&peer_name)
-            .await
-            .map_err(nl_err("create veth pair"))?;
-        self.netlink
-            .move_link(peer.index, netns)
-            .await
-            .map_err(nl_err("move veth into pod"))?;
-        // Before the veth comes up: a pod must never steer the node's routing.
-        sysctl::enable_proxy_arp(&host_name).map_err(|e| internal("enable proxy ARP", e))?;
-        sysctl::ignore_router_messages(&host_name)
-            .map_err(|e| internal("turn off router advertisements and redirects", e))?;
-        self.netlink
-            .set_link(&host, Some(self.mtu), None, true)
-            .await
-            .map_err(nl_err("configure host veth"))?;
-        if addr6.is_some() {
-            self.netlink
-                .ensure_address(host.index, gateway6())
-                .await
-                .map_err(nl_err("IPv6 gateway on host veth"))?;
-        }
-        for dst in host_routes(addr, addr6) {
-            self.netlink
-                .replace_route(&Route {
-                    dst,
-                    via: None,
-                    oif: host.index,
-                    onlink: false,
-                })
-                .await
-                .map_err(nl_err("route to pod"))?;
-        }
-
-        let pod_link = pod_nl
-            .require_link(&peer_name)
-            .await
-            .map_err(nl_err("find pod veth"))?;
-        pod_nl
-            .rename_link(pod_link.index, &att.key.ifname)
-            .await
-            .map_err(nl_err("rename pod veth"))?;
-        let pod_link = Link {
-            name: att.key.ifname.clone(),
-            ..pod_link
+            for dst in host_routes(addr, addr6) {
+                self.netlink
+                    .replace_route(&Route {
+                        dst,
+                        via: None,
+                        oif: host.index,
+                        onlink: false,
+                    })
+                    .await
+                    .map_err(nl_err("route to pod"))?;
+            }
+            Ok::<_, CniError>(host)
         };
-        pod_nl
-            .set_link(&pod_link, Some(self.mtu), None, true)
-            .await
-            .map_err(nl_err("configure pod veth"))?;
-        for address in host_routes(addr, addr6) {
-            pod_nl
-                .ensure_address(pod_link.index, address)
+        let pod_side = async {
+            let pod_link = pod_nl
+                .require_link(ifname)
                 .await
-                .map_err(nl_err("address pod"))?;
-        }
-        for route in pod_routes(pod_link.index, addr6.is_some()) {
-            pod_nl
-                .replace_route(&route)
-                .await
-                .map_err(nl_err("pod routes"))?;
-        }
+                .map_err(nl_err("find pod veth"))?;
+            for address in host_routes(addr, addr6) {
+                pod_nl
+                    .ensure_address(pod_link.index, address)
+                    .await
+                    .map_err(nl_err("address pod"))?;
+            }
+            for route in pod_routes(pod_link.index, addr6.is_some()) {
+                pod_nl
+                    .replace_route(&route)
+                    .await
+                    .map_err(nl_err("pod routes"))?;
+            }
+            Ok::<_, CniError>(pod_link)
+        };
+        let (host, pod_link) = tokio::try_join!(host_side, pod_side)?;
         tracing::info!(container = %att.key.container_id, %addr, ?addr6, veth = %host_name, "pod attached");
         Ok(AddResult {
             interfaces: vec![
@@ -652,7 +680,7 @@ impl PodNetwork {
                     sandbox: None,
                 },
                 Interface {
-                    name: att.key.ifname.clone(),
+                    name: ifname.clone(),
                     mac: pod_link.mac.map(|m| m.to_string()).unwrap_or_default(),
                     sandbox: Some(netns_path.to_owned()),
                 },
@@ -678,54 +706,127 @@ impl PodNetwork {
         })
     }
 
-    /// Installs the node's nftables table for the pods in the pool (anti-spoofing per host
-    /// veth, masquerade) and the tunnel ends last recorded, unless an apply that started after
-    /// pool change `change` already did (`None`: in any case). Failures are logged; the next
-    /// reconcile pass tries again.
-    async fn apply_firewall(&self, change: Option<u64>) {
+    /// Creates the attachment's veth pair: `host_name` here, `ifname` in the pod. A host veth
+    /// of that name is what an ADD killed midway left (an ADD of an attached container fails
+    /// before it gets here): it goes, its pod side with it, and the pair is made again.
+    async fn create_veth(
+        &self,
+        host_name: &str,
+        ifname: &str,
+        netns: &File,
+        pod_nl: &Netlink,
+    ) -> Result<(), CniError> {
+        let nl_err = |what: &'static str| move |e: tunnel::NetlinkError| internal(what, e);
+        let mut stale_removed = false;
+        loop {
+            let err = match self
+                .netlink
+                .add_veth_into(host_name, ifname, netns, self.mtu)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == Some(libc::EEXIST) => e,
+                Err(e) => return Err(internal("create veth pair", e)),
+            };
+            let stale = self
+                .netlink
+                .link(host_name)
+                .await
+                .map_err(nl_err("inspect host"))?;
+            match stale {
+                Some(link) if !stale_removed => {
+                    tracing::warn!(veth = %host_name, "removing a veth left by an unfinished ADD");
+                    self.netlink
+                        .delete_link(link.index)
+                        .await
+                        .map_err(nl_err("remove stale veth"))?;
+                    stale_removed = true;
+                }
+                _ if pod_nl
+                    .link(ifname)
+                    .await
+                    .map_err(nl_err("inspect pod"))?
+                    .is_some() =>
+                {
+                    return Err(CniError::new(
+                        codes::PLUGIN_SPECIFIC,
+                        format!("interface {ifname} already exists in the pod"),
+                        "pick another CNI_IFNAME or DEL the attachment first",
+                    ));
+                }
+                _ => return Err(internal("create veth pair", err)),
+            }
+        }
+    }
+
+    /// Brings the node's nftables table to the pods in the pool (anti-spoofing per host veth,
+    /// masquerade) and the tunnel ends last recorded, unless an apply that started after
+    /// pool change `change` already did. A pool change only adds and removes the set elements
+    /// that changed; `None` (a reconcile pass) rewrites the whole table, which heals
+    /// hand-made damage. Returns whether the table reflects `change` now; failures are
+    /// logged, and the next reconcile pass tries again.
+    async fn apply_firewall(&self, change: Option<u64>) -> bool {
         self.firewall
             .converge(change, || async {
-                let (ruleset, seen) = {
+                let (pods, seen) = {
                     let pool = self.pool().await;
-                    (self.ruleset(&pool), self.firewall.current())
+                    (self.pod_ports(&pool), self.firewall.current())
                 };
+                let tunnel = self.tunnel.get();
+                let wanted = nft::pod_elements(&pods);
+                let known = self
+                    .firewall
+                    .take_installed()
+                    .filter(|i| change.is_some() && i.tunnel == tunnel);
+                if let Some(installed) = known {
+                    let delta = nft::Delta::between(&installed.elements, &wanted);
+                    match self.firewall.sets.apply(&delta) {
+                        Ok(()) => {
+                            self.firewall.set_installed(Installed {
+                                elements: wanted,
+                                tunnel,
+                            });
+                            return (seen, true);
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "cannot update the pod sets of the node's nftables table; rewriting the table"
+                        ),
+                    }
+                }
+                let ruleset = nft::ruleset(&nft::NodeRules {
+                    cluster: self.cluster.v4,
+                    cluster6: self.cluster.v6,
+                    pods: &pods,
+                    tunnel: tunnel.as_ref(),
+                });
                 match crate::command::off_runtime(move || nft::apply(&ruleset)).await {
-                    Ok(()) => (seen, true),
+                    Ok(()) => {
+                        self.firewall.set_installed(Installed {
+                            elements: wanted,
+                            tunnel,
+                        });
+                        (seen, true)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot install the node's nftables rules");
                         (seen, false)
                     }
                 }
             })
-            .await;
+            .await
     }
 
-    /// The node's nftables table for the pods in `pool`.
-    fn ruleset(&self, pool: &PodPool) -> String {
-        let pods: Vec<nft::PodPort> = pool
-            .allocations()
+    /// The pods in `pool` as the node's table sees them.
+    fn pod_ports(&self, pool: &PodPool) -> Vec<nft::PodPort> {
+        pool.allocations()
             .iter()
-            .map(|(ip, o)| {
-                let key = AttachmentKey {
-                    container_id: o.container_id.clone(),
-                    ifname: o.ifname.clone(),
-                };
-                nft::PodPort {
-                    veth: o
-                        .recovered_veth()
-                        .map_or_else(|| host_veth_name(&key), str::to_owned),
-                    ip,
-                    ipv6: self.subnet.ipv6_of(ip),
-                }
+            .map(|(ip, o)| nft::PodPort {
+                veth: veth_of(o),
+                ip,
+                ipv6: self.subnet.ipv6_of(ip),
             })
-            .collect();
-        let tunnel = self.tunnel.get();
-        nft::ruleset(&nft::NodeRules {
-            cluster: self.cluster.v4,
-            cluster6: self.cluster.v6,
-            pods: &pods,
-            tunnel: tunnel.as_ref(),
-        })
+            .collect()
     }
 
     /// Re-installs the node's nftables table (a reconcile pass: heals hand-made damage).
@@ -765,30 +866,84 @@ impl PodNetwork {
         self.registry.register(record).await
     }
 
+    /// Removes the attachment's veth pair, if any (its pod side goes with its host side).
     async fn unwire(&self, key: &AttachmentKey) -> Result<(), tunnel::NetlinkError> {
-        for name in [host_veth_name(key), temp_peer_name(key)] {
-            if let Some(link) = self.netlink.link(&name).await? {
-                self.netlink.delete_link(link.index).await?;
-            }
+        if let Some(link) = self.netlink.link(&host_veth_name(key)).await? {
+            self.netlink.delete_link(link.index).await?;
         }
         Ok(())
     }
 
-    /// Detaches a pod; unknown attachments succeed.
+    /// Detaches a pod; unknown attachments succeed. Every step is idempotent, so a DEL that
+    /// was cut short (fabricd killed) is finished by the runtime's next one.
     pub async fn del(&self, key: &AttachmentKey) -> Result<(), CniError> {
-        self.unwire(key)
-            .await
-            .map_err(|e| internal("cannot remove the pod's veth", e))?;
+        // The record goes while the veth does: a pod on its way out needs no identity, and
+        // the datastore's round trip hides behind the kernel's (removing a veth waits for an
+        // RCU grace period). It goes in any case, also when the address was released by a
+        // DEL cut short before it got this far.
+        let (unwired, ()) = tokio::join!(
+            self.unwire(key),
+            self.registry.unregister(&key.container_id)
+        );
+        unwired.map_err(|e| internal("cannot remove the pod's veth", e))?;
+        fault::point(Point::DelAfterUnwire);
         let released = self
             .release(key)
             .await
             .map_err(|e| internal("cannot record the released address", e))?;
+        fault::point(Point::DelAfterRelease);
         if let Some((addr, change)) = released {
             tracing::info!(container = %key.container_id, %addr, "pod detached");
+            // The veth is gone: elements left behind (the next pass removes them) name
+            // nothing.
             self.apply_firewall(Some(change)).await;
-            self.registry.unregister(&key.container_id).await;
         }
+        fault::point(Point::DelAfterDetach);
         Ok(())
+    }
+
+    /// Releases what an ADD that never finished left in the pool: an address whose holder's
+    /// host veth does not exist. Called when the pod network opens, before it serves any CNI
+    /// call, so every address in the pool was taken by an earlier fabricd: one killed
+    /// between taking an address and wiring its veth, or whose pod's namespace was deleted
+    /// while it was down, leaves exactly that (the veth pair goes with the namespace). The
+    /// holder's pod record goes too; its set elements go with the next apply. A pod whose
+    /// veth is missing has no network either way; its runtime sees CHECK fail.
+    pub async fn recover(&self) {
+        let links: HashSet<String> = match self.netlink.links().await {
+            Ok(links) => links.into_iter().map(|l| l.name).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list links to find unfinished attachments");
+                return;
+            }
+        };
+        let orphans = {
+            let mut pool = self.pool().await;
+            let orphans: Vec<(Ipv4Addr, Owner)> = pool
+                .allocations()
+                .iter()
+                .filter(|(_, o)| !links.contains(&veth_of(o)))
+                .map(|(ip, o)| (ip, o.clone()))
+                .collect();
+            let released = pool.update(|a| {
+                for (_, o) in &orphans {
+                    a.release(o);
+                }
+                Ok(())
+            });
+            if let Err(e) = released {
+                tracing::error!(error = %e, "cannot release the addresses of unfinished attachments");
+                return;
+            }
+            self.firewall.change();
+            orphans
+        };
+        for (addr, o) in &orphans {
+            tracing::warn!(container = %o.container_id, %addr, "released the address of an attachment without a veth (an ADD that never finished, or a pod deleted while fabricd was down)");
+            if o.recovered_veth().is_none() {
+                self.registry.unregister(&o.container_id).await;
+            }
+        }
     }
 
     /// Verifies that an attachment is as ADD left it.
@@ -1101,6 +1256,5 @@ mod tests {
         assert_eq!(a, host_veth_name(&key("abc", "eth0")));
         assert_ne!(a, host_veth_name(&key("abc", "eth1")));
         assert_ne!(a, host_veth_name(&key("abd", "eth0")));
-        assert_ne!(a[3..], temp_peer_name(&key("abc", "eth0"))[3..]);
     }
 }

@@ -7,8 +7,14 @@
 //! changes to a spare cluster rather than rebuilding one (pure); [`Follower`] is the shell
 //! that lists, watches, batches and publishes; [`Enforced`] says up to which revision of the
 //! source the node enforces what it holds; [`Handle`] is what the local API asks.
+//!
+//! A pod record is believed only for addresses of its own node ([`Owners`], from the leases):
+//! a record (forged, or stale) claiming an address another node's lease covers is held out
+//! of the view, with a warning naming its key, so it cannot lend its labels to that node's
+//! pod.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,8 +22,10 @@ use anyhow::{bail, Context, Result};
 use fabric_cni::api::{PolicyStatus, PortProtocol};
 use ipam::objects::{Kind, StoredObject};
 use ipam::{
-    NamespaceRecord, ObjectFeed, ObjectSource, ObjectUpdate, PodRecord, ProgressHandle, StoreError,
+    Leases, NamespaceRecord, ObjectFeed, ObjectSource, ObjectUpdate, PodRecord, ProgressHandle,
+    Store, StoreError,
 };
+use ipnet::{Ipv4Net, Ipv6Net};
 use policy::{
     Cluster, ContainerPort, Labels, NetworkPolicy, Pod, PodKey, Policy, PolicyKey, Protocol,
 };
@@ -25,6 +33,7 @@ use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
 use crate::enforce::View;
+use crate::health::Beat;
 
 /// Parses a manifest file: one or more YAML documents, each a NetworkPolicy (empty documents
 /// are skipped). Every policy is validated; any error refuses the whole file, naming the
@@ -70,10 +79,112 @@ pub fn policy_name(np: &NetworkPolicy) -> Result<String> {
     Ok(format!("{ns}/{name}"))
 }
 
-/// Builds the policy view from the datastore, once (for `fabricctl policy explain`).
-pub async fn load(source: &dyn ObjectSource) -> Result<Cluster> {
+/// Builds the policy view from the datastore, once (for `fabricctl policy explain`), with
+/// pod records checked against the leases as fabricd does (against every lease when the
+/// addressing is not known: a Kubernetes-mode fabricctl has no net-conf.json).
+pub async fn load(
+    source: &dyn ObjectSource,
+    store: &dyn Store,
+    addressing: Option<&Addressing>,
+) -> Result<Cluster> {
     let (revision, objects) = source.list_objects().await?;
-    Ok(Objects::listed(revision, objects).build())
+    let leases: BTreeMap<Ipv4Net, ipam::Lease> = store
+        .list_leases()
+        .await?
+        .into_iter()
+        .map(|l| (l.subnet, l))
+        .collect();
+    let mut objects = Objects::listed(revision, objects);
+    objects.set_owners(
+        Owners::of(&Arc::new(leases), addressing),
+        &mut Changes::default(),
+    );
+    Ok(objects.build())
+}
+
+/// How the cluster hands out pod addresses, which the leases that [`Owners`] believe must
+/// fit: subnets of the cluster's networks and, where the datastore leases subnets of one size
+/// (etcd's `SubnetLen`), of that size. (Leases that do not fit are refused for routing too.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing {
+    /// The cluster's networks (`Network`, `IPv6Network`).
+    pub networks: crate::pods::Subnets,
+    /// `SubnetLen`, where every lease has it (etcd); `None` in Kubernetes mode (podCIDRs).
+    pub subnet_len: Option<u8>,
+}
+
+impl Addressing {
+    /// The addressing of `config`; `by_subnet_len` where the datastore leases `SubnetLen`
+    /// subnets (etcd).
+    pub fn of(config: &ipam::NetworkConfig, by_subnet_len: bool) -> Self {
+        Self {
+            networks: crate::pods::Subnets {
+                v4: config.network,
+                v6: config.ipv6.map(|v6| v6.network),
+            },
+            subnet_len: by_subnet_len.then_some(config.subnet_len),
+        }
+    }
+}
+
+/// Which node each leased subnet belongs to: a pod record is believed for its addresses only
+/// if no other node's lease covers them (and, where its own node holds a lease, that lease
+/// does). A node with no lease in sight yet (just started; its lease not seen yet) is given
+/// the benefit of the doubt for addresses no lease covers: no other node's pod can hold those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    v4: BTreeMap<Ipv4Net, String>,
+    v6: BTreeMap<Ipv6Net, String>,
+}
+
+impl Owners {
+    /// The owners the leases say, of the leases that fit `addressing` (every lease, without
+    /// one).
+    pub fn of(leases: &Leases, addressing: Option<&Addressing>) -> Self {
+        let mut owners = Self::default();
+        for lease in leases.values() {
+            let fits = addressing.is_none_or(|a| {
+                a.networks.v4.contains(&lease.subnet)
+                    && a.subnet_len
+                        .is_none_or(|len| lease.subnet.prefix_len() == len)
+            });
+            if !fits {
+                continue;
+            }
+            owners.v4.insert(lease.subnet, lease.node.clone());
+            let v6 = lease.ipv6_subnet.filter(|s| {
+                addressing.is_none_or(|a| a.networks.v6.is_some_and(|n| n.contains(s)))
+            });
+            if let Some(v6) = v6 {
+                owners.v6.insert(v6, lease.node.clone());
+            }
+        }
+        owners
+    }
+
+    /// Why the record of `node` claiming `ip` (and `ipv6`) is not believed, if it is not.
+    fn refusal(&self, node: &str, ip: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Option<String> {
+        fn judge<N: Copy + std::fmt::Display, A: std::fmt::Display>(
+            owners: &BTreeMap<N, String>,
+            node: &str,
+            ip: A,
+            covers: impl Fn(&N) -> bool,
+        ) -> Option<String> {
+            if let Some((subnet, owner)) = owners.iter().find(|(s, _)| covers(s)) {
+                return (owner != node).then(|| format!("{ip} is in {subnet}, leased by {owner}"));
+            }
+            let own: Vec<String> = owners
+                .iter()
+                .filter(|(_, owner)| *owner == node)
+                .map(|(s, _)| s.to_string())
+                .collect();
+            (!own.is_empty()).then(|| format!("{ip} is outside {node}'s lease {}", own.join(", ")))
+        }
+        judge(&self.v4, node, ip, |s: &Ipv4Net| s.contains(&ip)).or_else(|| {
+            let ipv6 = ipv6?;
+            judge(&self.v6, node, ipv6, |s: &Ipv6Net| s.contains(&ipv6))
+        })
+    }
 }
 
 /// How long the follower waits for more events after one arrived before it publishes: events
@@ -82,6 +193,10 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// The longest a batch of events is held back while events keep arriving.
 pub const MAX_BATCH: Duration = Duration::from_millis(500);
+
+/// How long the follower waits for something to happen before it comes round anyway (to beat
+/// its heartbeat: a quiet datastore, or one out of reach, is no stuck follower).
+pub const FOLLOWER_WAKE: Duration = Duration::from_secs(5);
 
 /// Records stored under their datastore names, each naming a logical object (a pod, a policy);
 /// when several records name the same object (a stale record beside its successor), the
@@ -226,6 +341,17 @@ pub struct Objects {
     namespaces: Aliased<String, Labels>,
     pods: Aliased<PodKey, Pod>,
     policies: Aliased<PolicyKey, Policy>,
+    /// Who holds which subnet, once known ([`Self::set_owners`]); until then every pod
+    /// record is believed.
+    owners: Option<Owners>,
+    /// Pod records not believed, by record name: the pod, the node the record names, the
+    /// revision it was written at.
+    held_out: BTreeMap<String, (Pod, String, i64)>,
+}
+
+/// The node a pod record is stored under (`<node>/...`).
+fn record_node(name: &str) -> &str {
+    name.split('/').next().unwrap_or_default()
 }
 
 /// The pod policy sees in a pod record.
@@ -297,17 +423,34 @@ impl Objects {
             }
             Kind::Pods => {
                 let record = value.and_then(|v| match serde_json::from_slice::<PodRecord>(&v) {
-                    Ok(record) => {
-                        let pod = pod_of(record);
-                        Some((pod.key.clone(), pod))
-                    }
+                    Ok(record) => Some(record),
                     Err(e) => {
                         tracing::warn!(key = %name, error = %e, "skipping an unreadable pod record");
                         None
                     }
                 });
-                self.pods
-                    .set(&name, record, mod_revision, &mut changes.pods);
+                let Some(record) = record else {
+                    self.held_out.remove(&name);
+                    self.pods.set(&name, None, mod_revision, &mut changes.pods);
+                    return;
+                };
+                let node = record_node(&name).to_owned();
+                let recorded = record.node.clone();
+                let misnamed = (recorded != node)
+                    .then(|| format!("it names node {recorded} but is stored under {node}"));
+                let pod = pod_of(record);
+                match misnamed.or_else(|| self.refusal(&node, &pod)) {
+                    None => {
+                        self.held_out.remove(&name);
+                        let record = Some((pod.key.clone(), pod));
+                        self.pods
+                            .set(&name, record, mod_revision, &mut changes.pods);
+                    }
+                    Some(reason) => {
+                        self.hold_out(&name, reason, (pod, recorded, mod_revision));
+                        self.pods.set(&name, None, mod_revision, &mut changes.pods);
+                    }
+                }
             }
             Kind::Policies => {
                 // Fail closed: a policy that cannot be read or fails validation still
@@ -328,6 +471,55 @@ impl Objects {
                 self.policies
                     .set(&name, record, mod_revision, &mut changes.policies);
             }
+        }
+    }
+
+    /// Why a record of `node` claiming `pod`'s addresses is not believed, if it is not.
+    fn refusal(&self, node: &str, pod: &Pod) -> Option<String> {
+        self.owners.as_ref()?.refusal(node, pod.ip, pod.ipv6)
+    }
+
+    /// Holds record `name` out of the view, warning the first time (a record already held
+    /// out that is written again is not warned about again).
+    fn hold_out(&mut self, name: &str, reason: String, held: (Pod, String, i64)) {
+        if !self.held_out.contains_key(name) {
+            tracing::warn!(key = %name, pod = %held.0.key, ip = %held.0.ip, %reason, "ignoring a pod record: its address is not its node's");
+        }
+        self.held_out.insert(name.to_owned(), held);
+    }
+
+    /// Takes who holds which subnet from the leases, and judges every pod record again:
+    /// records no longer believed leave the view, records believed now join it (noted in
+    /// `changes`).
+    pub fn set_owners(&mut self, owners: Owners, changes: &mut Changes) {
+        if self.owners.as_ref() == Some(&owners) {
+            return;
+        }
+        self.owners = Some(owners);
+        let believed: Vec<(String, Pod, i64)> = self
+            .pods
+            .records
+            .iter()
+            .map(|(name, (_, pod, rev))| (name.clone(), pod.clone(), *rev))
+            .collect();
+        for (name, pod, rev) in believed {
+            let node = record_node(&name).to_owned();
+            if let Some(reason) = self.refusal(&node, &pod) {
+                self.hold_out(&name, reason, (pod, node, rev));
+                self.pods.set(&name, None, rev, &mut changes.pods);
+            }
+        }
+        let held: Vec<(String, (Pod, String, i64))> =
+            std::mem::take(&mut self.held_out).into_iter().collect();
+        for (name, (pod, recorded, rev)) in held {
+            let node = record_node(&name);
+            if recorded != node || self.refusal(node, &pod).is_some() {
+                self.held_out.insert(name, (pod, recorded, rev));
+                continue;
+            }
+            tracing::info!(key = %name, pod = %pod.key, ip = %pod.ip, "a pod record held out is believed now: its address is its node's");
+            let record = Some((pod.key.clone(), pod));
+            self.pods.set(&name, record, rev, &mut changes.pods);
         }
     }
 
@@ -354,7 +546,12 @@ impl Objects {
         );
         removed.extend(gone(
             Kind::Pods,
-            self.pods.records.keys().cloned().collect(),
+            self.pods
+                .records
+                .keys()
+                .chain(self.held_out.keys())
+                .cloned()
+                .collect(),
         ));
         removed.extend(gone(
             Kind::Policies,
@@ -599,27 +796,44 @@ fn current(view: &View) -> Arc<Snapshot> {
 /// are applied as one batch: the view is updated incrementally, published whole, and the
 /// allowed connections inside the cluster network are judged again, those no longer allowed
 /// cut. When the watch breaks or falls behind a
-/// compaction, the objects are listed again and the difference applied the same way.
+/// compaction, the objects are listed again and the difference applied the same way. The
+/// leases are followed too: when who holds which subnet changes, every pod record is judged
+/// again ([`Owners`]).
 pub struct Follower {
     source: Arc<dyn ObjectSource>,
     feed: ObjectFeed,
+    store: Arc<dyn Store>,
+    /// The lease watch; `None` after it ended, until it is started again.
+    leases: Option<watch::Receiver<Leases>>,
+    addressing: Addressing,
     objects: Objects,
     publisher: Publisher,
     view: View,
     enforced: Enforced,
-    networks: crate::pods::Subnets,
     node: String,
     rules: crate::enforce::RuleOptions,
     installed: Option<crate::enforce::Queued>,
+    /// Cuts, in the background, the connections each new view no longer allows.
+    cutter: crate::enforce::Cutter,
+}
+
+/// The next change of `leases`: true when they changed, false when their watch ended.
+async fn lease_change(leases: &mut Option<watch::Receiver<Leases>>) -> bool {
+    match leases {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Follower {
-    /// Lists the policy objects and builds the first view; fails if the source cannot be read.
-    /// `node` is this node's name (its pods are the ones it queues), `rules` how the queue
-    /// rules are built.
+    /// Lists the policy objects and the leases (of `store`, whose subnets must fit
+    /// `addressing`) and builds the first view; fails if the source cannot be read. `node` is
+    /// this node's name (its pods are the ones it queues), `rules` how the queue rules are
+    /// built.
     pub async fn start(
         source: Arc<dyn ObjectSource>,
-        networks: crate::pods::Subnets,
+        store: Arc<dyn Store>,
+        addressing: Addressing,
         node: &str,
         rules: crate::enforce::RuleOptions,
     ) -> Result<(Self, Handle), StoreError> {
@@ -629,12 +843,16 @@ impl Follower {
                 "the policy object follower did not list".into(),
             ));
         };
-        let objects = Objects::listed(revision, objects);
+        let mut leases = store.watch_leases().await?;
+        let mut objects = Objects::listed(revision, objects);
+        let owners = Owners::of(&leases.borrow_and_update(), Some(&addressing));
+        objects.set_owners(owners, &mut Changes::default());
         let (policies, pods, namespaces) = objects.counts();
         tracing::info!(revision, policies, pods, namespaces, "policy view loaded");
         let first = Snapshot::new(objects.build(), &objects);
         let view: View = Arc::new(RwLock::new(Arc::new(first)));
         let enforced = Enforced::default();
+        let cutter = crate::enforce::Cutter::start(view.clone(), addressing.networks);
         let handle = Handle {
             view: view.clone(),
             enforced: enforced.clone(),
@@ -645,14 +863,17 @@ impl Follower {
         let follower = Self {
             source,
             feed,
+            store,
+            leases: Some(leases),
+            addressing,
             objects,
             publisher: Publisher::default(),
             view,
             enforced,
-            networks,
             node: node.to_owned(),
             rules,
             installed: None,
+            cutter,
         };
         Ok((follower, handle))
     }
@@ -689,10 +910,37 @@ impl Follower {
         Ok(())
     }
 
-    /// Runs until the process ends.
-    pub async fn run(mut self) {
+    /// Runs until the process ends, ticking `beat` each time round: at least every
+    /// [`FOLLOWER_WAKE`] while nothing happens, the datastore reachable or not (its watches
+    /// retry by themselves); only a pass that does not end stops it.
+    pub async fn run(mut self, beat: Beat) {
         loop {
-            let Some(first) = self.feed.next().await else {
+            beat.tick();
+            let next = tokio::select! {
+                next = self.feed.next() => next,
+                changed = lease_change(&mut self.leases) => {
+                    if changed {
+                        self.owners_changed().await;
+                    } else {
+                        tracing::warn!("the lease watch ended; watching again");
+                        self.leases = None;
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(FOLLOWER_WAKE) => {
+                    if self.leases.is_none() {
+                        match self.store.watch_leases().await {
+                            Ok(leases) => {
+                                self.leases = Some(leases);
+                                self.owners_changed().await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot watch the leases"),
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = next else {
                 tracing::warn!("the policy object watch ended; following again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 match self.source.follow().await {
@@ -737,6 +985,19 @@ impl Follower {
         }
     }
 
+    /// Judges every pod record again against the leases as they are now.
+    async fn owners_changed(&mut self) {
+        let Some(leases) = &mut self.leases else {
+            return;
+        };
+        let owners = Owners::of(&leases.borrow_and_update(), Some(&self.addressing));
+        let mut changes = Changes::default();
+        self.objects.set_owners(owners, &mut changes);
+        if !changes.is_empty() {
+            self.publish(changes, 0).await;
+        }
+    }
+
     async fn apply(&mut self, batch: Vec<ObjectUpdate>) {
         let mut changes = Changes::default();
         let updates = batch.len();
@@ -763,13 +1024,21 @@ impl Follower {
             }
             return;
         }
+        self.publish(changes, updates).await;
+    }
+
+    /// Publishes the view after `changes` (from `updates` updates of the source), installs
+    /// the queue rules it needs and has the existing connections judged again (in the
+    /// background: the next change need not wait for a cut).
+    async fn publish(&mut self, changes: Changes, updates: usize) {
+        let revision = self.objects.revision();
         let started = Instant::now();
         let changed = changes.len();
         let rebuilds = self.publisher.rebuilds;
         let next = Arc::new(self.publisher.next(&self.objects, changes));
         let old = std::mem::replace(
             &mut *self.view.write().unwrap_or_else(|e| e.into_inner()),
-            next.clone(),
+            next,
         );
         self.publisher.retire(old);
         let (policies, pods, namespaces) = self.objects.counts();
@@ -792,12 +1061,7 @@ impl Follower {
             // Not enforced: `fabricctl policy sync` and a waiting ADD say so by timing out.
             Err(e) => tracing::warn!(error = %e, "cannot install the queue rules"),
         }
-        let networks = self.networks;
-        match crate::command::off_runtime(move || crate::enforce::rejudge(&next, networks)).await {
-            Ok(0) => {}
-            Ok(cut) => tracing::info!(cut, "connections no longer allowed were cut"),
-            Err(e) => tracing::warn!(error = %e, "cannot re-judge existing connections"),
-        }
+        self.cutter.view_changed();
     }
 }
 
@@ -903,10 +1167,172 @@ mod tests {
 
     const NAMED_PORT: &str = "metadata: {name: web, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: serve-80-tcp}]\n";
 
+    /// A record of `node` (stored under `key`) for pod `ns_name` at `ip` (and `ipv6`).
+    fn record_at(
+        key: &str,
+        node: &str,
+        ns_name: &str,
+        ip: &str,
+        ipv6: Option<&str>,
+        labels: &[(&str, &str)],
+        rev: i64,
+    ) -> StoredObject {
+        let (namespace, name) = ns_name.split_once('/').unwrap();
+        let record = PodRecord {
+            namespace: namespace.into(),
+            name: name.into(),
+            node: node.into(),
+            container_id: key.rsplit('/').next().unwrap().into(),
+            ip: ip.parse().unwrap(),
+            ipv6: ipv6.map(|a| a.parse().unwrap()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: vec![],
+        };
+        stored(
+            Kind::Pods,
+            key,
+            Some(serde_json::to_value(record).unwrap()),
+            rev,
+        )
+    }
+
+    fn lease(subnet: &str, ipv6: Option<&str>, node: &str) -> ipam::Lease {
+        ipam::Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: ipv6.map(|s| s.parse().unwrap()),
+            node: node.into(),
+            public_ip: Ipv4Addr::new(172, 30, 0, 11),
+            backend_type: "vxlan".into(),
+            backend_data: serde_json::Value::Null,
+            ttl_secs: None,
+            handle: 1,
+        }
+    }
+
+    const ADDRESSING: Addressing = Addressing {
+        networks: crate::pods::Subnets {
+            v4: Ipv4Net::new_assert(Ipv4Addr::new(10, 244, 0, 0), 16),
+            v6: Some(Ipv6Net::new_assert(
+                Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0),
+                48,
+            )),
+        },
+        subnet_len: Some(24),
+    };
+
+    fn owners(leases: &[ipam::Lease]) -> Owners {
+        let leases: BTreeMap<_, _> = leases.iter().map(|l| (l.subnet, l.clone())).collect();
+        Owners::of(&Arc::new(leases), Some(&ADDRESSING))
+    }
+
+    #[test]
+    fn a_pod_record_is_believed_only_for_its_own_nodes_addresses() {
+        let n1 = lease("10.244.1.0/24", Some("fd00:10:244:1::/64"), "n1");
+        let n2 = lease("10.244.2.0/24", Some("fd00:10:244:2::/64"), "n2");
+        // A lease that does not fit (not a SubnetLen subnet) cannot vouch for anything.
+        let wide = lease("10.244.0.0/16", None, "evil");
+        let client = [("app", "client")];
+        let b = "10.244.2.20";
+        let mut objects = Objects::listed(
+            9,
+            [
+                record_at("n1/c1", "n1", "x/a", "10.244.1.10", None, &[], 1),
+                record_at("n2/c2", "n2", "y/b", b, Some("fd00:10:244:2::14"), &[], 2),
+                // Forged: b's address under another node, with labels a policy admits.
+                record_at("n1/forged", "n1", "x/forged", b, None, &client, 3),
+                record_at("evil/c9", "evil", "x/evil", b, None, &client, 4),
+                // Stored under n2 but naming n1.
+                record_at(
+                    "n2/misnamed",
+                    "n1",
+                    "x/misnamed",
+                    "10.244.2.30",
+                    None,
+                    &[],
+                    5,
+                ),
+                // Its IPv4 address is n1's, its IPv6 address n2's.
+                record_at(
+                    "n1/six",
+                    "n1",
+                    "x/six",
+                    "10.244.1.11",
+                    Some("fd00:10:244:2::15"),
+                    &[],
+                    6,
+                ),
+            ],
+        );
+        let key = |k: &str| PodKey::parse(k).unwrap();
+        let mut changes = Changes::default();
+        objects.set_owners(owners(&[n1.clone(), n2.clone(), wide]), &mut changes);
+        let cluster = objects.build();
+        for held in ["x/forged", "x/evil", "x/misnamed", "x/six"] {
+            assert!(cluster.pod(&key(held)).is_none(), "{held} is believed");
+        }
+        // Believed until the leases were known (the misnamed one never was).
+        for held in ["x/forged", "x/evil", "x/six"] {
+            assert_eq!(changes.pods.get(&key(held)), Some(&None), "{held}");
+        }
+        assert_eq!(objects.counts().1, 2);
+        assert_eq!(
+            cluster.pod_by_ip(b.parse::<Ipv4Addr>().unwrap()),
+            cluster.pod_id(&key("y/b")),
+            "b's address is b's"
+        );
+        assert!(cluster.pod(&key("x/a")).is_some());
+
+        // n2's lease gone from sight: n1's record still claims an address outside n1's
+        // lease; evil holds no lease and nobody else's covers b's address now.
+        let mut changes = Changes::default();
+        objects.set_owners(owners(std::slice::from_ref(&n1)), &mut changes);
+        assert!(
+            !changes.pods.contains_key(&key("x/forged")),
+            "still held out"
+        );
+        assert!(objects.build().pod(&key("x/evil")).is_some());
+        // n2 leases its subnet again: evil's record is held out again, and a record written
+        // anew is judged as it comes.
+        let mut changes = Changes::default();
+        objects.set_owners(owners(&[n1, n2]), &mut changes);
+        assert_eq!(changes.pods.get(&key("x/evil")), Some(&None));
+        let mut changes = Changes::default();
+        objects.apply(
+            record_at("n1/forged2", "n1", "x/forged2", b, None, &client, 10),
+            &mut changes,
+        );
+        assert!(changes.is_empty(), "{changes:?}");
+        assert!(objects.build().pod(&key("x/forged2")).is_none());
+        // A held-out record deleted while the watch was down goes with the next listing.
+        let listed = vec![
+            record_at("n1/c1", "n1", "x/a", "10.244.1.10", None, &[], 1),
+            record_at("n2/c2", "n2", "y/b", b, None, &[], 2),
+        ];
+        objects.relist(11, listed, &mut Changes::default());
+        assert!(objects.held_out.is_empty(), "{:?}", objects.held_out.keys());
+    }
+
+    #[test]
+    fn a_node_without_a_lease_in_sight_is_believed_where_nobody_else_is() {
+        // Just started: this node's lease is not seen yet, its pods' records are.
+        let mut objects = Objects::listed(
+            2,
+            [record_at("n1/c1", "n1", "x/a", "10.244.1.10", None, &[], 1)],
+        );
+        objects.set_owners(
+            owners(&[lease("10.244.2.0/24", None, "n2")]),
+            &mut Changes::default(),
+        );
+        assert_eq!(objects.counts().1, 1);
+        assert_eq!(objects.pods_on("n1").count(), 1);
+    }
+
     #[test]
     fn a_node_s_pods_are_those_it_registered() {
-        let mut n2 = pod("c9", "x/far", 9, &[], &[], 4);
-        n2.name = "n2/c9".into();
+        let n2 = record_at("n2/c9", "n2", "x/far", "10.244.2.9", None, &[], 4);
         let objects = Objects::listed(
             5,
             vec![

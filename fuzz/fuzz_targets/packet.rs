@@ -2,7 +2,8 @@
 //! of an IPv4 or IPv6 packet, or anything else) goes through `Packet::parse` and
 //! `enforce::judge_packet` exactly as `fabricd`'s queue thread does, against a small compiled
 //! policy view (an isolated pod with an ingress rule, and an open one). The same bytes, read
-//! as text, go through `parse_tracked` (the `conntrack -L` lines a policy change re-judges).
+//! as ctnetlink replies, go through `conntrack::parse_replies` (the dump a policy change
+//! re-judges).
 //!
 //! Beyond "no panic": `Flow::parse` agrees with `Packet::parse`; what a parsed packet reports
 //! (addresses, the IPv4 transport header's port and TCP flags) lies within the buffer and is
@@ -17,7 +18,7 @@ use fabric_fuzz as _;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use fabric::enforce::{judge_packet, packet::TCP_SYN, parse_tracked, Flow, Packet, Transport};
+use fabric::enforce::{conntrack, judge_packet, packet::TCP_SYN, Flow, Packet, Transport};
 use fabric::policies::Objects;
 use ipam::objects::{Kind, StoredObject};
 use libfuzzer_sys::fuzz_target;
@@ -99,9 +100,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Ok(text) = std::str::from_utf8(data) {
-        for line in text.lines() {
-            let _ = parse_tracked(line);
+    for (_, reply) in conntrack::parse_replies(data) {
+        if let conntrack::Reply::Entry(Some(entry)) = reply {
+            // What a dump held can be named in a delete.
+            let request = conntrack::delete_request(&[&entry], 1);
+            assert!(request.len() >= 20);
         }
     }
 });

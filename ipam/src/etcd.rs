@@ -8,13 +8,17 @@
 //! One read path serves every listing ([`EtcdStore::list_range`]: paginated, one revision)
 //! and one watch path every follower ([`EtcdStore::follow_range`]: a listing, then events from
 //! the revision after it, and a fresh listing whenever the watch breaks or falls behind a
-//! compaction). The lease watch and fabricd's policy view are both built on it.
+//! compaction). The lease watch and fabricd's policy view are both built on it. A watch never
+//! waits on a silent connection for long: it asks etcd for progress after each
+//! [`WATCH_SILENCE`] wake and restarts when no answer comes; each follower's loop beats a
+//! [`Pulse`] the store hands out ([`EtcdStore::followers`]) for a health check to watch.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -26,7 +30,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Heard, Pulse, Quiet, Silence};
 use crate::config::NetworkConfig;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseRecord, LeaseRequest, Leases};
 use crate::objects::{Kind, PodRecord, StoredObject, Versioned};
@@ -53,6 +57,24 @@ const HEALTHY_WATCH: Duration = Duration::from_secs(10);
 
 /// Updates a follower may queue before its watch waits for the consumer.
 const FOLLOW_QUEUE: usize = 256;
+
+/// How a watch waits on a quiet etcd: after each 10 s of silence it asks for a progress
+/// report (etcd answers once the watch has caught up, and nothing else needs to happen), and
+/// a watch silent for 30 s, three asks unanswered, is dead (its connection hangs: etcd
+/// blackholed, a half-open connection) and is restarted.
+pub const WATCH_SILENCE: Silence = Silence {
+    wake: Duration::from_secs(10),
+    dead: Duration::from_secs(30),
+};
+
+/// How long creating a watch may take (etcd confirms it at once).
+const WATCH_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long asking a watch for progress may take (the request is only queued on its stream).
+const PROGRESS_ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long asking etcd whether a deleted record's etcd lease ran out may take.
+const LEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A range of keys: `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +224,20 @@ pub struct EtcdStore {
     _token_keeper: Option<Arc<TokenKeeper>>,
     /// Keeps requests off endpoints that refuse connections (see [`EndpointKeeper`]).
     _endpoint_keeper: Option<Arc<EndpointKeeper>>,
+    /// The pulses of the store's followers, shared by its clones.
+    followers: Arc<Followers>,
+    /// How long a lease watch keeps a lease whose etcd lease ran out (see [`WatchedLeases`]);
+    /// zero: not at all.
+    expired_grace: Duration,
+}
+
+/// The pulses of a store's long-running followers (see [`EtcdStore::followers`]).
+#[derive(Debug, Default)]
+struct Followers {
+    /// Every lease watch's loop.
+    leases: Pulse,
+    /// Every policy object watch's loop.
+    objects: Pulse,
 }
 
 /// How often [`EndpointKeeper`] probes the endpoints of a store with more than one.
@@ -672,6 +708,8 @@ impl EtcdStore {
             client,
             prefix: options.prefix.trim_end_matches('/').to_owned(),
             _token_keeper: None,
+            followers: Arc::default(),
+            expired_grace: Duration::ZERO,
         };
         // The channel connects lazily: one read now, so an unreachable etcd or a refused TLS
         // handshake is reported here, as such. A permission error is the role's business and
@@ -710,6 +748,25 @@ impl EtcdStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.prefix)
+    }
+
+    /// This store with lease watches that keep a lease whose etcd lease ran out for `grace`
+    /// more, unless its subnet is leased again meanwhile (see [`WatchedLeases`]): fabricd
+    /// gives its own lease TTL, so a peer cut off from etcd keeps its routes for up to twice
+    /// the TTL since its last renewal, and a peer that is gone is forgotten then.
+    pub fn keeping_expired_leases(mut self, grace: Duration) -> Self {
+        self.expired_grace = grace;
+        self
+    }
+
+    /// The store's long-running followers by name, each with the [`Pulse`] its loop beats at
+    /// least every [`WATCH_SILENCE`] wake or retry, etcd reachable or not: the lease watch
+    /// ([`Store::watch_leases`]) and the policy object watch ([`ObjectSource::follow`]).
+    pub fn followers(&self) -> Vec<(&'static str, Pulse)> {
+        vec![
+            ("the lease watch", self.followers.leases.clone()),
+            ("the policy object watch", self.followers.objects.clone()),
+        ]
     }
 
     /// Every key in `range` and the revision they were read at: one consistent read, in
@@ -1013,7 +1070,8 @@ impl EtcdStore {
     /// Follows every namespace, pod and policy (see [`Self::follow_range`]); turn its keys into
     /// objects with [`Self::object`].
     pub async fn follow_objects(&self) -> Result<RangeFollower, StoreError> {
-        self.follow_range(self.objects_range()).await
+        self.follow_range_on(self.objects_range(), self.followers.objects.clone())
+            .await
     }
 
     fn objects_of(&self, keys: Vec<KeyState>) -> Vec<StoredObject> {
@@ -1177,10 +1235,13 @@ impl Store for EtcdStore {
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Renewal, StoreError> {
         let mut client = self.client.clone();
-        let (mut keeper, mut stream) = client
-            .lease_keep_alive(lease.handle)
-            .await
-            .map_err(unavailable)?;
+        let (mut keeper, mut stream) = match client.lease_keep_alive(lease.handle).await {
+            Ok(keep_alive) => keep_alive,
+            // etcd answered that the lease is gone (expired during a partition, or revoked):
+            // the client reports it as this error, not as a zero TTL.
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(Renewal::Lost),
+            Err(e) => return Err(unavailable(e)),
+        };
         keeper.keep_alive().await.map_err(unavailable)?;
         let ttl = match stream.message().await.map_err(unavailable)? {
             Some(resp) => resp.ttl(),
@@ -1249,29 +1310,44 @@ impl Store for EtcdStore {
 
     async fn watch_leases(&self) -> Result<watch::Receiver<Leases>, StoreError> {
         let mut follower = self
-            .follow_range(KeyRange::prefix(&self.subnets_prefix()))
+            .follow_range_on(
+                KeyRange::prefix(&self.subnets_prefix()),
+                self.followers.leases.clone(),
+            )
             .await?;
-        let mut leases = BTreeMap::new();
+        let mut watched = WatchedLeases::default();
         if let Some(listed) = follower.next().await {
-            self.apply_lease_update(&mut leases, listed);
+            self.apply_lease_update(&mut watched, listed).await;
         }
-        let (tx, rx) = watch::channel(Arc::new(leases.clone()));
+        let (tx, rx) = watch::channel(Arc::new(watched.published()));
         let store = self.clone();
+        let grace = self.expired_grace;
         tokio::spawn(async move {
             loop {
-                let update = tokio::select! {
+                let forget_at = watched.next_forget(grace);
+                tokio::select! {
                     _ = tx.closed() => return,
-                    update = follower.next() => update,
-                };
-                let Some(update) = update else {
-                    tracing::warn!("the lease follower ended");
-                    return;
-                };
-                if store.apply_lease_update(&mut leases, update)
-                    && tx.send(Arc::new(leases.clone())).is_err()
-                {
-                    return;
+                    () = sleep_until_some(forget_at) => {
+                        for (lease, since) in watched.prune(Instant::now(), grace) {
+                            tracing::warn!(node = %lease.node, subnet = %lease.subnet, expired_secs_ago = since.as_secs(), "forgetting an expired lease: its node did not lease it again");
+                        }
+                    }
+                    update = follower.next() => {
+                        let Some(update) = update else {
+                            tracing::warn!("the lease follower ended");
+                            return;
+                        };
+                        store.apply_lease_update(&mut watched, update).await;
+                    }
                 }
+                let next = watched.published();
+                tx.send_if_modified(|current| {
+                    let changed = **current != next;
+                    if changed {
+                        *current = Arc::new(next);
+                    }
+                    changed
+                });
             }
         });
         Ok(rx)
@@ -1301,6 +1377,116 @@ pub fn decode_reservation(prefix: &str, state: &KeyState) -> Result<(Ipv4Net, St
     Ok((subnet, r.node))
 }
 
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks a watch for a progress report; an error when the request cannot even be queued.
+async fn ask_progress(watcher: &mut etcd_client::Watcher) -> Result<(), StoreError> {
+    tokio::time::timeout(PROGRESS_ASK_TIMEOUT, watcher.request_progress())
+        .await
+        .map_err(|_| StoreError::Unavailable("the watch takes no more requests".into()))?
+        .map_err(unavailable)
+}
+
+/// The subnet a key under `prefix` (`<prefix>/subnets/`) names and the lease it now holds
+/// (`None`: deleted, or undecodable, with a warning); `None` for a key that names no subnet.
+fn lease_of(prefix: &str, state: &KeyState) -> Option<(Ipv4Net, Option<Lease>)> {
+    let (subnet, _) = decode(prefix, state).ok()?;
+    if state.value.is_none() {
+        return Some((subnet, None));
+    }
+    match decode_lease(prefix, state) {
+        Ok(lease) => Some((subnet, Some(lease))),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping lease record");
+            Some((subnet, None))
+        }
+    }
+}
+
+/// The leases a lease watch publishes (pure; see [`EtcdStore::watch_leases`]): every live
+/// record, and beside them the leases whose etcd lease ran out, each until its subnet is
+/// leased again or the grace of [`EtcdStore::keeping_expired_leases`] passes. Its peers
+/// cannot tell a node cut off from etcd from one that is gone: both stop renewing. So for a
+/// while they keep routing to it (nobody else holds its subnet, or they would see that
+/// lease), and a node whose partition outlives its TTL keeps its data path; it takes its
+/// subnet back as soon as it reaches etcd again.
+#[derive(Debug, Default)]
+struct WatchedLeases {
+    live: BTreeMap<Ipv4Net, Lease>,
+    expired: BTreeMap<Ipv4Net, (Lease, Instant)>,
+}
+
+impl WatchedLeases {
+    /// Sets the record of `subnet` (`None`: gone); returns the live lease it replaced by
+    /// nothing, for the caller to tell whether its etcd lease ran out.
+    fn set(&mut self, subnet: Ipv4Net, lease: Option<Lease>) -> Option<Lease> {
+        match lease {
+            Some(lease) => {
+                self.expired.remove(&subnet);
+                self.live.insert(subnet, lease);
+                None
+            }
+            None => self.live.remove(&subnet),
+        }
+    }
+
+    /// Replaces the live records with a listing's; returns the live leases it lacks.
+    fn listed(&mut self, listed: BTreeMap<Ipv4Net, Lease>) -> Vec<Lease> {
+        self.expired
+            .retain(|subnet, _| !listed.contains_key(subnet));
+        let before = std::mem::replace(&mut self.live, listed);
+        before
+            .into_iter()
+            .filter(|(subnet, _)| !self.live.contains_key(subnet))
+            .map(|(_, lease)| lease)
+            .collect()
+    }
+
+    /// Keeps `lease`, whose etcd lease ran out at `now` (unless its subnet is leased again
+    /// meanwhile).
+    fn expired(&mut self, lease: Lease, now: Instant) {
+        if !self.live.contains_key(&lease.subnet) {
+            self.expired.insert(lease.subnet, (lease, now));
+        }
+    }
+
+    /// When the first expired lease is due to be forgotten, kept for `linger`.
+    fn next_forget(&self, linger: Duration) -> Option<Instant> {
+        self.expired.values().map(|(_, at)| *at + linger).min()
+    }
+
+    /// Forgets the expired leases older than `linger`; returns them with their age.
+    fn prune(&mut self, now: Instant, linger: Duration) -> Vec<(Lease, Duration)> {
+        let old: Vec<Ipv4Net> = self
+            .expired
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= linger)
+            .map(|(subnet, _)| *subnet)
+            .collect();
+        old.into_iter()
+            .filter_map(|subnet| self.expired.remove(&subnet))
+            .map(|(lease, at)| (lease, now.duration_since(at)))
+            .collect()
+    }
+
+    /// The set to publish: live records over expired ones.
+    fn published(&self) -> BTreeMap<Ipv4Net, Lease> {
+        let mut out: BTreeMap<Ipv4Net, Lease> = self
+            .expired
+            .iter()
+            .map(|(subnet, (lease, _))| (*subnet, lease.clone()))
+            .collect();
+        out.extend(self.live.iter().map(|(s, l)| (*s, l.clone())));
+        out
+    }
+}
+
 /// The lease records as [`EtcdStore::snapshot`] reads them.
 #[derive(Debug, Default)]
 struct LeaseSnapshot {
@@ -1324,39 +1510,55 @@ fn decode<'a>(prefix: &str, state: &'a KeyState) -> Result<(Ipv4Net, &'a [u8]), 
 }
 
 impl EtcdStore {
-    /// Applies a lease follower's update to `leases`; returns whether they may have changed
-    /// (a listing always may).
-    /// Undecodable records are skipped with a warning.
-    fn apply_lease_update(
-        &self,
-        leases: &mut BTreeMap<Ipv4Net, Lease>,
-        update: RangeUpdate,
-    ) -> bool {
-        let (keys, listed) = match update {
-            RangeUpdate::Progress { .. } => return false,
+    /// Applies a lease follower's update to `watched`. A lease record that went (deleted, or
+    /// missing from a new listing) is kept as expired when the store keeps expired leases and
+    /// its etcd lease ran out (its node stopped renewing: gone, or cut off from etcd), and
+    /// forgotten at once otherwise (deleted by hand). Undecodable records are skipped with a
+    /// warning.
+    async fn apply_lease_update(&self, watched: &mut WatchedLeases, update: RangeUpdate) {
+        let prefix = self.subnets_prefix();
+        let gone = match update {
+            RangeUpdate::Progress { .. } => return,
             RangeUpdate::Listed { keys, .. } => {
-                leases.clear();
-                (keys, true)
+                let listed = keys
+                    .iter()
+                    .filter_map(|state| lease_of(&prefix, state))
+                    .filter_map(|(subnet, lease)| Some((subnet, lease?)))
+                    .collect();
+                watched.listed(listed)
             }
-            RangeUpdate::Changed { keys, .. } => (keys, false),
+            RangeUpdate::Changed { keys, .. } => keys
+                .iter()
+                .filter_map(|state| lease_of(&prefix, state))
+                .filter_map(|(subnet, lease)| watched.set(subnet, lease))
+                .collect(),
         };
-        let mut changed = listed;
-        for state in &keys {
-            let Ok((subnet, _)) = decode(&self.subnets_prefix(), state) else {
-                continue;
-            };
-            changed = true;
-            leases.remove(&subnet);
-            if state.value.is_some() {
-                match self.decode_lease(state) {
-                    Ok(lease) => {
-                        leases.insert(subnet, lease);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "skipping lease record"),
-                }
+        for lease in gone {
+            let grace = self.expired_grace;
+            if !grace.is_zero() && self.lease_ran_out(lease.handle).await {
+                tracing::warn!(node = %lease.node, subnet = %lease.subnet, keep_secs = grace.as_secs(), "a lease expired in etcd (its node stopped renewing: cut off from etcd, or gone); keeping it a while unless its subnet is leased again");
+                watched.expired(lease, Instant::now());
+            } else {
+                tracing::info!(node = %lease.node, subnet = %lease.subnet, "a lease record was deleted");
             }
         }
-        changed
+    }
+
+    /// Whether etcd lease `handle` is gone (ran out, or revoked), so that a record bound to it
+    /// went with it rather than by someone's hand. A store that does not answer counts as that
+    /// (the record is kept a while: the safe side for the data path). A record bound to no
+    /// etcd lease never runs out.
+    async fn lease_ran_out(&self, handle: i64) -> bool {
+        if handle == 0 {
+            return false;
+        }
+        let mut client = self.client.clone();
+        match tokio::time::timeout(LEASE_CHECK_TIMEOUT, client.lease_time_to_live(handle, None))
+            .await
+        {
+            Ok(Ok(resp)) => resp.ttl() <= 0,
+            _ => true,
+        }
     }
 
     /// Follows every key in `range` on a task of its own: first a listing, then the watch's
@@ -1365,6 +1567,15 @@ impl EtcdStore {
     /// while etcd stays out of reach), lists again and watches on from there; it ends when the follower is dropped. Fails only if
     /// the first listing does.
     pub async fn follow_range(&self, range: KeyRange) -> Result<RangeFollower, StoreError> {
+        self.follow_range_on(range, Pulse::default()).await
+    }
+
+    /// [`Self::follow_range`], its loop beating `pulse`.
+    async fn follow_range_on(
+        &self,
+        range: KeyRange,
+        pulse: Pulse,
+    ) -> Result<RangeFollower, StoreError> {
         let (revision, keys) = self.list_range(&range).await?;
         let (tx, updates) = mpsc::channel(FOLLOW_QUEUE);
         tx.try_send(RangeUpdate::Listed { revision, keys })
@@ -1372,7 +1583,7 @@ impl EtcdStore {
         let progress = ProgressHandle::default();
         let store = self.clone();
         let asked = progress.clone();
-        tokio::spawn(async move { store.follow(range, revision, tx, asked).await });
+        tokio::spawn(async move { store.follow(range, revision, tx, asked, pulse).await });
         Ok(RangeFollower { updates, progress })
     }
 
@@ -1382,24 +1593,31 @@ impl EtcdStore {
         mut revision: i64,
         tx: mpsc::Sender<RangeUpdate>,
         progress: ProgressHandle,
+        pulse: Pulse,
     ) {
+        let _running = pulse.start();
         let mut backoff = Backoff::default();
         loop {
-            let started = tokio::time::Instant::now();
-            match self.watch_from(&range, revision, &tx, &progress).await {
+            let started = Instant::now();
+            let broke = match self
+                .watch_from(&range, revision, &tx, &progress, &pulse)
+                .await
+            {
                 Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(range = %range.start, error = %e, "watch broke; listing again")
-                }
-            }
+                Err(e) => e,
+            };
             if started.elapsed() >= HEALTHY_WATCH {
                 backoff.reset();
             }
+            let mut delay = backoff.next_delay();
+            tracing::warn!(range = %range.start, error = %broke, retry_in = ?delay, "watch broke; listing again");
             loop {
+                pulse.beat();
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
+                pulse.beat();
                 match self.list_range(&range).await {
                     Ok((rev, keys)) => {
                         revision = rev;
@@ -1409,39 +1627,66 @@ impl EtcdStore {
                         }
                         break;
                     }
-                    Err(e) => tracing::warn!(range = %range.start, error = %e, "cannot list"),
+                    Err(e) => {
+                        delay = backoff.next_delay();
+                        tracing::warn!(range = %range.start, error = %e, retry_in = ?delay, "cannot list");
+                    }
                 }
             }
         }
     }
 
     /// Watches `range` from `revision + 1`, sending what happens to `tx` and asking etcd for
-    /// progress reports when `progress` is poked. `Ok` once nobody listens; an error when
-    /// the watch broke.
+    /// progress reports when `progress` is poked and after each [`WATCH_SILENCE`] wake,
+    /// beating `pulse` each time round. `Ok` once nobody listens; an error when the watch
+    /// broke, or stayed silent past [`WATCH_SILENCE`]'s bound.
     async fn watch_from(
         &self,
         range: &KeyRange,
         revision: i64,
         tx: &mpsc::Sender<RangeUpdate>,
         progress: &ProgressHandle,
+        pulse: &Pulse,
     ) -> Result<(), StoreError> {
         let options = WatchOptions::new()
             .with_range(range.end.as_str())
-            .with_start_revision(revision + 1);
-        let (mut watcher, mut stream) = self
-            .client
-            .clone()
-            .watch(range.start.as_str(), Some(options))
-            .await
-            .map_err(unavailable)?;
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let mut client = self.client.clone();
+        let (mut watcher, mut stream) = tokio::time::timeout(
+            WATCH_SETUP_TIMEOUT,
+            client.watch(range.start.as_str(), Some(options)),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "etcd did not confirm the watch within {WATCH_SETUP_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(unavailable)?;
+        let mut quiet = Quiet::new(WATCH_SILENCE);
         loop {
+            pulse.beat();
             let resp = tokio::select! {
                 _ = tx.closed() => return Ok(()),
                 _ = progress.0.notified() => {
-                    watcher.request_progress().await.map_err(unavailable)?;
+                    ask_progress(&mut watcher).await?;
                     continue;
                 }
-                resp = stream.message() => resp.map_err(unavailable)?,
+                heard = quiet.next(stream.message()) => match heard {
+                    Heard::Message(resp) => resp.map_err(unavailable)?,
+                    Heard::Woke => {
+                        ask_progress(&mut watcher).await?;
+                        continue;
+                    }
+                    Heard::Dead(silent) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "the watch stayed silent for {}s, progress asked every {}s: its connection hangs",
+                            silent.as_secs(),
+                            WATCH_SILENCE.wake.as_secs()
+                        )))
+                    }
+                },
             };
             let Some(resp) = resp else {
                 return Err(StoreError::Unavailable("watch stream ended".into()));
@@ -1489,7 +1734,7 @@ impl EtcdStore {
 }
 
 #[cfg(test)]
-mod failover_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -1522,5 +1767,72 @@ mod failover_tests {
         ] {
             assert!(!is_transient(&error(permanent)), "{permanent}");
         }
+    }
+
+    fn lease(subnet: &str, node: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            node: node.into(),
+            public_ip: "172.30.0.11".parse().unwrap(),
+            backend_type: "vxlan".into(),
+            backend_data: serde_json::Value::Null,
+            ttl_secs: None,
+            handle: 7,
+        }
+    }
+
+    fn nodes(watched: &WatchedLeases) -> Vec<String> {
+        watched
+            .published()
+            .values()
+            .map(|l| l.node.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_expired_lease_stays_until_its_subnet_is_leased_again() {
+        let start = Instant::now();
+        let mut watched = WatchedLeases::default();
+        let (a, b) = (lease("10.244.1.0/24", "a"), lease("10.244.2.0/24", "b"));
+        let listed = [(a.subnet, a.clone()), (b.subnet, b.clone())];
+        assert!(watched.listed(listed.into_iter().collect()).is_empty());
+        // a's record goes with its etcd lease: kept.
+        let gone = watched.set(a.subnet, None).expect("a was live");
+        watched.expired(gone, start);
+        assert_eq!(nodes(&watched), ["a", "b"]);
+        // A new listing (after the watch broke) lacks b too; b ran out as well.
+        let gone = watched.listed(BTreeMap::new());
+        assert_eq!(gone, std::slice::from_ref(&b));
+        watched.expired(b.clone(), start + Duration::from_secs(30));
+        assert_eq!(nodes(&watched), ["a", "b"]);
+        // c leases a's subnet: c's lease replaces a's, for good.
+        let c = lease("10.244.1.0/24", "c");
+        assert_eq!(watched.set(c.subnet, Some(c.clone())), None);
+        assert_eq!(nodes(&watched), ["c", "b"]);
+        let gone = watched.set(c.subnet, None).unwrap();
+        assert_eq!(gone.node, "c", "a is not back");
+        // Nobody leases b's subnet again: forgotten once it lingered long enough.
+        let linger = Duration::from_secs(60);
+        let due = start + Duration::from_secs(90);
+        assert_eq!(watched.next_forget(linger), Some(due));
+        assert_eq!(watched.prune(start + linger, linger).len(), 0, "not due");
+        let forgotten = watched.prune(due, linger);
+        assert_eq!(forgotten, [(b, linger)]);
+        assert!(watched.published().is_empty());
+    }
+
+    #[test]
+    fn a_lease_leased_again_at_once_is_not_kept_expired() {
+        let mut watched = WatchedLeases::default();
+        let a = lease("10.244.1.0/24", "a");
+        watched.set(a.subnet, Some(a.clone()));
+        // Deleted and leased again in one batch: the check of the old lease comes after.
+        let gone = watched.set(a.subnet, None).unwrap();
+        let again = lease("10.244.1.0/24", "a2");
+        watched.set(again.subnet, Some(again));
+        watched.expired(gone, Instant::now());
+        assert!(watched.expired.is_empty());
+        assert_eq!(nodes(&watched), ["a2"]);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipam::etcd::{EtcdStore, RangeFollower, RangeUpdate};
 use ipam::objects::{Kind, StoredObject};
-use ipam::{LeaseRequest, Store};
+use ipam::{LeaseRequest, Renewal, Store};
 use serde_json::json;
 
 /// A single-member etcd on 127.0.0.1, killed (by its pid) when dropped.
@@ -374,4 +374,38 @@ async fn undecodable_leases_and_reservations_stay_occupied_and_never_wedge_alloc
     // The records are still there, untouched.
     let kept = raw.get("/t/subnets/10.244.0.0-24", None).await.unwrap();
     assert_eq!(kept.kvs()[0].value(), b"{not json");
+}
+
+#[tokio::test]
+async fn a_lease_that_expired_is_reported_lost_not_unreachable() {
+    let etcd = Etcd::start();
+    let store = etcd.store().await;
+    store
+        .put_config(
+            r#"{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}"#,
+        )
+        .await
+        .unwrap();
+    let lease = store
+        .acquire_lease(&LeaseRequest {
+            node: "a".into(),
+            public_ip: Ipv4Addr::new(192, 0, 2, 1),
+            backend_type: "host-gw".into(),
+            backend_data: json!(null),
+            previous: None,
+            ttl_secs: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.renew_lease(&lease).await.unwrap(), Renewal::Renewed);
+    // Not renewed for longer than its TTL (a partition): etcd drops it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if store.list_leases().await.unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+    }
+    assert_eq!(store.renew_lease(&lease).await.unwrap(), Renewal::Lost);
 }

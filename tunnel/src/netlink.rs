@@ -98,6 +98,13 @@ pub struct Link {
     pub vxlan: Option<VxlanParams>,
 }
 
+impl Link {
+    /// Whether it is a veth.
+    pub fn is_veth(&self) -> bool {
+        self.kind == Some(InfoKind::Veth)
+    }
+}
+
 /// The parameters that define a VXLAN device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VxlanParams {
@@ -161,8 +168,10 @@ impl Netlink {
     }
 
     /// Opens a handle in the network namespace at `netns` (e.g. `/var/run/netns/pod1` or
-    /// `/proc/PID/ns/net`). The socket is created on a short-lived thread that entered the
-    /// namespace; the socket stays bound to it while the caller's threads stay where they are.
+    /// `/proc/PID/ns/net`). The socket is created by a long-lived thread of this module that
+    /// enters the namespace, opens it and comes back (microseconds; a thread started per
+    /// socket costs milliseconds on a busy node); the socket stays bound to the namespace
+    /// while the caller's threads stay where they are.
     pub fn connect_in(netns: &Path) -> std::result::Result<Self, OpenError> {
         let netns_err = |source| OpenError::Netns {
             path: netns.display().to_string(),
@@ -170,18 +179,16 @@ impl Netlink {
         };
         let file = File::open(netns).map_err(netns_err)?;
         let runtime = tokio::runtime::Handle::current();
-        let opened = std::thread::scope(|s| {
-            s.spawn(|| {
-                // The socket registers with the caller's runtime, not a new one.
-                let _entered = runtime.enter();
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| netns_err(e.into()))?;
-                rtnetlink::new_connection().map_err(OpenError::Socket)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(OpenError::Socket(std::io::Error::other("thread panicked"))))
+        let opened = opener::run_in(file, move || {
+            // The socket registers with the caller's runtime, not a new one.
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
         });
-        let (conn, handle, _) = opened?;
+        let (conn, handle, _) = match opened {
+            Ok(opened) => opened.map_err(OpenError::Socket)?,
+            Err(opener::Failure::Enter(e)) => return Err(netns_err(e)),
+            Err(opener::Failure::Thread(e)) => return Err(OpenError::Socket(e)),
+        };
         tokio::spawn(conn);
         Ok(Self { handle })
     }
@@ -281,6 +288,46 @@ impl Netlink {
             .map_err(ctx(|| format!("create veth {host}/{peer}")))
     }
 
+    /// Creates a veth pair in one request: `host` here, down, and `peer` straight in the
+    /// network namespace open at `netns`, up; both with MTU `mtu`. The peer never appears in
+    /// this namespace, so nothing has to move it there afterwards (a move between namespaces
+    /// costs the kernel an RCU grace period, ~15 ms), nor rename it. An `EEXIST` error
+    /// ([`NetlinkError::errno`]) means `host` exists here or `peer` there.
+    ///
+    /// The peer is the request's main link and `host` its veth peer: only the main link may
+    /// come up within the request (a veth cannot open before its peer exists).
+    pub async fn add_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        netns: &File,
+        mtu: u32,
+    ) -> Result<()> {
+        use netlink_packet_route::link::{InfoVeth, LinkFlag, LinkMessage};
+        use std::os::fd::AsRawFd;
+        let mut host_msg = LinkMessage::default();
+        host_msg.attributes = vec![
+            LinkAttribute::IfName(host.to_owned()),
+            LinkAttribute::Mtu(mtu),
+        ];
+        let mut req = self.handle.link().add();
+        let msg = req.message_mut();
+        msg.header.flags = vec![LinkFlag::Up];
+        msg.header.change_mask = vec![LinkFlag::Up];
+        msg.attributes = vec![
+            LinkAttribute::IfName(peer.to_owned()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::NetNsFd(netns.as_raw_fd()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(host_msg))),
+            ]),
+        ];
+        req.execute().await.map_err(ctx(|| {
+            format!("create veth {host} with peer {peer} in another namespace")
+        }))
+    }
+
     /// Sets MTU, MAC and/or admin state where they differ.
     pub async fn set_link(
         &self,
@@ -373,12 +420,10 @@ impl Netlink {
 
     /// Adds an address to a link unless it is already there. IPv6 addresses skip duplicate
     /// address detection (`nodad`): fabric hands them out, so nothing else holds them, and a
-    /// tentative address would hold a new pod's traffic back for a second.
+    /// tentative address would hold a new pod's traffic back for a second. One request: the
+    /// kernel's `EEXIST` for an address already there is success.
     pub async fn ensure_address(&self, index: u32, addr: IpNet) -> Result<()> {
         use netlink_packet_route::address::{AddressAttribute, AddressFlag};
-        if self.addresses(index).await?.contains(&addr) {
-            return Ok(());
-        }
         let mut req = self
             .handle
             .address()
@@ -579,6 +624,92 @@ impl Netlink {
             )));
         let res = self.handle.neighbours().del(msg).execute().await;
         ignore_missing(res.map_err(ctx(|| format!("delete fdb entry {e:?}"))))
+    }
+}
+
+/// The thread [`Netlink::connect_in`] opens sockets in other namespaces on.
+mod opener {
+    use std::fs::File;
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::Mutex;
+
+    use nix::sched::{setns, CloneFlags};
+
+    /// Why the work could not run there.
+    pub enum Failure {
+        /// The namespace could not be entered.
+        Enter(std::io::Error),
+        /// The thread could not be started, or stopped.
+        Thread(std::io::Error),
+    }
+
+    struct Job {
+        netns: File,
+        work: Box<dyn FnOnce() + Send>,
+        entered: Sender<std::io::Result<()>>,
+    }
+
+    static THREAD: Mutex<Option<Sender<Job>>> = Mutex::new(None);
+
+    /// Runs `work` on the thread, in the network namespace `netns`.
+    pub fn run_in<T: Send + 'static>(
+        netns: File,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let (done, result) = channel();
+        let (entered, entering) = channel();
+        let mut job = Job {
+            netns,
+            work: Box::new(move || drop(done.send(work()))),
+            entered,
+        };
+        let stopped = || Failure::Thread(std::io::Error::other("the namespace thread stopped"));
+        // A thread that is gone (it could not come back to its namespace) is replaced.
+        for _ in 0..2 {
+            let mut thread = THREAD.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = match thread.as_ref() {
+                Some(tx) => tx.clone(),
+                None => thread.insert(spawn().map_err(Failure::Thread)?).clone(),
+            };
+            drop(thread);
+            match tx.send(job) {
+                Ok(()) => {
+                    entering
+                        .recv()
+                        .map_err(|_| stopped())?
+                        .map_err(Failure::Enter)?;
+                    return result.recv().map_err(|_| stopped());
+                }
+                Err(std::sync::mpsc::SendError(back)) => {
+                    job = back;
+                    *THREAD.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+        }
+        Err(stopped())
+    }
+
+    fn spawn() -> std::io::Result<Sender<Job>> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let (tx, jobs) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("netns-open".into())
+            .spawn(move || {
+                for job in jobs {
+                    if let Err(e) = setns(&job.netns, CloneFlags::CLONE_NEWNET) {
+                        let _ = job.entered.send(Err(e.into()));
+                        continue;
+                    }
+                    let _ = job.entered.send(Ok(()));
+                    (job.work)();
+                    // Back home before the next job: this thread serves every namespace.
+                    // Should that fail, it stops (and is replaced).
+                    if setns(&home, CloneFlags::CLONE_NEWNET).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(tx)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::kube::proxy::ProxyMode;
 use crate::netpol;
 use crate::porter::{self, Target};
 use crate::process::Cmd;
-use crate::spec::{Backend, Datastore, LabSpec, Reservation, BIN_DIR_ENV};
+use crate::spec::{Agent, Backend, Datastore, LabSpec, Reservation, BIN_DIR_ENV};
 use crate::state::{Node, Pod};
 use crate::{teardown, Lab};
 
@@ -222,6 +222,11 @@ pub struct UpArgs {
     /// endpoint. Peers talk plain http on the underlay, also with --etcd-tls.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub etcd_members: usize,
+    /// The node agent: fabric (fabricd and fabric-cni), or flannel (the real flanneld in etcd
+    /// mode, pods through Flannel's delegate chain bridge + host-local, built at their pins by
+    /// bench/anchors/flannel/build.sh; vxlan or host-gw), an anchor to measure fabric against.
+    #[arg(long, default_value_t = Agent::Fabric)]
+    pub agent: Agent,
 }
 
 /// Output formats.
@@ -335,6 +340,7 @@ fn up(args: UpArgs) -> Result<u8> {
     spec.proxy_mode = args.proxy_mode;
     spec.etcd_tls = args.etcd_tls;
     spec.etcd_members = args.etcd_members;
+    spec.agent = args.agent;
     if let Some(dir) = args.bin_dir {
         spec.bin_dir = dir;
     }
@@ -343,7 +349,7 @@ fn up(args: UpArgs) -> Result<u8> {
     lab.keep();
 
     println!();
-    print_tables(lab.nodes(), lab.pods());
+    print_tables(&lab, lab.nodes());
     print_kubelet_pods(&lab);
     let mut code = 0;
     if demo {
@@ -451,6 +457,7 @@ fn status(args: StatusArgs) -> Result<()> {
         OutputFormat::Json => {
             let doc = json!({
                 "name": lab.name(),
+                "agent": lab.agent(),
                 "backend": lab.backend(),
                 "datastore": lab.datastore(),
                 "kubeconfig": lab.kubeconfig(),
@@ -483,8 +490,8 @@ fn status(args: StatusArgs) -> Result<()> {
                     "netns": n.netns,
                     "underlay_ip": n.underlay_ip,
                     "subnet": n.subnet,
-                    "pid": n.pid(),
-                    "running": n.running(),
+                    "pid": lab.agent_pid(&n.name),
+                    "running": agent_daemon(&lab, n).is_some_and(|d| d.is_running()),
                     "kubelet": daemon_json(n.kubelet.as_ref()),
                     "kube_proxy": daemon_json(n.kube_proxy.as_ref()),
                 })).collect::<Vec<_>>(),
@@ -546,8 +553,12 @@ fn status(args: StatusArgs) -> Result<()> {
                 )
             };
             println!(
-                "lab {}: backend {}, network {}, {datastore}, state {}",
+                "lab {}: {}backend {}, network {}, {datastore}, state {}",
                 lab.name(),
+                match lab.flannel_bin_dir() {
+                    Some(dir) => format!("flanneld {}, ", crate::flannel::version(dir)),
+                    None => String::new(),
+                },
                 lab.backend(),
                 lab.state().network,
                 lab.state_dir().display()
@@ -556,7 +567,7 @@ fn status(args: StatusArgs) -> Result<()> {
                 println!("kubeconfig {}", kubeconfig.display());
             }
             println!();
-            print_tables(&nodes, lab.pods());
+            print_tables(&lab, &nodes);
             print_kubelet_pods(&lab);
         }
     }
@@ -621,12 +632,22 @@ fn down(args: DownArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_tables(nodes: &[Node], pods: &[Pod]) {
+/// The node agent's process on `node`: fabricd, or flanneld on a Flannel lab.
+fn agent_daemon(lab: &Lab, node: &Node) -> Option<crate::process::Daemon> {
+    match lab.agent() {
+        Agent::Fabric => node.fabricd.clone(),
+        Agent::Flannel => lab.flanneld(&node.name).cloned(),
+    }
+}
+
+fn print_tables(lab: &Lab, nodes: &[Node]) {
+    let pods = lab.pods();
     println!("Nodes");
     let kube = nodes
         .iter()
         .any(|n| n.kubelet.is_some() || n.kube_proxy.is_some());
-    let mut headers = vec!["NAME", "NETNS", "UNDERLAY IP", "SUBNET", "FABRICD"];
+    let agent = lab.agent().daemon().to_uppercase();
+    let mut headers = vec!["NAME", "NETNS", "UNDERLAY IP", "SUBNET", agent.as_str()];
     if kube {
         headers.extend(["KUBELET", "KUBE-PROXY"]);
     }
@@ -642,8 +663,8 @@ fn print_tables(nodes: &[Node], pods: &[Pod]) {
                         n.netns.clone(),
                         n.underlay_ip.to_string(),
                         n.subnet.clone().unwrap_or_else(|| "-".into()),
-                        match n.pid() {
-                            Some(pid) => format!("pid {pid} ({})", running_word(n.running())),
+                        match agent_daemon(lab, n) {
+                            Some(d) => format!("pid {} ({})", d.pid, running_word(d.is_running())),
                             None => "stopped".into(),
                         },
                     ];
@@ -800,7 +821,14 @@ mod tests {
         assert_eq!(up.lease_ttl, Duration::from_secs(90));
         assert_eq!(up.reservations[0].node, "node1");
         assert!(up.no_demo);
+        assert_eq!(up.agent, Agent::Fabric);
         assert!(Cli::try_parse_from(["fabric-lab", "up", "--backend", "flannel"]).is_err());
+        let cli = Cli::try_parse_from(["fabric-lab", "up", "--agent", "flannel"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.agent, Agent::Flannel);
+        assert!(Cli::try_parse_from(["fabric-lab", "up", "--agent", "calico"]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `kubernetes` submodule (`lab/kubernetes.rs`), the Services-and-DNS ones (kube-scheduler,
 //! kubelet role, kube-proxy, CoreDNS) in `services` (`lab/services.rs`).
 
+mod flannel;
 mod kubernetes;
 mod services;
 
@@ -22,7 +23,7 @@ use crate::process::{self, Cmd};
 use crate::spec::{Backend, Datastore, LabSpec, PodSpec};
 use crate::state::{EtcdMember, LabState, Layout, Node, Pod, STATE_VERSION};
 use crate::teardown::{self, DownReport};
-use crate::topology::{self, POD_IFACE, SWITCH_IP};
+use crate::topology::{self, ETCD_CLIENT_PORT, POD_IFACE, SWITCH_IP};
 use crate::{etcd, kube, netns, node};
 
 /// Capabilities a Kubernetes-mode fabricd reads from the Pod object instead of CNI
@@ -38,6 +39,9 @@ const FABRICCTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Lab::stop_fabricd`] waits for fabricd to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The nftables table [`Lab::partition_from_etcd`] adds in a node's namespace.
+const PARTITION_TABLE: &str = "fabric_lab_partition";
+
 /// A lab cluster. Dropping a lab made by [`Lab::up`] tears it down unless [`Lab::keep`] was
 /// called; a lab from [`Lab::attach`] is left running when dropped.
 #[derive(Debug)]
@@ -46,6 +50,8 @@ pub struct Lab {
     layout: Layout,
     progress: bool,
     owned: bool,
+    /// What a lab whose nodes run flanneld records beside its state (`flannel.json`).
+    flannel: Option<crate::flannel::FlannelState>,
 }
 
 impl Lab {
@@ -54,6 +60,7 @@ impl Lab {
     pub fn up(spec: LabSpec) -> Result<Lab> {
         spec.validate()?;
         spec.check_binaries()?;
+        let flannel = flannel::state_for(&spec)?;
         let kube_bin_dir = match spec.datastore {
             Datastore::Etcd => {
                 ensure!(
@@ -125,6 +132,7 @@ impl Lab {
             layout,
             progress: spec.progress,
             owned: true,
+            flannel,
         };
         match lab.save().and_then(|()| lab.build(&spec)) {
             Ok(()) => Ok(lab),
@@ -201,17 +209,21 @@ impl Lab {
         ));
         let net_conf = self.layout.net_conf();
         write_json(&net_conf, &spec.net_conf())?;
-        if spec.datastore == Datastore::Etcd {
+        if self.is_flannel() {
+            self.put_flannel_config(&spec.net_conf())?;
+        } else if spec.datastore == Datastore::Etcd {
             self.fabricctl(&["config", "set", "-f", &net_conf.display().to_string()])?;
             for r in &spec.reservations {
                 self.step(&format!("reserving {} for {}", r.subnet, r.node));
                 self.fabricctl(&["reserve", &r.subnet, &r.node])?;
             }
         }
-        write_json(
-            &self.layout.conflist(),
-            &Conflist::fabric_default(None).to_value(),
-        )?;
+        if !self.is_flannel() {
+            write_json(
+                &self.layout.conflist(),
+                &Conflist::fabric_default(None).to_value(),
+            )?;
+        }
 
         // Namespaces first, then every fabricd at once: nodes of a real cluster boot together
         // and race for subnets.
@@ -222,12 +234,12 @@ impl Lab {
             self.prepare_kube_nodes(&names)?;
         }
         for name in &names {
-            self.spawn_fabricd(name)?;
+            self.spawn_agent(name)?;
         }
         for k in 0..self.state.nodes.len() {
-            let node = &self.state.nodes[k];
-            self.step(&format!("waiting for fabricd on {}", node.name));
-            node::wait_ready(node, node::READY_TIMEOUT)?;
+            let node = self.state.nodes[k].name.clone();
+            self.step(&format!("waiting for {} on {node}", self.agent().daemon()));
+            self.wait_ready(&node)?;
         }
         if let Err(e) = self.refresh_subnets() {
             self.step(&format!("warning: cannot read the leases: {e:#}"));
@@ -269,6 +281,7 @@ impl Lab {
         }
         Ok(Lab {
             state: LabState::load(&layout)?,
+            flannel: crate::flannel::FlannelState::load(&layout)?,
             layout,
             progress: false,
             owned: false,
@@ -561,13 +574,48 @@ impl Lab {
         self.save()
     }
 
+    /// Blackholes etcd for `node` (etcd mode): every packet from any member's client port is
+    /// dropped as it reaches the node's namespace, and every packet to it as it leaves, so the
+    /// node's connections hang (no reset, no refusal) and nothing it sends lands, as behind a
+    /// partition. A table of the lab's own (`fabric_lab_partition`), in the node's namespace
+    /// only; [`Lab::heal_etcd_partition`] removes it.
+    pub fn partition_from_etcd(&self, node: &str) -> Result<()> {
+        self.ensure_etcd_mode()?;
+        let netns = self.node(node)?.netns.clone();
+        let members: Vec<String> = self
+            .etcd_members()
+            .iter()
+            .map(|m| m.ip.to_string())
+            .collect();
+        let members = members.join(", ");
+        let ruleset = format!(
+            "table ip {PARTITION_TABLE} {{\n  chain input {{\n    type filter hook input priority -300; policy accept;\n    ip saddr {{ {members} }} tcp sport {ETCD_CLIENT_PORT} drop\n  }}\n  chain output {{\n    type filter hook output priority -300; policy accept;\n    ip daddr {{ {members} }} tcp dport {ETCD_CLIENT_PORT} drop\n  }}\n}}\n",
+        );
+        Cmd::in_netns(&netns, "nft")
+            .args(["-f", "-"])
+            .stdin(ruleset)
+            .run()
+            .with_context(|| format!("blackholing etcd for {node}"))?;
+        Ok(())
+    }
+
+    /// Ends [`Lab::partition_from_etcd`] for `node`: etcd's packets reach it again.
+    pub fn heal_etcd_partition(&self, node: &str) -> Result<()> {
+        let netns = self.node(node)?.netns.clone();
+        Cmd::in_netns(&netns, "nft")
+            .args(["delete", "table", "ip", PARTITION_TABLE])
+            .run()
+            .with_context(|| format!("healing {node}'s etcd partition"))?;
+        Ok(())
+    }
+
     // ---- nodes ----------------------------------------------------------------------------
 
     /// Adds node `node(N+1)`: namespace, underlay link (in Kubernetes mode its Node object,
     /// pod CIDRs and kubeconfig), fabricd; waits until it is ready.
     pub fn add_node(&mut self) -> Result<Node> {
         let name = self.add_node_unready()?.name;
-        node::wait_ready(self.node(&name)?, node::READY_TIMEOUT)?;
+        self.wait_ready(&name)?;
         if let Err(e) = self.refresh_subnets() {
             self.step(&format!("warning: cannot read the leases: {e:#}"));
         }
@@ -581,7 +629,7 @@ impl Lab {
         if self.is_kubernetes() {
             self.prepare_kube_nodes(std::slice::from_ref(&name))?;
         }
-        self.spawn_fabricd(&name)?;
+        self.spawn_agent(&name)?;
         if self.is_kubernetes() {
             self.start_node_agents(std::slice::from_ref(&name))?;
         }
@@ -595,7 +643,8 @@ impl Lab {
         let name = topology::node_name(k);
         let netns = topology::node_netns(&self.state.name, &name);
         let ip = topology::node_underlay_ip(k)?;
-        self.step(&format!("{name}: namespace {netns}, eth0 {ip}, fabricd"));
+        let agent = self.agent().daemon();
+        self.step(&format!("{name}: namespace {netns}, eth0 {ip}, {agent}"));
         self.create_netns(&netns)?;
         netns::plug_into_switch(&self.switch_netns(), &name, &netns, ip, Some(SWITCH_IP))?;
         netns::sysctl(&netns, "net.ipv4.ip_forward", "1")?;
@@ -616,7 +665,17 @@ impl Lab {
         Ok(name)
     }
 
+    /// Starts the lab's node agent on `node`: fabricd or flanneld.
+    fn spawn_agent(&mut self, node: &str) -> Result<()> {
+        if self.is_flannel() {
+            self.spawn_flanneld(node)
+        } else {
+            self.spawn_fabricd(node)
+        }
+    }
+
     fn spawn_fabricd(&mut self, node_name: &str) -> Result<()> {
+        self.ensure_fabricd("start fabricd")?;
         let fabricd = self.state.bin_dir.join("fabricd");
         let (backend, ttl) = (self.state.backend, self.state.lease_ttl);
         let datastore = match self.state.datastore {
@@ -643,10 +702,22 @@ impl Lab {
         self.wait_ready(node)
     }
 
-    /// Restarts fabricd on `node` (SIGTERM, then start and wait until ready) with `flags` after
-    /// the lab's own, e.g. `--network-policy=false`; an empty list restores the defaults.
+    /// Starts fabricd on `node` with the same flags and returns at once, ready or not (e.g.
+    /// while the node cannot reach its datastore; [`Self::wait_ready`] waits for it).
+    pub fn start_fabricd_unready(&mut self, node: &str) -> Result<()> {
+        self.spawn_fabricd(node)
+    }
+
+    /// Restarts fabricd on `node` (SIGTERM if it still runs, then start and wait until ready)
+    /// with `flags` after the lab's own, e.g. `--network-policy=false`; an empty list restores
+    /// the defaults.
     pub fn restart_fabricd_with(&mut self, node: &str, flags: &[&str]) -> Result<()> {
-        if self.node(node)?.fabricd.is_some() {
+        if self
+            .node(node)?
+            .fabricd
+            .as_ref()
+            .is_some_and(|d| d.is_running())
+        {
             self.stop_fabricd(node, Signal::SIGTERM)?;
         }
         self.node_mut(node)?.fabricd_flags = flags.iter().map(|f| f.to_string()).collect();
@@ -654,8 +725,12 @@ impl Lab {
         self.start_fabricd(node)
     }
 
-    /// Waits (up to 30 s) until fabricd on `node` answers `Status` with `Ok`.
+    /// Waits (up to 30 s) until fabricd on `node` answers `Status` with `Ok` (on a Flannel
+    /// lab: until flanneld has written its subnet file).
     pub fn wait_ready(&self, node: &str) -> Result<()> {
+        if self.is_flannel() {
+            return self.wait_flanneld(node);
+        }
         node::wait_ready(self.node(node)?, node::READY_TIMEOUT)
     }
 
@@ -730,6 +805,9 @@ impl Lab {
 
     /// The leased subnet of every node, by node name, as the datastore has them now.
     pub fn subnets(&self) -> Result<BTreeMap<String, String>> {
+        if self.is_flannel() {
+            return Ok(self.flannel_subnets());
+        }
         Ok(subnets_by_node(&self.leases()?))
     }
 
@@ -746,6 +824,9 @@ impl Lab {
 
     /// The conflist a pod on `node` gets by default: the lab's, pointed at that node's fabricd.
     pub fn default_conflist(&self, node: &str) -> Result<Conflist> {
+        if self.is_flannel() {
+            return self.flannel_conflist(node);
+        }
         Ok(Conflist::fabric_default(Some(&self.node(node)?.socket)))
     }
 
@@ -753,10 +834,11 @@ impl Lab {
     /// and then in `/usr/lib/cni`.
     pub fn cni_runtime(&self, node: &str) -> Result<Runtime> {
         let node = self.node(node)?;
-        Ok(
-            Runtime::new(vec![self.state.bin_dir.clone(), SYSTEM_CNI_DIR.into()])
-                .in_netns(node.netns.clone()),
-        )
+        let mut cni_path = vec![self.state.bin_dir.clone(), SYSTEM_CNI_DIR.into()];
+        if let Some(dir) = self.flannel_bin_dir() {
+            cni_path.insert(0, dir.to_path_buf());
+        }
+        Ok(Runtime::new(cni_path).in_netns(node.netns.clone()))
     }
 
     /// Creates a pod on `node`: a namespace with `lo` up, attached by CNI ADD exactly as a
@@ -776,7 +858,7 @@ impl Lab {
         );
         let conflist = match spec.conflist.clone() {
             Some(v) => Conflist::from_value(v)?,
-            None => Conflist::fabric_default(None),
+            None => self.default_conflist(node)?,
         }
         .with_default_socket(&node_info.socket);
         let kube = self.is_kubernetes();
@@ -943,6 +1025,7 @@ impl Lab {
     }
 
     fn save(&self) -> Result<()> {
+        self.save_flannel()?;
         self.state.save(&self.layout)
     }
 

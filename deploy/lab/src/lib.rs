@@ -23,6 +23,12 @@
 //! cluster DNS and NodePorts work (`--no-services` leaves out scheduler, kube-proxy and
 //! CoreDNS). `fabric-lab kubectl` runs the pinned kubectl as the lab's admin.
 //!
+//! With [`Agent::Flannel`] (`fabric-lab up --agent flannel`) every node runs the real flanneld
+//! (etcd mode, vxlan or host-gw) instead of fabricd and pods are attached through Flannel's
+//! delegate chain (bridge and host-local with the config Flannel's CNI plugin derives from
+//! flanneld's subnet file), on the same topology: the anchor `fabric-bench flannel` measures
+//! fabric against ([`flannel`]).
+//!
 //! ```no_run
 //! use fabric_lab::{Lab, LabSpec, PodSpec};
 //!
@@ -41,15 +47,18 @@
 //! dir), [`process`] (commands and daemons), [`netns`] (namespaces and links), [`etcd`],
 //! [`kube`] (the Kubernetes control plane, PKI, kubeconfigs, kubectl, API objects, kube-proxy,
 //! DNS), [`kubelet`] (the kubelet role),
-//! [`node`] (fabricd), [`cni_runtime`], [`demo`] (ping, iperf3), [`teardown`], [`lab`] (the
-//! orchestration), [`netpol`] (the reachability suite), [`porter`] (the in-pod agent) and
-//! [`cli`].
+//! [`node`] (fabricd), [`flannel`] (flanneld), [`cni_runtime`], [`demo`] (ping, iperf3),
+//! [`teardown`], [`lab`] (the orchestration), [`netpol`] (the reachability suite), [`porter`]
+//! (the in-pod agent), [`audit`] (a node's pod bookkeeping, read back for the tests),
+//! [`soak`] (a churn soak) and [`cli`].
 
 pub mod attack;
+pub mod audit;
 pub mod cli;
 pub mod cni_runtime;
 pub mod demo;
 pub mod etcd;
+pub mod flannel;
 pub mod flood;
 pub mod kube;
 pub mod kubelet;
@@ -59,6 +68,7 @@ pub mod netpol;
 pub mod node;
 pub mod porter;
 pub mod process;
+pub mod soak;
 pub mod spec;
 pub mod state;
 pub mod teardown;
@@ -67,6 +77,6 @@ pub mod topology;
 pub use cni_runtime::{CniCommand, Conflist, Invocation};
 pub use lab::Lab;
 pub use nix::sys::signal::Signal;
-pub use spec::{Backend, Datastore, LabSpec, PodSpec, Reservation};
+pub use spec::{Agent, Backend, Datastore, LabSpec, PodSpec, Reservation};
 pub use state::{Node, Pod};
 pub use teardown::DownReport;

@@ -113,6 +113,57 @@ impl FromStr for Datastore {
     }
 }
 
+/// The node agent every node runs: fabricd, or the real Flannel as an anchor to measure fabric
+/// against ([`crate::flannel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Agent {
+    /// fabricd and fabric-cni.
+    #[default]
+    #[serde(rename = "fabric")]
+    Fabric,
+    /// flanneld (etcd mode), pods through Flannel's delegate chain (bridge and host-local).
+    #[serde(rename = "flannel")]
+    Flannel,
+}
+
+impl Agent {
+    /// Both agents.
+    pub const ALL: [Agent; 2] = [Agent::Fabric, Agent::Flannel];
+
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Agent::Fabric => "fabric",
+            Agent::Flannel => "flannel",
+        }
+    }
+
+    /// The node daemon's program name.
+    pub fn daemon(self) -> &'static str {
+        match self {
+            Agent::Fabric => "fabricd",
+            Agent::Flannel => "flanneld",
+        }
+    }
+}
+
+impl fmt::Display for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Agent {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Agent::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .with_context(|| format!("unknown agent {s:?} (expected fabric or flannel)"))
+    }
+}
+
 /// A subnet pinned to a node before the nodes start (`fabricctl reserve SUBNET NODE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
@@ -186,6 +237,11 @@ pub struct LabSpec {
     /// member in its own namespace; every client gets every member's endpoint
     /// (`fabric-lab up --etcd-members N`).
     pub etcd_members: usize,
+    /// The node agent (`fabric-lab up --agent flannel`: flanneld instead of fabricd).
+    pub agent: Agent,
+    /// Where flanneld, bridge and host-local of a Flannel lab are; `None`: the cache
+    /// `bench/anchors/flannel/build.sh` builds into ([`crate::flannel::bin_dir`]).
+    pub flannel_bin_dir: Option<PathBuf>,
 }
 
 impl LabSpec {
@@ -210,6 +266,8 @@ impl LabSpec {
             proxy_mode: Default::default(),
             etcd_tls: false,
             etcd_members: 1,
+            agent: Agent::Fabric,
+            flannel_bin_dir: None,
         }
     }
 
@@ -250,6 +308,22 @@ impl LabSpec {
             "--etcd-members sizes the etcd datastore; a Kubernetes-mode lab runs one etcd for \
              kube-apiserver"
         );
+        if self.agent == Agent::Flannel {
+            ensure!(
+                self.datastore == Datastore::Etcd && !self.etcd_tls,
+                "a Flannel lab runs flanneld against the lab's plain etcd (no --datastore \
+                 kubernetes, no --etcd-tls)"
+            );
+            ensure!(
+                matches!(self.backend, Backend::Vxlan | Backend::HostGw),
+                "a Flannel lab runs the vxlan or host-gw backend, not {}",
+                self.backend
+            );
+            ensure!(
+                self.ipv6_network.is_none() && self.reservations.is_empty(),
+                "a Flannel lab takes no IPv6 network and no reservations"
+            );
+        }
         if let Some(v6) = &self.ipv6_network {
             v6.parse::<ipnet::Ipv6Net>()
                 .with_context(|| format!("IPv6 network {v6:?} is not an IPv6 CIDR"))?;
@@ -518,6 +592,40 @@ mod tests {
         ok.validate().unwrap();
         ok.datastore = Datastore::Kubernetes;
         ok.validate().unwrap();
+    }
+
+    #[test]
+    fn agents_round_trip_and_flannel_labs_are_checked() {
+        for a in Agent::ALL {
+            assert_eq!(a.to_string().parse::<Agent>().unwrap(), a);
+            assert_eq!(
+                serde_json::to_value(a).unwrap(),
+                serde_json::json!(a.as_str())
+            );
+        }
+        assert_eq!(Agent::default(), Agent::Fabric);
+        assert_eq!(Agent::Flannel.daemon(), "flanneld");
+        assert!("flanneld".parse::<Agent>().is_err());
+
+        let mut spec = LabSpec::new("lab");
+        spec.agent = Agent::Flannel;
+        spec.validate().unwrap();
+        spec.backend = Backend::HostGw;
+        spec.validate().unwrap();
+        spec.etcd_members = 3;
+        spec.validate().unwrap();
+        let refused: [fn(&mut LabSpec); 5] = [
+            |s| s.backend = Backend::Wireguard,
+            |s| s.datastore = Datastore::Kubernetes,
+            |s| s.etcd_tls = true,
+            |s| s.ipv6_network = Some("fd00:10:244::/48".into()),
+            |s| s.reservations.push("10.244.1.0/24=node1".parse().unwrap()),
+        ];
+        for change in refused {
+            let mut bad = spec.clone();
+            change(&mut bad);
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! processes it started, delete its namespaces, remove its state dir. Idempotent.
 //!
 //! Processes: those recorded in the state file (the kubelet roles and kube-proxies first, then
-//! fabricd, the containers the kubelet roles recorded in their own state files, the control
-//! plane, every etcd member) are ended by PID after checking that the PID still runs the
-//! recorded binary; then any process left inside one of the lab's namespaces (matched by the
-//! namespace inode in `/proc/PID/ns/net`) was started there by the lab, and is ended too. Files outside the state
-//! dir: the pods' `/etc/netns/<netns>/` directories (recorded, and any left for a namespace of
-//! the lab). Namespaces: the recorded ones, plus every `NAME-*` one not claimed by another lab
-//! with a longer name.
+//! fabricd, or flanneld as a Flannel lab records it in `flannel.json`, the containers the kubelet
+//! roles recorded in their own state files, the control plane, every etcd member) are ended by PID
+//! after checking that the PID still runs the recorded binary; then any process left inside one of
+//! the lab's namespaces (matched by the namespace inode in `/proc/PID/ns/net`) was started there by
+//! the lab, and is ended too. Files outside the state dir: the pods' `/etc/netns/<netns>/`
+//! directories (recorded, and any left for a namespace of the lab). Namespaces: the recorded ones,
+//! plus every `NAME-*` one not claimed by another lab with a longer name.
 
 use std::path::Path;
 
@@ -71,6 +71,7 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
     let mut etc_dirs = Vec::new();
     if let Some(state) = state {
         let mut containers = Vec::new();
+        let flanneld = crate::flannel::recorded(&layout);
         for n in &state.nodes {
             let (daemons, dirs) = crate::kubelet::recorded(&layout, &n.name);
             containers.extend(daemons);
@@ -95,6 +96,7 @@ pub fn down(name: &str, state: Option<&LabState>) -> Result<DownReport> {
                         Some((format!("fabricd on {}", n.name), n.fabricd.as_ref()?))
                     }),
                 )
+                .chain(flanneld.iter().map(|(what, d)| (what.clone(), d)))
                 .chain(containers.iter().map(|(what, d)| (what.clone(), d)))
                 .chain(
                     state

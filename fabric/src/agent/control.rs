@@ -83,7 +83,7 @@ impl Control {
         self.state
             .record_subnet(lease.subnet)
             .context("recording the subnet in the state dir")?;
-        self.host.open_pods(&lease)?;
+        self.host.open_pods(&lease).await?;
         Ok(Holding::new(lease))
     }
 

@@ -4,16 +4,23 @@
 //! fake in its place, so they never touch the machine they run on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use ipam::{Lease, PodPool, Store};
+use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tunnel::{Netlink, TunnelEnds};
 
 use crate::nft::TunnelGuard;
 use crate::pods::{PodNetwork, Registry, Subnets};
 use crate::state::StateDir;
+
+/// How often a retiring pod network is checked for CNI calls still in it.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How often waiting for them is warned about.
+const DRAIN_WARN: Duration = Duration::from_secs(10);
 
 /// The node's host side, as the agent's loop sees it.
 #[async_trait]
@@ -22,9 +29,10 @@ pub trait Host: Send + Sync {
     /// once, before the first lease.
     fn enable_forwarding(&self) -> Result<()>;
 
-    /// Opens the pod network of `lease` (replacing the one of an earlier lease) and hands it
-    /// to the local API. Called for every lease acquired.
-    fn open_pods(&self, lease: &Lease) -> Result<()>;
+    /// Opens the pod network of `lease` and hands it to the local API. Called for every lease
+    /// acquired: the same subnet again keeps the pod network open now; another subnet first
+    /// retires it (its pods hold addresses of a subnet this node no longer holds).
+    async fn open_pods(&self, lease: &Lease) -> Result<()>;
 
     /// Re-installs the node's firewall rules for the pod network open now, if any, guarding
     /// the tunnel ends `tunnel`; failures are logged. Called after every reconcile pass,
@@ -52,6 +60,38 @@ pub struct NodeHost {
     pub tunnel: TunnelGuard,
 }
 
+impl NodeHost {
+    /// Retires `old`, the pod network of a subnet this node lost (it is `new` now): the local
+    /// API stops handing it out, the calls already in it finish (so it is the pool's only
+    /// writer until it is gone), then every pod attached in it is detached: veth, address,
+    /// firewall elements, pod record. Those pods hold addresses another node may hand out
+    /// now; left attached, they would be served from a subnet the node does not hold, and
+    /// their records would lend their identity to that node's pods. Their runtime sees them
+    /// broken (CNI CHECK) and re-creates them.
+    async fn retire(&self, old: Arc<PodNetwork>, new: Ipv4Net) {
+        self.pods.send_replace(None);
+        let mut waited = Duration::ZERO;
+        // Each call in flight holds a clone; the local API takes none once `None` is out.
+        while Arc::strong_count(&old) > 1 {
+            tokio::time::sleep(DRAIN_POLL).await;
+            waited += DRAIN_POLL;
+            if waited.as_millis().is_multiple_of(DRAIN_WARN.as_millis()) {
+                tracing::warn!(waited = ?waited, "waiting for CNI calls on the lost subnet's pod network to finish");
+            }
+        }
+        let pods = old.attached().await;
+        tracing::error!(
+            lost = %old.subnet(),
+            subnet = %new,
+            pods = pods,
+            "this node's subnet changed: detaching the pods of the subnet it lost; their runtime must re-create them"
+        );
+        if let Err(e) = old.gc(&[]).await {
+            tracing::error!(error = %e, lost = %old.subnet(), "cannot detach every pod of the lost subnet; what is left is cut off by the firewall");
+        }
+    }
+}
+
 #[async_trait]
 impl Host for NodeHost {
     fn enable_forwarding(&self) -> Result<()> {
@@ -62,17 +102,19 @@ impl Host for NodeHost {
         Ok(())
     }
 
-    fn open_pods(&self, lease: &Lease) -> Result<()> {
+    async fn open_pods(&self, lease: &Lease) -> Result<()> {
         let subnets = Subnets {
             v4: lease.subnet,
             v6: lease.ipv6_subnet,
         };
         let open = self.pods.borrow().clone();
-        if open.is_some_and(|p| p.subnets() == subnets) {
+        match open {
             // The same subnet leased again: the pod network open now stays the one owner of
             // the pool (a second would be a second writer of pods.json, handing out
             // addresses the first already gave).
-            return Ok(());
+            Some(open) if open.subnets() == subnets => return Ok(()),
+            Some(open) => self.retire(open, lease.subnet).await,
+            None => {}
         }
         let pool = PodPool::open(self.state.path(), lease.subnet)
             .context("opening the pod address pool")?;
@@ -89,6 +131,8 @@ impl Host for NodeHost {
             registry,
             self.tunnel.clone(),
         );
+        // Before it serves: what an ADD cut short by a crash left goes first.
+        pods.recover().await;
         self.pods.send_replace(Some(Arc::new(pods)));
         Ok(())
     }

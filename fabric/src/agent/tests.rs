@@ -170,7 +170,7 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn open_pods(&self, lease: &Lease) -> Result<()> {
+    async fn open_pods(&self, lease: &Lease) -> Result<()> {
         self.record(HostCall::Pods(lease.subnet));
         Ok(())
     }

@@ -447,7 +447,18 @@ async fn policy_command(
             }
         }
         PolicyAction::Explain { from, to, port } => {
-            let cluster = fabric::policies::load(connected.source().as_ref()).await?;
+            let store = connected.store();
+            let etcd = matches!(connected, Connected::Etcd(_));
+            let addressing = match store.network_config().await {
+                Ok(config) => Some(fabric::policies::Addressing::of(&config, etcd)),
+                // Kubernetes mode: the config is a file of the nodes', not fabricctl's.
+                Err(_) if !etcd => None,
+                Err(e) => return Err(e.into()),
+            };
+            let source = connected.source();
+            let cluster =
+                fabric::policies::load(source.as_ref(), store.as_ref(), addressing.as_ref())
+                    .await?;
             let endpoint = |who: &str| -> Result<policy::Endpoint> {
                 if let Ok(ip) = who.parse::<std::net::IpAddr>() {
                     return Ok(cluster.endpoint(ip));

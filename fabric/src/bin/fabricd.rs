@@ -29,6 +29,9 @@ async fn main() {
 }
 
 async fn run(flags: DaemonFlags) -> Result<()> {
+    if let Some(point) = flags.fault {
+        fabric::fault::arm(point);
+    }
     let node = flags.node_name();
     let state = StateDir::open(&flags.state_dir)
         .with_context(|| format!("opening state dir {}", flags.state_dir.display()))?;
@@ -57,9 +60,16 @@ async fn run(flags: DaemonFlags) -> Result<()> {
     tracing::info!(%node, iface = %underlay.iface, ip = %underlay.ip(), mtu = underlay.mtu, "underlay");
 
     let datastore = flags.datastore.kind();
-    let connected = retry("connecting to the datastore", || flags.datastore.connect()).await;
+    // A peer whose lease ran out is kept one more TTL: cut off from etcd, it keeps its data
+    // path that long; gone, it is forgotten then.
+    let connected = retry("connecting to the datastore", || flags.datastore.connect())
+        .await
+        .keeping_expired_leases(flags.lease_ttl);
     let store = connected.store();
     tracing::info!(?datastore, "datastore");
+    for (name, pulse) in connected.followers() {
+        liveness.pulse(name, pulse, health::FOLLOWER_STUCK);
+    }
     let config = retry("reading the network config", || store.network_config()).await;
     if flags.network_policy {
         let rules = enforce::RuleOptions {
@@ -73,18 +83,21 @@ async fn run(flags: DaemonFlags) -> Result<()> {
                 burst: flags.policy_new_flow_burst,
             },
         };
-        let networks = fabric::pods::Subnets {
-            v4: config.network,
-            v6: config.ipv6.map(|v6| v6.network),
-        };
+        let addressing = policies::Addressing::of(&config, datastore == Datastore::Etcd);
         // The first view before the queue opens: no connection is judged against nothing.
         let (mut follower, handle) = retry("reading the policy objects", || {
-            policies::Follower::start(connected.source(), networks, &node, rules)
+            policies::Follower::start(
+                connected.source(),
+                connected.store(),
+                addressing,
+                &node,
+                rules,
+            )
         })
         .await;
         let view = handle.view();
         let _ = policy_slot.set(handle);
-        enforce::serve(view, &rules).context("serving the policy queues")?;
+        enforce::serve(view, &rules, &liveness).context("serving the policy queues")?;
         // Rules of the other kind, left by an earlier run, go first.
         let other = match rules.kind {
             enforce::RuleKind::Nft => enforce::RuleKind::Xtables,
@@ -96,9 +109,10 @@ async fn run(flags: DaemonFlags) -> Result<()> {
             .await
             .context("installing the policy rules")?;
         let alive = liveness.task("the policy follower");
+        let beat = liveness.beat("the policy follower", health::FOLLOWER_STUCK);
         tokio::spawn(async move {
             let _alive = alive;
-            follower.run().await
+            follower.run(beat).await
         });
         tracing::info!(
             rules = %rules.kind,

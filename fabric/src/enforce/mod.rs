@@ -14,7 +14,8 @@
 //! - [`packet`]: reading a queued packet (pure).
 //! - [`rules`]: the queue rules, as nft's native `queue` where the kernel has it, else as
 //!   xtables NFQUEUE rules (this project's kernel lacks `CONFIG_NFT_QUEUE`).
-//! - [`conntrack`]: cutting connections a policy change no longer allows.
+//! - [`conntrack`]: cutting connections a policy change no longer allows (one ctnetlink dump,
+//!   judged in Rust, deletes in batches), in the background ([`Cutter`]).
 //!
 //! [`judge`] and [`judge_packet`] are pure; [`serve`] is the shell around the queues.
 
@@ -30,7 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use policy::{Cluster, Direction, Pod, Protocol};
 
-pub use conntrack::{parse_tracked, rejudge, Tracked};
+use crate::health::Liveness;
+
+pub use conntrack::{rejudge, Cut, Cutter, Entry};
 pub use packet::{Flow, Packet, Transport};
 pub use rules::{FlowLimit, Queued, RuleKind, RuleOptions};
 
@@ -125,27 +128,43 @@ pub type View = Arc<RwLock<Arc<crate::policies::Snapshot>>>;
 /// CPU whose packets it gets when there are several), until the process ends. Each queue
 /// holds up to [`QUEUE_MAXLEN`] packets with a [`QUEUE_RCVBUF`] socket buffer; when it is full
 /// the kernel drops new connections, or lets them through with `options.fail_open`, as it
-/// does while no daemon listens.
-pub fn serve(view: View, options: &RuleOptions) -> Result<()> {
+/// does while no daemon listens. Each thread is registered in `liveness` (as
+/// `policy-queue-N (NFQUEUE thread)`): if it ends (a panic), `/healthz` fails naming it.
+pub fn serve(view: View, options: &RuleOptions, liveness: &Liveness) -> Result<()> {
     let queues = options.queues.max(1);
     for i in 0..queues {
         let num = QUEUE + i;
         let mut queue = open(num, options.fail_open)?;
         let view = view.clone();
         let pin = (queues > 1).then_some(usize::from(i));
-        std::thread::Builder::new()
-            .name(format!("policy-queue-{num}"))
-            .spawn(move || {
-                if let Some(cpu) = pin {
-                    pin_to(cpu);
-                }
-                let mut overflow = Overflow::default();
-                loop {
-                    answer(&mut queue, &view, num, &mut overflow);
-                }
-            })?;
+        spawn_watched(liveness, format!("policy-queue-{num}"), move || {
+            if let Some(cpu) = pin {
+                pin_to(cpu);
+            }
+            let mut overflow = Overflow::default();
+            loop {
+                answer(&mut queue, &view, num, &mut overflow);
+            }
+        })?;
     }
     Ok(())
+}
+
+/// Starts `body` on a thread named `name`, registered in `liveness` for as long as it runs:
+/// once it returns or panics, `/healthz` reports "`name` has stopped".
+fn spawn_watched(
+    liveness: &Liveness,
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // `Liveness` names parts with `&'static str`; a queue thread lives as long as the
+    // process, and there are at most `--policy-queues` of them, each named once.
+    let label: &'static str = Box::leak(format!("{name} (NFQUEUE thread)").into_boxed_str());
+    let alive = liveness.task(label);
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _alive = alive;
+        body();
+    })
 }
 
 /// Opens and binds queue `num`: headers only, [`QUEUE_MAXLEN`] long, fail-open or not, a
@@ -429,6 +448,33 @@ mod tests {
             judge(&c, &Flow::parse(&v4(1, 0)).unwrap()),
             "a rule without ports admits ICMP"
         );
+    }
+
+    #[test]
+    fn a_queue_thread_that_panics_or_returns_fails_healthz_by_name() {
+        let liveness = Liveness::default();
+        let (hold, wait) = std::sync::mpsc::channel::<()>();
+        let running = spawn_watched(&liveness, "policy-queue-0".into(), move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+        assert!(liveness.failures().is_empty());
+        let panicked = spawn_watched(&liveness, "policy-queue-1".into(), || panic!("boom"));
+        assert!(panicked.unwrap().join().is_err());
+        spawn_watched(&liveness, "policy-queue-2".into(), || {})
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            liveness.failures(),
+            [
+                "policy-queue-1 (NFQUEUE thread) has stopped",
+                "policy-queue-2 (NFQUEUE thread) has stopped"
+            ]
+        );
+        drop(hold);
+        running.join().unwrap();
+        assert_eq!(liveness.failures().len(), 3);
     }
 
     #[test]

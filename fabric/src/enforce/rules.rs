@@ -357,20 +357,33 @@ pub fn install(options: RuleOptions, queued: &Queued) -> Result<()> {
     }
 }
 
-/// Installs one family's chain and hooks it first into FORWARD.
+/// The xtables rules this process last installed, per family (IPv4, IPv6): an install that
+/// leaves a family's rules as they were (IPv6's, where no pod has an IPv6 address) runs no
+/// command for it, two commands (~15 ms) fewer for each newly isolated pod.
+static INSTALLED: std::sync::Mutex<[Option<String>; 2]> = std::sync::Mutex::new([None, None]);
+
+fn installed() -> std::sync::MutexGuard<'static, [Option<String>; 2]> {
+    INSTALLED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Installs one family's chain and hooks it first into FORWARD, unless this process last
+/// installed exactly these rules.
 fn install_xtables(family: Family, options: RuleOptions, queued: &Queued) -> Result<()> {
+    let slot = family as usize;
+    let rules = xtables(family, options, queued);
+    if installed()[slot].as_ref() == Some(&rules) {
+        return Ok(());
+    }
+    installed()[slot] = None;
     let restore = format!("{}-restore", family.tool());
-    command::feed(
-        &restore,
-        &["-w", "--noflush"],
-        &xtables(family, options, queued),
-    )
-    .with_context(|| format!("installing the policy chain with {restore}"))?;
+    command::feed(&restore, &["-w", "--noflush"], &rules)
+        .with_context(|| format!("installing the policy chain with {restore}"))?;
     if !xtables_cmd(family, &["-C", "FORWARD", "-j", CHAIN])?
         && !xtables_cmd(family, &["-I", "FORWARD", "1", "-j", CHAIN])?
     {
         bail!("cannot hook {CHAIN} into {}'s FORWARD", family.tool());
     }
+    installed()[slot] = Some(rules);
     Ok(())
 }
 
@@ -389,6 +402,7 @@ pub fn remove_kind(kind: RuleKind) -> Result<bool> {
     if kind == RuleKind::Nft {
         return remove_table();
     }
+    *installed() = [None, None];
     let mut removed = false;
     for family in [Family::V4, Family::V6] {
         while xtables_cmd(family, &["-D", "FORWARD", "-j", CHAIN])? {

@@ -29,6 +29,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tokio::sync::watch;
 
+use crate::backoff::Pulse;
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseRequest, Leases};
 use crate::objects::{PodRecord, StoredObject};
@@ -82,6 +83,8 @@ pub struct KubeStore {
     names: Annotations,
     net_config: PathBuf,
     objects: objects::Objects,
+    /// The node watch's pulse (every lease watch's loop).
+    node_pulse: Pulse,
 }
 
 impl KubeStore {
@@ -94,7 +97,17 @@ impl KubeStore {
             net_config: net_config.to_owned(),
             objects: objects::Objects::new(client.clone()),
             client,
+            node_pulse: Pulse::default(),
         }
+    }
+
+    /// The store's watches by name, each with the [`Pulse`] its loop beats at least every
+    /// 10 s, the API reachable or not: the node watch ([`Store::watch_leases`]) and the pod,
+    /// namespace and NetworkPolicy watches ([`ObjectSource::follow`]).
+    pub fn followers(&self) -> Vec<(&'static str, Pulse)> {
+        let mut out = vec![("the node watch", self.node_pulse.clone())];
+        out.extend(self.objects.followers());
+        out
     }
 
     /// Connects with `credentials` (the first request is made by the first call).
@@ -207,39 +220,46 @@ impl Store for KubeStore {
         let (tx, rx) = watch::channel(Leases::default());
         let names = self.names.clone();
         let mut by_node: BTreeMap<String, Lease> = BTreeMap::new();
-        tokio::spawn(follow::follow(self.nodes.clone(), "nodes", move |seen| {
-            match seen {
-                Seen::Listed(nodes) => {
-                    by_node = nodes
-                        .iter()
-                        .filter_map(|n| node::lease_of(n, &names))
-                        .map(|l| (l.node.clone(), l))
-                        .collect();
-                }
-                Seen::Applied(n) => {
-                    let Some(name) = n.metadata.name.clone() else {
-                        return;
-                    };
-                    match node::lease_of(&n, &names) {
-                        Some(lease) => by_node.insert(name, lease),
-                        None => by_node.remove(&name),
-                    };
-                }
-                Seen::Deleted(n) => {
-                    if let Some(name) = &n.metadata.name {
-                        by_node.remove(name);
+        let pulse = self.node_pulse.clone();
+        tokio::spawn(follow::follow(
+            self.nodes.clone(),
+            "nodes",
+            pulse,
+            move |seen| {
+                match seen {
+                    Seen::Listed(nodes) => {
+                        by_node = nodes
+                            .iter()
+                            .filter_map(|n| node::lease_of(n, &names))
+                            .map(|l| (l.node.clone(), l))
+                            .collect();
+                    }
+                    Seen::Applied(n) => {
+                        let Some(name) = n.metadata.name.clone() else {
+                            return;
+                        };
+                        match node::lease_of(&n, &names) {
+                            Some(lease) => by_node.insert(name, lease),
+                            None => by_node.remove(&name),
+                        };
+                    }
+                    Seen::Deleted(n) => {
+                        if let Some(name) = &n.metadata.name {
+                            by_node.remove(name);
+                        }
                     }
                 }
-            }
-            let leases: BTreeMap<_, _> = by_node.values().map(|l| (l.subnet, l.clone())).collect();
-            tx.send_if_modified(|current| {
-                let changed = **current != leases;
-                if changed {
-                    *current = Arc::new(leases);
-                }
-                changed
-            });
-        }));
+                let leases: BTreeMap<_, _> =
+                    by_node.values().map(|l| (l.subnet, l.clone())).collect();
+                tx.send_if_modified(|current| {
+                    let changed = **current != leases;
+                    if changed {
+                        *current = Arc::new(leases);
+                    }
+                    changed
+                });
+            },
+        ));
         Ok(rx)
     }
 

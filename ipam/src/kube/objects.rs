@@ -26,6 +26,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 
 use super::follow::{follow, resource_version, Seen};
+use crate::backoff::Pulse;
 use crate::objects::{Kind, NamespaceRecord, PodRecord, StoredObject};
 use crate::store::{ObjectFeed, ObjectUpdate, ProgressHandle, StoreError};
 
@@ -326,6 +327,8 @@ where
 pub(crate) struct Objects {
     client: Client,
     shared: Arc<Mutex<Shared>>,
+    /// The pulses of the pod, namespace and NetworkPolicy watches, in that order.
+    pulses: [Pulse; 3],
 }
 
 impl Objects {
@@ -333,7 +336,19 @@ impl Objects {
         Self {
             client,
             shared: Arc::default(),
+            pulses: Default::default(),
         }
+    }
+
+    /// The watches' loops by name, each with its [`Pulse`] (silent only while the loop is
+    /// stuck).
+    pub(crate) fn followers(&self) -> Vec<(&'static str, Pulse)> {
+        let [pods, namespaces, policies] = self.pulses.clone();
+        vec![
+            ("the pod watch", pods),
+            ("the namespace watch", namespaces),
+            ("the NetworkPolicy watch", policies),
+        ]
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -361,9 +376,10 @@ impl Objects {
             !std::mem::replace(&mut shared.started, true)
         };
         if start {
-            self.spawn::<Pod>(Kind::Pods, "pods", pod_entry);
-            self.spawn::<Namespace>(Kind::Namespaces, "namespaces", namespace_entry);
-            self.spawn::<NetworkPolicy>(Kind::Policies, "networkpolicies", policy_entry);
+            let [pods, namespaces, policies] = self.pulses.clone();
+            self.spawn::<Pod>(Kind::Pods, "pods", pods, pod_entry);
+            self.spawn::<Namespace>(Kind::Namespaces, "namespaces", namespaces, namespace_entry);
+            self.spawn::<NetworkPolicy>(Kind::Policies, "networkpolicies", policies, policy_entry);
         }
         ObjectFeed {
             updates,
@@ -372,10 +388,10 @@ impl Objects {
     }
 
     /// Follows every object of type `K` in a task of its own.
-    fn spawn<K: ApiObject>(&self, kind: Kind, what: &'static str, namer: Namer<K>) {
+    fn spawn<K: ApiObject>(&self, kind: Kind, what: &'static str, pulse: Pulse, namer: Namer<K>) {
         let api: Api<K> = Api::all(self.client.clone());
         let shared = self.shared.clone();
-        tokio::spawn(follow(api, what, move |seen| {
+        tokio::spawn(follow(api, what, pulse, move |seen| {
             let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
             match seen {
                 Seen::Listed(items) => {

@@ -11,13 +11,15 @@
 //! second, a valid mac2 too (a cookie bound to the sender's address); those without one get a
 //! cookie reply and no handshake work. Only what passes reaches [`classify_packet`], whose
 //! X25519 finds the initiator's static key. The timer thread resets the count every second.
+//! Cookie replies are rationed per sender ([`super::replies`]): a flood's messages past its
+//! share go unanswered, and those without a mac2 cost no MAC at all.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -27,6 +29,7 @@ use boringtun::x25519::PublicKey;
 
 use super::keys::{Key, KeyPair};
 use super::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
+use super::replies::{cookieless_handshake, Replies};
 use super::table::{Peer, Table};
 use super::udp::{self, MAX_GSO_BYTES, MAX_SEGMENTS};
 
@@ -63,6 +66,10 @@ pub struct Drops {
     /// Handshake messages that arrived while the device was under load without a valid
     /// cookie (mac2): answered with a cookie reply, not processed.
     pub under_load: AtomicU64,
+    /// Handshake messages refused like `under_load` whose sender had already drawn its share
+    /// of cookie replies ([`super::replies`]): dropped unanswered, those without any mac2
+    /// before a MAC is computed.
+    pub unanswered: AtomicU64,
 }
 
 impl Drops {
@@ -71,7 +78,7 @@ impl Drops {
     }
 
     /// The counters, as (name, value) pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
         [
             ("malformed", self.malformed.load(Ordering::Relaxed)),
             ("unknown_peer", self.unknown_peer.load(Ordering::Relaxed)),
@@ -79,6 +86,7 @@ impl Drops {
             ("spoofed", self.spoofed.load(Ordering::Relaxed)),
             ("no_route", self.no_route.load(Ordering::Relaxed)),
             ("under_load", self.under_load.load(Ordering::Relaxed)),
+            ("unanswered", self.unanswered.load(Ordering::Relaxed)),
         ]
     }
 
@@ -92,10 +100,97 @@ impl Drops {
     }
 }
 
+/// The TUN device's queue (virtio-net headers on), replaced whole when the device was
+/// deleted and the backend opened a new one ([`TunSlot::replace`]). The threads keep their
+/// own `Arc` and pick up a newer one by its generation: TX when its read fails (it waits for
+/// the replacement), RX before each write.
+pub struct TunSlot {
+    current: Mutex<(u64, Arc<File>)>,
+    generation: AtomicU64,
+    replaced: Condvar,
+}
+
+impl TunSlot {
+    /// A slot holding `file`, generation 0.
+    pub fn new(file: File) -> Self {
+        Self {
+            current: Mutex::new((0, Arc::new(file))),
+            generation: AtomicU64::new(0),
+            replaced: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Arc<File>)> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current queue and its generation.
+    pub fn current(&self) -> (u64, Arc<File>) {
+        self.lock().clone()
+    }
+
+    /// The current generation (one atomic load: the RX thread checks it per batch).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the current queue still serves a device ([`super::tun::attached`]).
+    pub fn attached(&self) -> bool {
+        super::tun::attached(&self.lock().1)
+    }
+
+    /// Installs a new queue and wakes the threads waiting for one.
+    pub fn replace(&self, file: File) {
+        let mut current = self.lock();
+        *current = (current.0 + 1, Arc::new(file));
+        self.generation.store(current.0, Ordering::Release);
+        self.replaced.notify_all();
+    }
+
+    /// The current queue once it is newer than `generation`, or after `timeout` whatever
+    /// it is.
+    pub fn newer_than(&self, generation: u64, timeout: Duration) -> (u64, Arc<File>) {
+        let current = self.lock();
+        let (current, _) = self
+            .replaced
+            .wait_timeout_while(current, timeout, |c| c.0 == generation)
+            .unwrap_or_else(|e| e.into_inner());
+        current.clone()
+    }
+}
+
+/// The data plane's threads, by name: [`Workers::stopped`] names those that ended (none
+/// should while the daemon runs: their loops only end by a panic).
+#[derive(Default)]
+pub struct Workers(Mutex<Vec<std::thread::JoinHandle<()>>>);
+
+impl Workers {
+    /// Starts `body` on a thread named `name`.
+    pub fn spawn(&self, name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let handle = std::thread::Builder::new().name(name.into()).spawn(body)?;
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    /// The names of the threads that have ended.
+    pub fn stopped(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|t| t.is_finished())
+            .map(|t| t.thread().name().unwrap_or("wg").to_owned())
+            .collect()
+    }
+}
+
 /// Everything the data plane threads share.
 pub struct Plane {
-    /// The TUN queue (virtio-net headers on).
-    pub tun: File,
+    /// The TUN device's queue.
+    pub tun: TunSlot,
     /// The UDP socket.
     pub udp: UdpSocket,
     /// The peers.
@@ -107,8 +202,8 @@ pub struct Plane {
     pub limiter: Arc<RateLimiter>,
     /// Drop counters.
     pub drops: Drops,
-    /// The threads [`Plane::start`] started.
-    pub threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The threads [`Plane::start`] started (and the UAPI server's).
+    pub threads: Workers,
 }
 
 /// The current peer table (a cheap `Arc` clone).
@@ -205,42 +300,44 @@ impl Plane {
             ("wg-rx", Plane::rx_loop),
             ("wg-timers", Plane::timer_loop),
         ];
-        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         for (name, run) in loops {
             let me = self.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || run(&me))?,
-            );
+            self.threads.spawn(name, move || run(&me))?;
         }
         Ok(())
     }
 
     /// The names of the threads that have stopped (none should, while the daemon runs).
     pub fn stopped(&self) -> Vec<String> {
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|t| t.is_finished())
-            .map(|t| t.thread().name().unwrap_or("wg").to_owned())
-            .collect()
+        self.threads.stopped()
     }
 
     fn tx_loop(&self) {
         let mut packet = vec![0u8; BUF];
         let mut scratch = vec![0u8; BUF];
         let mut batch = Batch::new();
-        let mut tun = &self.tun;
+        let (mut generation, mut tun) = self.tun.current();
+        let mut waiting = false;
         loop {
-            let n = match tun.read(&mut packet) {
+            let n = match (&*tun).read(&mut packet) {
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the TUN device failed; TX stops");
-                    return;
+                    // The device was deleted (the queue is detached for good) or broke:
+                    // wait for the backend to open a new one, polling the old one now and
+                    // then in case the error passes.
+                    if !waiting {
+                        tracing::warn!(error = %e, generation, "reading the TUN device failed; TX waits for the device to be re-created");
+                        waiting = true;
+                    }
+                    (generation, tun) = self.tun.newer_than(generation, Duration::from_secs(1));
+                    continue;
                 }
             };
+            if waiting {
+                tracing::info!(generation, "TX reads the TUN device again");
+                waiting = false;
+            }
             let Some(hdr) = VnetHdr::parse(&packet[..n]) else {
                 continue;
             };
@@ -266,7 +363,8 @@ impl Plane {
         let mut datagrams = vec![0u8; BUF];
         let mut out = vec![0u8; BUF];
         let mut gro = Coalescer::default();
-        let mut tun = &self.tun;
+        let (mut generation, mut tun) = self.tun.current();
+        let mut replies = Replies::new(Instant::now());
         loop {
             let r = match udp::recv_segments(&self.udp, &mut datagrams) {
                 Ok(r) => r,
@@ -278,10 +376,13 @@ impl Plane {
             };
             let table = snapshot(&self.table);
             for datagram in datagrams[..r.len].chunks(r.segment.max(1)) {
-                self.receive(&table, datagram, r.from, &mut out, &mut gro);
+                self.receive(&table, datagram, r.from, &mut out, &mut gro, &mut replies);
+            }
+            if self.tun.generation() != generation {
+                (generation, tun) = self.tun.current();
             }
             gro.flush(|packet| {
-                if let Err(e) = tun.write_all(packet) {
+                if let Err(e) = (&*tun).write_all(packet) {
                     tracing::debug!(error = %e, "TUN write failed");
                 }
             });
@@ -289,7 +390,8 @@ impl Plane {
     }
 
     /// Handles one datagram: decrypt and hand to `gro` for the TUN device, answer handshakes,
-    /// count what is refused.
+    /// count what is refused. A cookieless handshake message from a sender past its share of
+    /// cookie replies ([`Replies`]) is dropped before anything else.
     fn receive(
         &self,
         table: &Table<Tunn>,
@@ -297,7 +399,13 @@ impl Plane {
         from: SocketAddrV4,
         out: &mut [u8],
         gro: &mut Coalescer,
+        replies: &mut Replies,
     ) {
+        if cookieless_handshake(datagram)
+            && replies.exhausted(from, table.is_peer_endpoint(from), Instant::now())
+        {
+            return Drops::count(&self.drops.unanswered);
+        }
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         let from_ip = IpAddr::V4(*from.ip());
         let peer = match admit(
@@ -310,6 +418,9 @@ impl Plane {
         ) {
             Verdict::Peer(peer) => peer,
             Verdict::Cookie(reply) => {
+                if !replies.allow(from, table.is_peer_endpoint(from), Instant::now()) {
+                    return Drops::count(&self.drops.unanswered);
+                }
                 Drops::count(&self.drops.under_load);
                 return send(&self.udp, from, reply);
             }
@@ -753,6 +864,44 @@ mod tests {
             }
             _ => panic!("not delivered"),
         }
+    }
+
+    #[test]
+    fn a_worker_that_panics_or_returns_is_named_stopped() {
+        let workers = Workers::default();
+        let (hold, wait) = std::sync::mpsc::channel::<()>();
+        workers
+            .spawn("wg-runs", move || {
+                let _ = wait.recv();
+            })
+            .unwrap();
+        workers.spawn("wg-panics", || panic!("boom")).unwrap();
+        workers.spawn("wg-returns", || {}).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while workers.stopped().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(workers.stopped(), ["wg-panics", "wg-returns"]);
+        drop(hold);
+    }
+
+    #[test]
+    fn a_replaced_tun_queue_wakes_its_waiters() {
+        let slot = Arc::new(TunSlot::new(File::open("/dev/null").unwrap()));
+        let (generation, _) = slot.current();
+        // Nothing newer: the wait times out with the current queue.
+        let (same, _) = slot.newer_than(generation, Duration::from_millis(20));
+        assert_eq!(same, generation);
+        let waiter = {
+            let slot = slot.clone();
+            std::thread::spawn(move || slot.newer_than(generation, Duration::from_secs(10)).0)
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        slot.replace(File::open("/dev/null").unwrap());
+        assert_eq!(waiter.join().unwrap(), generation + 1);
+        assert_eq!(slot.generation(), generation + 1);
+        // Not a TUN queue: only a detached one (EBADFD) counts as gone.
+        assert!(slot.attached());
     }
 
     #[test]

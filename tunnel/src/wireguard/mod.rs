@@ -2,11 +2,14 @@
 //! boringtun's protocol core per peer, one UDP port (51820 by default), a route per remote
 //! subnet via the TUN device, MTU = underlay MTU - 80. Peers follow the leases: added,
 //! re-keyed, re-addressed (the endpoint roams), removed. One handshake rate limiter per
-//! device, shared by every peer's `Tunn` ([`dataplane::admit`]).
+//! device, shared by every peer's `Tunn` ([`dataplane::admit`]). A deleted device is
+//! re-created by the next reconcile, the peers' sessions kept; until then
+//! [`Backend::health`] names it.
 
 pub mod dataplane;
 pub mod keys;
 pub mod offload;
+pub mod replies;
 pub mod table;
 pub mod tun;
 pub mod uapi;
@@ -23,7 +26,7 @@ use boringtun::x25519::PublicKey;
 use ipam::{BackendConfig, BackendKind, Lease, Leases};
 use ipnet::Ipv4Net;
 
-use self::dataplane::{Drops, Plane, HANDSHAKE_RATE_LIMIT};
+use self::dataplane::{Drops, Plane, TunSlot, Workers, HANDSHAKE_RATE_LIMIT};
 use self::keys::KeyPair;
 use self::table::{desired, Table, WireguardData};
 use crate::netlink::{Netlink, Route};
@@ -96,13 +99,13 @@ impl WireGuard {
             HANDSHAKE_RATE_LIMIT,
         ));
         let plane = Arc::new(Plane {
-            tun,
+            tun: TunSlot::new(tun),
             udp,
             table: Arc::new(RwLock::new(Arc::new(Table::default()))),
             keys,
             limiter,
             drops: Drops::default(),
-            threads: Mutex::default(),
+            threads: Workers::default(),
         });
         plane
             .start()
@@ -120,6 +123,29 @@ impl WireGuard {
             plane,
             next_index: Mutex::new(1),
         })
+    }
+
+    /// Opens a new TUN device when someone deleted ours (`ip link del`): the kernel detached
+    /// our queue for good, and took the device's address and routes with it. The threads
+    /// move to the new queue ([`TunSlot::replace`]); the reconcile that called this puts the
+    /// MTU, address and routes back. The peers' sessions live in their `Tunn`s and are kept.
+    /// True when it re-created the device.
+    fn recreate_if_deleted(&self) -> Result<bool, TunnelError> {
+        if self.plane.tun.attached() {
+            return Ok(false);
+        }
+        let tun = tun::open(&self.iface).map_err(|e| {
+            TunnelError::Underlay(format!(
+                "the TUN device {} was deleted and cannot be re-created: {e}",
+                self.iface
+            ))
+        })?;
+        self.plane.tun.replace(tun);
+        tracing::warn!(
+            device = %self.iface,
+            "the WireGuard device was deleted; re-created it (peers' sessions kept)"
+        );
+        Ok(true)
     }
 
     /// What the data plane dropped so far.
@@ -151,14 +177,25 @@ impl Backend for WireGuard {
     }
 
     fn health(&self) -> Result<(), String> {
-        let stopped = self.plane.stopped();
-        if stopped.is_empty() {
-            return Ok(());
+        let mut failures = Vec::new();
+        if !self.plane.tun.attached() {
+            failures.push(format!(
+                "the WireGuard device {} is gone (deleted); the next reconcile re-creates it",
+                self.iface
+            ));
         }
-        Err(format!(
-            "the WireGuard data path's threads stopped: {}",
-            stopped.join(", ")
-        ))
+        let stopped = self.plane.stopped();
+        if !stopped.is_empty() {
+            failures.push(format!(
+                "the WireGuard data path's threads stopped: {}",
+                stopped.join(", ")
+            ));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
     }
 
     fn tunnel_ends(&self, local: &Lease, leases: &Leases) -> Option<TunnelEnds> {
@@ -205,9 +242,11 @@ impl Backend for WireGuard {
     }
 
     async fn reconcile(&self, local: &Lease, leases: &Leases) -> Result<Report, TunnelError> {
+        let recreated = self.recreate_if_deleted()?;
         let link = self.netlink.link(&self.iface).await?.ok_or_else(|| {
             TunnelError::Underlay(format!(
-                "TUN device {} is gone; restart fabricd to re-create it",
+                "the TUN device {} has another name now (renamed?); fabricd serves it only \
+                 under its own",
                 self.iface
             ))
         })?;
@@ -263,7 +302,10 @@ impl Backend for WireGuard {
             self.netlink.replace_route(r).await?;
         }
         Ok(Report {
-            added: plan.add.len() + changes.added.len() + changes.moved.len(),
+            added: usize::from(recreated)
+                + plan.add.len()
+                + changes.added.len()
+                + changes.moved.len(),
             removed: plan.remove.len() + changes.removed.len(),
             refused: Vec::new(),
         })

@@ -5,7 +5,7 @@
 //! A peer's allowed IPs are its node's pod subnet and, on a dual-stack network, its IPv6 pod
 //! subnet ([`Allowed`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +138,8 @@ pub struct Table<T> {
     by_key: HashMap<Key, Arc<Peer<T>>>,
     /// Routes, longest prefix first.
     routes: Vec<(IpNet, Arc<Peer<T>>)>,
+    /// The peers' endpoints as their leases publish them.
+    endpoints: HashSet<SocketAddrV4>,
 }
 
 impl<T> Default for Table<T> {
@@ -146,6 +148,7 @@ impl<T> Default for Table<T> {
             by_index: HashMap::new(),
             by_key: HashMap::new(),
             routes: Vec::new(),
+            endpoints: HashSet::new(),
         }
     }
 }
@@ -185,6 +188,11 @@ impl<T> Table<T> {
     /// The peer with this static key.
     pub fn by_key(&self, key: &Key) -> Option<&Arc<Peer<T>>> {
         self.by_key.get(key)
+    }
+
+    /// Whether `endpoint` is where a peer's lease says it sends from.
+    pub fn is_peer_endpoint(&self, endpoint: SocketAddrV4) -> bool {
+        self.endpoints.contains(&endpoint)
     }
 
     /// Every peer.
@@ -230,6 +238,7 @@ impl<T> Table<T> {
                     })
                 }
             };
+            table.endpoints.insert(spec.endpoint);
             table.by_index.insert(peer.index, peer.clone());
             table.by_key.insert(peer.key, peer.clone());
             table
@@ -298,6 +307,8 @@ mod tests {
         assert_eq!(c3.added, vec!["a", "c"]);
         assert_eq!(c3.removed, vec!["a"]);
         assert_eq!(t3.by_key(&b2.key).unwrap().endpoint(), b2.endpoint);
+        assert!(t3.is_peer_endpoint(b2.endpoint));
+        assert!(!t3.is_peer_endpoint(b.endpoint), "b's old endpoint");
         assert!(t3.by_key(&Key([1; 32])).is_none());
         assert!(t3
             .by_receiver(t1.by_key(&a.key).unwrap().index << 8)

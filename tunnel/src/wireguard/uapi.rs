@@ -29,16 +29,14 @@ pub fn serve(iface: &str, plane: Arc<Plane>, listen_port: u16) -> std::io::Resul
     }
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new()
-        .name("wg-uapi".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = answer(conn, &plane, listen_port) {
-                    tracing::debug!(error = %e, "UAPI connection failed");
-                }
+    let me = plane.clone();
+    plane.threads.spawn("wg-uapi", move || {
+        for conn in listener.incoming().flatten() {
+            if let Err(e) = answer(conn, &me, listen_port) {
+                tracing::debug!(error = %e, "UAPI connection failed");
             }
-        })?;
-    Ok(())
+        }
+    })
 }
 
 fn answer(conn: UnixStream, plane: &Plane, listen_port: u16) -> std::io::Result<()> {
