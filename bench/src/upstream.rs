@@ -44,14 +44,7 @@ pub const KUBE_NETWORK_POLICIES: Tool = Tool {
 /// The value of `key` in a `KEY=value` file (comments and blank lines skipped, optional
 /// `export` and quotes removed).
 pub fn env_value(text: &str, key: &str) -> Result<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-        .filter(|v| !v.is_empty())
-        .with_context(|| format!("{key} is not set in bench/anchors/versions.env"))
+    fabric_lab::pins::env_value(text, key).context("in bench/anchors/versions.env")
 }
 
 /// The pinned value of `key` in the embedded `versions.env`.
@@ -67,12 +60,7 @@ pub fn cache_root(
     xdg_cache_home: Option<OsString>,
     home: Option<OsString>,
 ) -> PathBuf {
-    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = set(anchors_cache) {
-        return dir;
-    }
-    let cache = set(xdg_cache_home).unwrap_or_else(|| set(home).unwrap_or_default().join(".cache"));
-    cache.join("fabric").join("anchors")
+    fabric_lab::pins::cache_root(anchors_cache, xdg_cache_home, home, "anchors")
 }
 
 /// `<root>/<tool>-<version>/bin/<binary>`.

@@ -93,24 +93,11 @@ impl Versions {
     }
 }
 
-/// The value of `key` in a `KEY=value` file (comments skipped, optional `export` and quotes
-/// removed).
-fn env_value(text: &str, key: &str) -> Result<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-        .find(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-        .filter(|v| !v.is_empty())
-        .with_context(|| format!("{key} is not set"))
-}
-
 /// Parses the pins out of `versions.env`.
 pub fn parse_versions(text: &str) -> Result<Versions> {
     Ok(Versions {
-        flannel: env_value(text, "FLANNEL_VERSION")?,
-        plugins: env_value(text, "CNI_PLUGINS_VERSION")?,
+        flannel: crate::pins::env_value(text, "FLANNEL_VERSION")?,
+        plugins: crate::pins::env_value(text, "CNI_PLUGINS_VERSION")?,
     })
 }
 
@@ -122,14 +109,7 @@ pub fn cache_root(
     xdg_cache_home: Option<OsString>,
     home: Option<OsString>,
 ) -> PathBuf {
-    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
-    let anchors = set(anchors_cache).unwrap_or_else(|| {
-        set(xdg_cache_home)
-            .unwrap_or_else(|| set(home).unwrap_or_default().join(".cache"))
-            .join("fabric")
-            .join("anchors")
-    });
-    anchors.join("flannel")
+    crate::pins::cache_root(anchors_cache, xdg_cache_home, home, "anchors").join("flannel")
 }
 
 /// This process's bin directory (from its environment and the embedded pins).

@@ -50,7 +50,8 @@
 //! [`node`] (fabricd), [`flannel`] (flanneld), [`cni_runtime`], [`demo`] (ping, iperf3),
 //! [`teardown`], [`lab`] (the orchestration), [`netpol`] (the reachability suite), [`porter`]
 //! (the in-pod agent), [`audit`] (a node's pod bookkeeping, read back for the tests),
-//! [`soak`] (a churn soak) and [`cli`].
+//! [`soak`] (a churn soak), [`pins`] (pinned upstream builds' versions and caches) and
+//! [`cli`].
 
 pub mod attack;
 pub mod audit;
@@ -66,6 +67,7 @@ pub mod lab;
 pub mod netns;
 pub mod netpol;
 pub mod node;
+pub mod pins;
 pub mod porter;
 pub mod process;
 pub mod soak;

@@ -48,16 +48,7 @@ impl Versions {
 /// Parses the `KEY=value` lines of `versions.env` (comments and blank lines skipped, optional
 /// quotes removed).
 pub fn parse_versions(text: &str) -> Result<Versions> {
-    let value = |key: &str| {
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-            .filter(|v| !v.is_empty())
-            .with_context(|| format!("{key} is not set"))
-    };
+    let value = |key: &str| crate::pins::env_value(text, key);
     Ok(Versions {
         kubernetes: value("KUBERNETES_VERSION")?,
         etcd: value("ETCD_VERSION")?,
@@ -71,12 +62,7 @@ pub fn cache_root(
     xdg_cache_home: Option<OsString>,
     home: Option<OsString>,
 ) -> PathBuf {
-    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = set(fabric_k8s_cache) {
-        return dir;
-    }
-    let cache = set(xdg_cache_home).unwrap_or_else(|| set(home).unwrap_or_default().join(".cache"));
-    cache.join("fabric").join("k8s")
+    crate::pins::cache_root(fabric_k8s_cache, xdg_cache_home, home, "k8s")
 }
 
 /// The bin directory for `versions` under `root`.
