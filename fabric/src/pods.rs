@@ -24,7 +24,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +157,10 @@ fn refuse_host_netns(netns: &File, path: &str) -> Result<(), CniError> {
     }
     Ok(())
 }
+
+/// Set once this kernel refused a veth peer named like an interface of the node's own
+/// namespace (see [`PodNetwork::create_veth`]).
+static PEER_NAMES_COLLIDE_HERE: AtomicBool = AtomicBool::new(false);
 
 /// The name of the host-side veth for an attachment: [`nft::POD_VETH_PREFIX`] (`fab`) + 11
 /// hex digits of a stable hash of container id and interface name (fits IFNAMSIZ).
@@ -717,11 +721,16 @@ impl PodNetwork {
         pod_nl: &Netlink,
     ) -> Result<(), CniError> {
         let nl_err = |what: &'static str| move |e: tunnel::NetlinkError| internal(what, e);
+        if PEER_NAMES_COLLIDE_HERE.load(Ordering::Relaxed) {
+            return self
+                .create_veth_renamed(host_name, ifname, netns, pod_nl)
+                .await;
+        }
         let mut stale_removed = false;
         loop {
             let err = match self
                 .netlink
-                .add_veth_into(host_name, ifname, netns, self.mtu)
+                .add_veth_into(host_name, ifname, netns, self.mtu, true)
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -754,9 +763,83 @@ impl PodNetwork {
                         "pick another CNI_IFNAME or DEL the attachment first",
                     ));
                 }
+                // Neither side exists, yet the name is taken: kernels before 6.2 (Debian
+                // bookworm's 6.1) look a peer's name up in the creating namespace too, where
+                // the node's own `eth0` collides with the pod's.
+                _ if self
+                    .netlink
+                    .link(ifname)
+                    .await
+                    .map_err(nl_err("inspect host"))?
+                    .is_some() =>
+                {
+                    tracing::info!(%ifname, error = %err, "this kernel checks a veth peer's name in the node's namespace; naming pod interfaces in the pod from now on");
+                    PEER_NAMES_COLLIDE_HERE.store(true, Ordering::Relaxed);
+                    return self
+                        .create_veth_renamed(host_name, ifname, netns, pod_nl)
+                        .await;
+                }
                 _ => return Err(internal("create veth pair", err)),
             }
         }
+    }
+
+    /// [`Self::create_veth`] where the kernel checks the peer's name in this namespace: the
+    /// peer is made under a temporary name (unique to the attachment), then renamed to
+    /// `ifname` and opened inside the pod.
+    async fn create_veth_renamed(
+        &self,
+        host_name: &str,
+        ifname: &str,
+        netns: &File,
+        pod_nl: &Netlink,
+    ) -> Result<(), CniError> {
+        let nl_err = |what: &'static str| move |e: tunnel::NetlinkError| internal(what, e);
+        let temp = format!("fbt{}", &host_name[nft::POD_VETH_PREFIX.len()..]);
+        if let Some(stale) = self
+            .netlink
+            .link(host_name)
+            .await
+            .map_err(nl_err("inspect host"))?
+        {
+            tracing::warn!(veth = %host_name, "removing a veth left by an unfinished ADD");
+            self.netlink
+                .delete_link(stale.index)
+                .await
+                .map_err(nl_err("remove stale veth"))?;
+        }
+        if pod_nl
+            .link(ifname)
+            .await
+            .map_err(nl_err("inspect pod"))?
+            .is_some()
+        {
+            return Err(CniError::new(
+                codes::PLUGIN_SPECIFIC,
+                format!("interface {ifname} already exists in the pod"),
+                "pick another CNI_IFNAME or DEL the attachment first",
+            ));
+        }
+        self.netlink
+            .add_veth_into(host_name, &temp, netns, self.mtu, false)
+            .await
+            .map_err(nl_err("create veth pair"))?;
+        let peer = pod_nl
+            .require_link(&temp)
+            .await
+            .map_err(nl_err("inspect pod"))?;
+        pod_nl
+            .rename_link(peer.index, ifname)
+            .await
+            .map_err(nl_err("name the pod's interface"))?;
+        let peer = pod_nl
+            .require_link(ifname)
+            .await
+            .map_err(nl_err("inspect pod"))?;
+        pod_nl
+            .set_link(&peer, None, None, true)
+            .await
+            .map_err(nl_err("open the pod's interface"))
     }
 
     /// Brings the node's nftables table to the pods in the pool (anti-spoofing per host veth,

@@ -295,13 +295,15 @@ impl Netlink {
     /// ([`NetlinkError::errno`]) means `host` exists here or `peer` there.
     ///
     /// The peer is the request's main link and `host` its veth peer: only the main link may
-    /// come up within the request (a veth cannot open before its peer exists).
+    /// come up within the request (a veth cannot open before its peer exists); `peer_up`
+    /// says whether it does.
     pub async fn add_veth_into(
         &self,
         host: &str,
         peer: &str,
         netns: &File,
         mtu: u32,
+        peer_up: bool,
     ) -> Result<()> {
         use netlink_packet_route::link::{InfoVeth, LinkFlag, LinkMessage};
         use std::os::fd::AsRawFd;
@@ -312,8 +314,10 @@ impl Netlink {
         ];
         let mut req = self.handle.link().add();
         let msg = req.message_mut();
-        msg.header.flags = vec![LinkFlag::Up];
-        msg.header.change_mask = vec![LinkFlag::Up];
+        if peer_up {
+            msg.header.flags = vec![LinkFlag::Up];
+            msg.header.change_mask = vec![LinkFlag::Up];
+        }
         msg.attributes = vec![
             LinkAttribute::IfName(peer.to_owned()),
             LinkAttribute::Mtu(mtu),
