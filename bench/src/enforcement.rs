@@ -144,19 +144,7 @@ pub fn run(opts: &Options) -> Result<Section> {
     spec.backend = Backend::Vxlan;
     spec.demo = false;
     let mut lab = Lab::up(spec).context("bringing up the 2-node vxlan lab")?;
-    let client = lab.add_pod(
-        "node1",
-        PodSpec::new("client")
-            .namespace(NAMESPACE)
-            .label("app", "client"),
-    )?;
-    let server = lab.add_pod(
-        "node2",
-        PodSpec::new("server")
-            .namespace(NAMESPACE)
-            .label("app", "server"),
-    )?;
-    demo::ping(&client.netns, server.ip, 3).context("the pod-to-pod path does not work")?;
+    let (client, server) = client_and_server(&mut lab)?;
     let agent = lab.state().bin_dir.join("fabric-lab");
     let serve_log = lab.state_dir().join("serve.log");
     let serving = Cmd::in_netns(&server.netns, &agent)
@@ -395,6 +383,25 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         let _ = self.0.terminate();
     }
+}
+
+/// Pods `client` on node1 and `server` on node2 (namespace `bench`, labelled `app=`
+/// their name), checked to reach each other.
+pub(crate) fn client_and_server(lab: &mut Lab) -> Result<(fabric_lab::Pod, fabric_lab::Pod)> {
+    let client = lab.add_pod(
+        "node1",
+        PodSpec::new("client")
+            .namespace(NAMESPACE)
+            .label("app", "client"),
+    )?;
+    let server = lab.add_pod(
+        "node2",
+        PodSpec::new("server")
+            .namespace(NAMESPACE)
+            .label("app", "server"),
+    )?;
+    demo::ping(&client.netns, server.ip, 3).context("the pod-to-pod path does not work")?;
+    Ok((client, server))
 }
 
 #[cfg(test)]

@@ -547,7 +547,10 @@ pub fn run(opts: &Options) -> Result<Section> {
             let (src, dst) = (pod(lab, "node1")?, pod(lab, "node2")?);
             demo::ping(&src.netns, dst.ip, 3)
                 .with_context(|| format!("{}: the pod-to-pod path does not work", lab.name()))?;
-            mtus.push(format!("{agent} {backend} {}", pod_mtu(&dst.netns)));
+            mtus.push(format!(
+                "{agent} {backend} {}",
+                crate::wireguard::pod_mtu(&dst.netns)
+            ));
             paths.push(PodPath {
                 label: format!("{agent} {backend}"),
                 backend,
@@ -953,16 +956,6 @@ fn throughput_chart(f: &Figures, opts: &Options, date: &str) -> Chart {
             },
         ],
     }
-}
-
-/// The MTU of `eth0` in a pod namespace, as text.
-fn pod_mtu(netns: &str) -> String {
-    Cmd::ip(["-n", netns, "-j", "link", "show", "eth0"])
-        .run()
-        .ok()
-        .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-        .and_then(|v| v[0]["mtu"].as_u64())
-        .map_or_else(|| "unknown".into(), |m| m.to_string())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use fabric_lab::kube::Kubectl;
 use fabric_lab::process::{Cmd, Daemon};
-use fabric_lab::{demo, Backend, Datastore, Lab, LabSpec, PodSpec, Signal};
+use fabric_lab::{Backend, Datastore, Lab, LabSpec, Signal};
 
 use crate::enforcement::{self, StopOnDrop};
 use crate::report::{self, markdown_table, median, Section};
@@ -489,19 +489,7 @@ pub fn run(opts: &Options) -> Result<Section> {
     spec.datastore = Datastore::Kubernetes;
     spec.demo = false;
     let mut lab = Lab::up(spec).context("bringing up the 2-node Kubernetes-mode lab")?;
-    let client = lab.add_pod(
-        "node1",
-        PodSpec::new("client")
-            .namespace(NAMESPACE)
-            .label("app", "client"),
-    )?;
-    let server = lab.add_pod(
-        "node2",
-        PodSpec::new("server")
-            .namespace(NAMESPACE)
-            .label("app", "server"),
-    )?;
-    demo::ping(&client.netns, server.ip, 3).context("the pod-to-pod path does not work")?;
+    let (client, server) = enforcement::client_and_server(&mut lab)?;
     let agent = lab.state().bin_dir.join("fabric-lab");
     let serving = Cmd::in_netns(&server.netns, &agent)
         .args(["serve", "--port", &SERVE_PORT.to_string()])

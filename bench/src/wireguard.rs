@@ -590,7 +590,7 @@ fn rmem_note(netns: &str) -> String {
 }
 
 /// The MTU of `eth0` in a pod namespace, as text.
-fn pod_mtu(netns: &str) -> String {
+pub(crate) fn pod_mtu(netns: &str) -> String {
     Cmd::ip(["-n", netns, "-j", "link", "show", "eth0"])
         .run()
         .ok()
